@@ -1,0 +1,121 @@
+#include "cpu/dispatch.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <mutex>
+#include <stdexcept>
+
+namespace sparseprune {
+namespace cpu {
+namespace {
+
+bool cpu_has(Isa isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+  // __builtin_cpu_supports also checks that the OS saves the wide registers (XCR0).
+  __builtin_cpu_init();
+  switch (isa) {
+    case Isa::ref:
+      return true;
+    case Isa::avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::avx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("fma");
+  }
+  return false;
+#else
+  return isa == Isa::ref;
+#endif
+}
+
+constexpr int kUnset = -1;
+std::atomic<int> g_active{kUnset};
+std::once_flag g_env_once;
+
+void check_supported(Isa isa) {
+  if (!cpu_has(isa)) {
+    throw std::invalid_argument(std::string("sparseprune: this CPU cannot run the '") +
+                                isa_name(isa) + "' kernels (best available: '" +
+                                isa_name(detected_isa()) + "')");
+  }
+}
+
+}  // namespace
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::ref:
+      return "ref";
+    case Isa::avx2:
+      return "avx2";
+    case Isa::avx512:
+      return "avx512";
+  }
+  return "unknown";
+}
+
+Isa parse_isa(const std::string& name) {
+  for (Isa isa : {Isa::ref, Isa::avx2, Isa::avx512}) {
+    if (name == isa_name(isa)) return isa;
+  }
+  throw std::invalid_argument("sparseprune: unknown ISA '" + name +
+                              "'; expected one of ref, avx2, avx512");
+}
+
+Isa detected_isa() {
+  static const Isa best = cpu_has(Isa::avx512) ? Isa::avx512
+                          : cpu_has(Isa::avx2) ? Isa::avx2
+                                               : Isa::ref;
+  return best;
+}
+
+std::vector<Isa> supported_isas() {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::ref, Isa::avx2, Isa::avx512}) {
+    if (cpu_has(isa)) out.push_back(isa);
+  }
+  return out;
+}
+
+Isa active_isa() {
+  int v = g_active.load(std::memory_order_acquire);
+  if (v != kUnset) return static_cast<Isa>(v);
+  std::call_once(g_env_once, [] {
+    Isa isa = detected_isa();
+    if (const char* env = std::getenv("SPARSEPRUNE_ISA"); env != nullptr && *env != '\0') {
+      try {
+        isa = parse_isa(env);
+      } catch (const std::invalid_argument& e) {
+        throw std::invalid_argument(std::string("SPARSEPRUNE_ISA: ") + e.what());
+      }
+      check_supported(isa);
+    }
+    int expected = kUnset;
+    g_active.compare_exchange_strong(expected, static_cast<int>(isa));
+  });
+  return static_cast<Isa>(g_active.load(std::memory_order_acquire));
+}
+
+void set_isa(Isa isa) {
+  check_supported(isa);
+  g_active.store(static_cast<int>(isa), std::memory_order_release);
+}
+
+const KernelTable& kernels_for(Isa isa) {
+  static const KernelTable ref{spmm_csr_ref, spmm_bsr_ref, spmm_nm_ref};
+  static const KernelTable avx2{spmm_csr_avx2, spmm_bsr_ref, spmm_nm_ref};
+  static const KernelTable avx512{spmm_csr_avx512, spmm_bsr_ref, spmm_nm_ref};
+  switch (isa) {
+    case Isa::avx512:
+      return avx512;
+    case Isa::avx2:
+      return avx2;
+    case Isa::ref:
+      break;
+  }
+  return ref;
+}
+
+}  // namespace cpu
+}  // namespace sparseprune

@@ -1,0 +1,41 @@
+// Runtime choice of the instruction set: detected once, overridable by the environment
+// variable SPARSEPRUNE_ISA=ref|avx2|avx512 or by set_isa() (tests force every ISA the
+// machine has, so the AVX2 path is exercised on an AVX-512 machine).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "cpu/kernels.h"
+
+namespace sparseprune {
+namespace cpu {
+
+enum class Isa : int { ref = 0, avx2 = 1, avx512 = 2 };
+
+const char* isa_name(Isa isa);
+// Throws std::invalid_argument for an unknown name.
+Isa parse_isa(const std::string& name);
+
+// The best ISA this CPU and OS support.
+Isa detected_isa();
+// Every ISA this machine can run, from ref upwards.
+std::vector<Isa> supported_isas();
+// The ISA kernels run with now. The first call reads SPARSEPRUNE_ISA; it throws
+// std::invalid_argument if the variable names an unknown or unsupported ISA.
+Isa active_isa();
+// Throws std::invalid_argument if this machine cannot run `isa`.
+void set_isa(Isa isa);
+
+struct KernelTable {
+  CsrKernel csr;
+  BsrKernel bsr;
+  NMKernel nm;
+};
+
+// Kernels for `isa`; patterns without a kernel for it use the scalar reference.
+const KernelTable& kernels_for(Isa isa);
+inline const KernelTable& active_kernels() { return kernels_for(active_isa()); }
+
+}  // namespace cpu
+}  // namespace sparseprune

@@ -1,0 +1,161 @@
+// Torch-free kernel core: raw pointers in, raw pointers out.
+//
+// Every sparse product computes y[b, r] = sum_k W[r, k] * x[b, k] + bias[r] for a
+// row-major x [batch, in] and y [batch, out]. The core knows nothing about torch so
+// that it builds and is tested without Python (CMake + ctest) and under sanitizers.
+// The torch glue (csrc/ops.cpp) checks shapes and dtypes, splits the work into
+// ranges and runs them in parallel; kernels only ever see one range.
+//
+// Index contents (column indices, offsets, N:M metadata) are trusted here: they are
+// validated once when a packed weight is constructed (sparseprune/formats.py).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace sparseprune {
+namespace cpu {
+
+enum class DType : int { f32 = 0, bf16 = 1 };
+enum class IndexType : int { u16 = 0, i32 = 1 };
+
+// The helpers below have internal linkage on purpose: the per-ISA translation units are
+// compiled with wider instruction sets, and an inline function with external linkage
+// would be merged across units, so the linker could hand an AVX-512 copy to code that
+// runs on any CPU. For the same reason the per-ISA files use no std:: containers.
+namespace {
+
+// bfloat16 <-> float with round-to-nearest-even, matching c10::BFloat16.
+inline float bf16_to_f32(uint16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN stays a quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// Storage types: float for f32, uint16_t bit patterns for bf16.
+template <typename T>
+inline float load_f32(T v);
+template <>
+inline float load_f32<float>(float v) { return v; }
+template <>
+inline float load_f32<uint16_t>(uint16_t v) { return bf16_to_f32(v); }
+
+template <typename T>
+inline T store_f32(float f);
+template <>
+inline float store_f32<float>(float f) { return f; }
+template <>
+inline uint16_t store_f32<uint16_t>(float f) { return f32_to_bf16(f); }
+
+// A float scratch buffer without std:: templates (see above).
+class FloatScratch {
+ public:
+  explicit FloatScratch(int64_t n) : p_(n > 0 ? new float[static_cast<size_t>(n)] : nullptr) {}
+  ~FloatScratch() { delete[] p_; }
+  FloatScratch(const FloatScratch&) = delete;
+  FloatScratch& operator=(const FloatScratch&) = delete;
+  float* data() { return p_; }
+
+ private:
+  float* p_;
+};
+
+}  // namespace
+
+struct Dense {
+  const void* x;     // [batch, in], dtype
+  const void* bias;  // [out] or nullptr, dtype
+  void* y;           // [batch, out], dtype
+  int64_t batch;
+  int64_t in_features;
+  int64_t out_features;
+  DType dtype;
+};
+
+// CSR: row r holds entries row_offsets[r] .. row_offsets[r + 1].
+struct Csr {
+  const int64_t* row_offsets;  // [out + 1]
+  const void* col_indices;     // [nnz], uint16 or int32
+  const void* values;          // [nnz], dtype
+  IndexType index_type;
+};
+
+// BSR: dense bh x bw blocks; block row i covers rows i*bh .. min(out, (i+1)*bh), block
+// column j covers columns j*bw .. min(in, (j+1)*bw). Entries of a ragged edge block
+// that fall outside the matrix are never read.
+struct Bsr {
+  const int64_t* block_row_offsets;  // [ceil(out / bh) + 1]
+  const int32_t* block_col_indices;  // [nnzb], in units of blocks
+  const void* blocks;                // [nnzb, bh, bw], dtype
+  int64_t bh;
+  int64_t bw;
+};
+
+// N:M: each group of m consecutive input columns keeps n slots. Row r has
+// slots = ceil(in / m) * n values; slot s belongs to group s / n and its in-group index
+// is the bits-wide field at bit s * bits of the row's metadata (LSB first).
+struct NM {
+  const void* values;      // [out, slots], dtype
+  const uint8_t* metadata; // [out, meta_row_bytes]
+  int64_t n;
+  int64_t m;
+};
+
+namespace {
+
+// Bits per in-group index: ceil(log2(m)), at least 1.
+inline int nm_index_bits(int64_t m) {
+  int bits = 1;
+  while ((int64_t{1} << bits) < m) ++bits;
+  return bits;
+}
+
+inline int64_t nm_slots_per_row(int64_t in_features, int64_t n, int64_t m) {
+  return (in_features + m - 1) / m * n;
+}
+
+inline int64_t nm_meta_row_bytes(int64_t in_features, int64_t n, int64_t m) {
+  return (nm_slots_per_row(in_features, n, m) * nm_index_bits(m) + 7) / 8;
+}
+
+// The in-group index of slot s; never reads past the row's last byte.
+inline int nm_slot_index(const uint8_t* row_meta, int64_t row_bytes, int64_t s, int bits) {
+  const int64_t bit = s * bits;
+  const int64_t byte = bit >> 3;
+  uint32_t word = row_meta[byte];
+  if (byte + 1 < row_bytes) word |= static_cast<uint32_t>(row_meta[byte + 1]) << 8;
+  return static_cast<int>((word >> (bit & 7)) & ((1u << bits) - 1u));
+}
+
+}  // namespace
+
+// A kernel computes output rows [row_begin, row_end) (block rows for BSR) for the
+// whole batch.
+using CsrKernel = void (*)(const Dense&, const Csr&, int64_t row_begin, int64_t row_end);
+using BsrKernel = void (*)(const Dense&, const Bsr&, int64_t block_row_begin,
+                           int64_t block_row_end);
+using NMKernel = void (*)(const Dense&, const NM&, int64_t row_begin, int64_t row_end);
+
+// Scalar references: correct for every shape, dtype and index type; the oracle that the
+// vectorized kernels are tested against. Accumulate in double.
+void spmm_csr_ref(const Dense&, const Csr&, int64_t row_begin, int64_t row_end);
+void spmm_bsr_ref(const Dense&, const Bsr&, int64_t block_row_begin, int64_t block_row_end);
+void spmm_nm_ref(const Dense&, const NM&, int64_t row_begin, int64_t row_end);
+
+// Vectorized kernels, one translation unit per pattern x ISA, each compiled with its own
+// flags (csrc/cpu/isa_flags.txt). Only dispatch.cpp decides whether they may run.
+void spmm_csr_avx2(const Dense&, const Csr&, int64_t row_begin, int64_t row_end);
+void spmm_csr_avx512(const Dense&, const Csr&, int64_t row_begin, int64_t row_end);
+
+}  // namespace cpu
+}  // namespace sparseprune

@@ -1,0 +1,126 @@
+// CSR x dense, AVX-512: one output row at a time, 16 nonzeros per step, activations
+// fetched with a gather. bf16 activations are widened to an fp32 scratch row first,
+// because a 32-bit gather of 16-bit data would read past the end of x.
+#include <immintrin.h>
+
+#include <type_traits>
+
+#include "cpu/kernels.h"
+
+namespace sparseprune {
+namespace cpu {
+namespace {
+
+template <typename I>
+inline __m512i load_idx(const I* p);
+template <>
+inline __m512i load_idx<uint16_t>(const uint16_t* p) {
+  return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+template <>
+inline __m512i load_idx<int32_t>(const int32_t* p) {
+  return _mm512_loadu_si512(p);
+}
+
+template <typename I>
+inline __m512i load_idx_tail(const I* p, __mmask16 k);
+template <>
+inline __m512i load_idx_tail<uint16_t>(const uint16_t* p, __mmask16 k) {
+  return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p));
+}
+template <>
+inline __m512i load_idx_tail<int32_t>(const int32_t* p, __mmask16 k) {
+  return _mm512_maskz_loadu_epi32(k, p);
+}
+
+inline __m512 widen_bf16(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <typename T>
+inline __m512 load_vals(const T* p);
+template <>
+inline __m512 load_vals<float>(const float* p) {
+  return _mm512_loadu_ps(p);
+}
+template <>
+inline __m512 load_vals<uint16_t>(const uint16_t* p) {
+  return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+template <typename T>
+inline __m512 load_vals_tail(const T* p, __mmask16 k);
+template <>
+inline __m512 load_vals_tail<float>(const float* p, __mmask16 k) {
+  return _mm512_maskz_loadu_ps(k, p);
+}
+template <>
+inline __m512 load_vals_tail<uint16_t>(const uint16_t* p, __mmask16 k) {
+  return widen_bf16(_mm256_maskz_loadu_epi16(k, p));
+}
+
+template <typename I, typename T>
+inline float row_dot(const I* cols, const T* vals, int64_t k0, int64_t k1, const float* xb) {
+  __m512 acc0 = _mm512_setzero_ps();
+  __m512 acc1 = _mm512_setzero_ps();
+  int64_t k = k0;
+  for (; k + 32 <= k1; k += 32) {
+    const __m512 x0 = _mm512_i32gather_ps(load_idx(cols + k), xb, 4);
+    const __m512 x1 = _mm512_i32gather_ps(load_idx(cols + k + 16), xb, 4);
+    acc0 = _mm512_fmadd_ps(load_vals(vals + k), x0, acc0);
+    acc1 = _mm512_fmadd_ps(load_vals(vals + k + 16), x1, acc1);
+  }
+  for (; k + 16 <= k1; k += 16) {
+    const __m512 x0 = _mm512_i32gather_ps(load_idx(cols + k), xb, 4);
+    acc0 = _mm512_fmadd_ps(load_vals(vals + k), x0, acc0);
+  }
+  if (k < k1) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (k1 - k)) - 1u);
+    const __m512 x0 =
+        _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, load_idx_tail(cols + k, m), xb, 4);
+    acc1 = _mm512_fmadd_ps(load_vals_tail(vals + k, m), x0, acc1);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+template <typename T, typename I>
+void csr_avx512(const Dense& d, const Csr& w, int64_t row_begin, int64_t row_end) {
+  const T* x = static_cast<const T*>(d.x);
+  const T* bias = static_cast<const T*>(d.bias);
+  T* y = static_cast<T*>(d.y);
+  const I* cols = static_cast<const I*>(w.col_indices);
+  const T* vals = static_cast<const T*>(w.values);
+  FloatScratch widened(std::is_same_v<T, float> ? 0 : d.in_features);
+  for (int64_t b = 0; b < d.batch; ++b) {
+    const float* xb;
+    if constexpr (std::is_same_v<T, float>) {
+      xb = x + b * d.in_features;
+    } else {
+      const T* src = x + b * d.in_features;
+      for (int64_t j = 0; j < d.in_features; ++j) widened.data()[j] = bf16_to_f32(src[j]);
+      xb = widened.data();
+    }
+    T* yb = y + b * d.out_features;
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      float acc = row_dot(cols, vals, w.row_offsets[r], w.row_offsets[r + 1], xb);
+      if (bias) acc += load_f32(bias[r]);
+      yb[r] = store_f32<T>(acc);
+    }
+  }
+}
+
+}  // namespace
+
+void spmm_csr_avx512(const Dense& d, const Csr& w, int64_t row_begin, int64_t row_end) {
+  const bool idx16 = w.index_type == IndexType::u16;
+  if (d.dtype == DType::f32) {
+    idx16 ? csr_avx512<float, uint16_t>(d, w, row_begin, row_end)
+          : csr_avx512<float, int32_t>(d, w, row_begin, row_end);
+  } else {
+    idx16 ? csr_avx512<uint16_t, uint16_t>(d, w, row_begin, row_end)
+          : csr_avx512<uint16_t, int32_t>(d, w, row_begin, row_end);
+  }
+}
+
+}  // namespace cpu
+}  // namespace sparseprune

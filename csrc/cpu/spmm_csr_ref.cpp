@@ -1,0 +1,42 @@
+#include "cpu/kernels.h"
+
+namespace sparseprune {
+namespace cpu {
+namespace {
+
+template <typename T, typename I>
+void csr_ref(const Dense& d, const Csr& w, int64_t row_begin, int64_t row_end) {
+  const T* x = static_cast<const T*>(d.x);
+  const T* bias = static_cast<const T*>(d.bias);
+  T* y = static_cast<T*>(d.y);
+  const I* cols = static_cast<const I*>(w.col_indices);
+  const T* vals = static_cast<const T*>(w.values);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const int64_t k0 = w.row_offsets[r];
+    const int64_t k1 = w.row_offsets[r + 1];
+    for (int64_t b = 0; b < d.batch; ++b) {
+      const T* xb = x + b * d.in_features;
+      double acc = bias ? load_f32(bias[r]) : 0.0;
+      for (int64_t k = k0; k < k1; ++k) {
+        acc += static_cast<double>(load_f32(vals[k])) * load_f32(xb[cols[k]]);
+      }
+      y[b * d.out_features + r] = store_f32<T>(static_cast<float>(acc));
+    }
+  }
+}
+
+}  // namespace
+
+void spmm_csr_ref(const Dense& d, const Csr& w, int64_t row_begin, int64_t row_end) {
+  const bool idx16 = w.index_type == IndexType::u16;
+  if (d.dtype == DType::f32) {
+    idx16 ? csr_ref<float, uint16_t>(d, w, row_begin, row_end)
+          : csr_ref<float, int32_t>(d, w, row_begin, row_end);
+  } else {
+    idx16 ? csr_ref<uint16_t, uint16_t>(d, w, row_begin, row_end)
+          : csr_ref<uint16_t, int32_t>(d, w, row_begin, row_end);
+  }
+}
+
+}  // namespace cpu
+}  // namespace sparseprune

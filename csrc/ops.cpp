@@ -1,0 +1,241 @@
+// The one schema list of the sparseprune namespace, and the CPU implementations.
+//
+// Every op computes y = x W^T + bias for x [..., in] (any leading dims) with W packed in
+// one of the formats of sparseprune/formats.py. The glue here checks everything that is
+// O(1) to check (dtypes, shapes, sizes, the ends of the offset arrays), splits the work
+// by nonzeros and runs the kernel chosen by csrc/cpu/dispatch.cpp on torch's intra-op
+// thread pool. Index contents are validated once, when a packed weight is constructed.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/dispatch.h"
+
+namespace sparseprune {
+namespace {
+
+// Below this many multiply-adds a product runs on one thread: waking the pool costs more.
+constexpr int64_t kMinParallelWork = 1 << 15;
+
+cpu::DType dtype_of(const char* op, const at::Tensor& x) {
+  const bool f32 = x.scalar_type() == at::kFloat;
+  TORCH_CHECK_TYPE(f32 || x.scalar_type() == at::kBFloat16, op,
+                   ": x must be float32 or bfloat16, got ", x.scalar_type());
+  return f32 ? cpu::DType::f32 : cpu::DType::bf16;
+}
+
+void check_index_tensor(const char* op, const char* name, const at::Tensor& t,
+                        at::ScalarType dtype, int64_t size) {
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == size, op, ": ", name,
+                    " must be 1-D with ", size, " elements, got shape ", t.sizes());
+  TORCH_CHECK(t.is_cpu(), op, ": ", name, " must be on the CPU");
+}
+
+void check_offsets_ends(const char* op, const char* name, const at::Tensor& offsets,
+                        int64_t total) {
+  const int64_t* p = offsets.data_ptr<int64_t>();
+  const int64_t last = p[offsets.numel() - 1];
+  TORCH_CHECK_VALUE(p[0] == 0 && last == total, op, ": ", name, " must start at 0 and end at ",
+                    total, ", got ", p[0], " .. ", last);
+}
+
+// x flattened to [batch, in], the output and the bias, all checked against each other.
+struct Problem {
+  at::Tensor x2;
+  at::Tensor bias;
+  at::Tensor y2;
+  std::vector<int64_t> out_shape;
+  cpu::Dense dense;
+};
+
+Problem make_problem(const char* op, const at::Tensor& x, const at::Tensor& weights,
+                     const std::optional<at::Tensor>& bias, int64_t out_features) {
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least 1 dimension, got a scalar");
+  TORCH_CHECK(x.is_cpu(), op, ": x must be on the CPU");
+  const cpu::DType dtype = dtype_of(op, x);
+  TORCH_CHECK_TYPE(weights.scalar_type() == x.scalar_type(), op, ": weight values are ",
+                   weights.scalar_type(), " but x is ", x.scalar_type(),
+                   "; convert one of them");
+  TORCH_CHECK(weights.is_cpu(), op, ": weight values must be on the CPU");
+  TORCH_CHECK_VALUE(out_features >= 0, op, ": out_features must be >= 0, got ", out_features);
+
+  Problem p;
+  const int64_t in = x.size(-1);
+  p.x2 = x.reshape({-1, in}).contiguous();
+  p.out_shape = x.sizes().vec();
+  p.out_shape.back() = out_features;
+  if (bias.has_value() && bias->defined()) {
+    const at::Tensor& b = *bias;
+    TORCH_CHECK_TYPE(b.scalar_type() == x.scalar_type(), op, ": bias is ", b.scalar_type(),
+                     " but x is ", x.scalar_type());
+    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == out_features, op,
+                      ": bias must have shape [", out_features, "], got ", b.sizes());
+    TORCH_CHECK(b.is_cpu(), op, ": bias must be on the CPU");
+    p.bias = b.contiguous();
+  }
+  const int64_t batch = p.x2.size(0);
+  p.y2 = at::empty({batch, out_features}, x.options());
+  p.dense = cpu::Dense{p.x2.data_ptr(),
+                       p.bias.defined() ? p.bias.data_ptr() : nullptr,
+                       p.y2.data_ptr(),
+                       batch,
+                       in,
+                       out_features,
+                       dtype};
+  return p;
+}
+
+// Splits rows [0, rows) into `parts` ranges of about equal cost, where row r costs its
+// nonzeros plus one (the per-row overhead): the split follows nonzeros, not rows.
+std::vector<int64_t> split_by_nonzeros(const int64_t* offsets, int64_t rows, int64_t parts) {
+  std::vector<int64_t> bounds(parts + 1, rows);
+  bounds[0] = 0;
+  const int64_t total = offsets[rows] + rows;
+  for (int64_t p = 1; p < parts; ++p) {
+    const int64_t target = total / parts * p + total % parts * p / parts;
+    int64_t lo = bounds[p - 1], hi = rows;  // first r with cost(r) >= target
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (offsets[mid] + mid < target) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    bounds[p] = lo;
+  }
+  return bounds;
+}
+
+template <typename Fn>
+void run_ranges(const int64_t* offsets, int64_t rows, int64_t work, const Fn& fn) {
+  if (rows == 0) return;
+  const int64_t threads = work < kMinParallelWork ? 1 : at::get_num_threads();
+  const int64_t parts = std::min<int64_t>(rows, threads);
+  if (parts <= 1) {
+    fn(0, rows);
+    return;
+  }
+  const std::vector<int64_t> bounds = split_by_nonzeros(offsets, rows, parts);
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      if (bounds[p] < bounds[p + 1]) fn(bounds[p], bounds[p + 1]);
+    }
+  });
+}
+
+at::Tensor finish(Problem& p) { return p.y2.view(p.out_shape); }
+
+at::Tensor linear_csr_cpu(const at::Tensor& x, const at::Tensor& row_offsets,
+                          const at::Tensor& col_indices, const at::Tensor& values,
+                          const std::optional<at::Tensor>& bias, int64_t out_features) {
+  constexpr const char* op = "sparseprune::linear_csr";
+  Problem p = make_problem(op, x, values, bias, out_features);
+  const int64_t nnz = values.numel();
+  TORCH_CHECK_VALUE(values.dim() == 1, op, ": values must be 1-D, got shape ", values.sizes());
+  check_index_tensor(op, "row_offsets", row_offsets, at::kLong, out_features + 1);
+  const bool idx16 = col_indices.scalar_type() == at::kUInt16;
+  TORCH_CHECK_TYPE(idx16 || col_indices.scalar_type() == at::kInt, op,
+                   ": col_indices must be uint16 or int32, got ", col_indices.scalar_type());
+  check_index_tensor(op, "col_indices", col_indices, col_indices.scalar_type(), nnz);
+  TORCH_CHECK_VALUE(!idx16 || p.dense.in_features <= 65536, op,
+                    ": uint16 col_indices address at most 65536 columns, x has ",
+                    p.dense.in_features);
+  const at::Tensor ro = row_offsets.contiguous();
+  const at::Tensor ci = col_indices.contiguous();
+  const at::Tensor vals = values.contiguous();
+  check_offsets_ends(op, "row_offsets", ro, nnz);
+
+  const cpu::Csr w{ro.data_ptr<int64_t>(), ci.data_ptr(), vals.data_ptr(),
+                   idx16 ? cpu::IndexType::u16 : cpu::IndexType::i32};
+  const cpu::CsrKernel kernel = cpu::active_kernels().csr;
+  run_ranges(w.row_offsets, out_features, nnz * p.dense.batch,
+             [&](int64_t r0, int64_t r1) { kernel(p.dense, w, r0, r1); });
+  return finish(p);
+}
+
+at::Tensor linear_bsr_cpu(const at::Tensor& x, const at::Tensor& block_row_offsets,
+                          const at::Tensor& block_col_indices, const at::Tensor& blocks,
+                          const std::optional<at::Tensor>& bias, int64_t out_features) {
+  constexpr const char* op = "sparseprune::linear_bsr";
+  Problem p = make_problem(op, x, blocks, bias, out_features);
+  TORCH_CHECK_VALUE(blocks.dim() == 3 && blocks.size(1) >= 1 && blocks.size(2) >= 1, op,
+                    ": blocks must have shape [nnzb, bh, bw] with bh, bw >= 1, got ",
+                    blocks.sizes());
+  const int64_t nnzb = blocks.size(0), bh = blocks.size(1), bw = blocks.size(2);
+  const int64_t block_rows = (out_features + bh - 1) / bh;
+  check_index_tensor(op, "block_row_offsets", block_row_offsets, at::kLong, block_rows + 1);
+  check_index_tensor(op, "block_col_indices", block_col_indices, at::kInt, nnzb);
+  const at::Tensor bro = block_row_offsets.contiguous();
+  const at::Tensor bci = block_col_indices.contiguous();
+  const at::Tensor blk = blocks.contiguous();
+  check_offsets_ends(op, "block_row_offsets", bro, nnzb);
+
+  const cpu::Bsr w{bro.data_ptr<int64_t>(), bci.data_ptr<int32_t>(), blk.data_ptr(), bh, bw};
+  const cpu::BsrKernel kernel = cpu::active_kernels().bsr;
+  run_ranges(w.block_row_offsets, block_rows, blk.numel() * p.dense.batch,
+             [&](int64_t r0, int64_t r1) { kernel(p.dense, w, r0, r1); });
+  return finish(p);
+}
+
+at::Tensor linear_nm_cpu(const at::Tensor& x, const at::Tensor& values,
+                         const at::Tensor& metadata, const std::optional<at::Tensor>& bias,
+                         int64_t n, int64_t m) {
+  constexpr const char* op = "sparseprune::linear_nm";
+  TORCH_CHECK_VALUE(m >= 2 && m <= 32 && n >= 1 && n < m, op,
+                    ": need 1 <= n < m <= 32, got n=", n, " m=", m);
+  TORCH_CHECK_VALUE(values.dim() == 2, op, ": values must be 2-D [out, slots], got shape ",
+                    values.sizes());
+  const int64_t out_features = values.size(0);
+  Problem p = make_problem(op, x, values, bias, out_features);
+  const int64_t in = p.dense.in_features;
+  const int64_t slots = cpu::nm_slots_per_row(in, n, m);
+  TORCH_CHECK_VALUE(values.size(1) == slots, op, ": values must have ", slots,
+                    " slots per row for in_features=", in, " at ", n, ":", m, ", got ",
+                    values.size(1));
+  const int64_t row_bytes = cpu::nm_meta_row_bytes(in, n, m);
+  TORCH_CHECK_TYPE(metadata.scalar_type() == at::kByte, op, ": metadata must be uint8, got ",
+                   metadata.scalar_type());
+  TORCH_CHECK_VALUE(metadata.dim() == 2 && metadata.size(0) == out_features &&
+                        metadata.size(1) == row_bytes,
+                    op, ": metadata must have shape [", out_features, ", ", row_bytes,
+                    "], got ", metadata.sizes());
+  TORCH_CHECK(metadata.is_cpu(), op, ": metadata must be on the CPU");
+  const at::Tensor vals = values.contiguous();
+  const at::Tensor meta = metadata.contiguous();
+
+  const cpu::NM w{vals.data_ptr(), meta.data_ptr<uint8_t>(), n, m};
+  const cpu::NMKernel kernel = cpu::active_kernels().nm;
+  if (out_features == 0) return finish(p);
+  const int64_t threads =
+      slots * out_features * p.dense.batch < kMinParallelWork ? 1 : at::get_num_threads();
+  const int64_t grain = std::max<int64_t>(1, out_features / threads);
+  at::parallel_for(0, out_features, grain,
+                   [&](int64_t r0, int64_t r1) { kernel(p.dense, w, r0, r1); });
+  return finish(p);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(sparseprune, m) {
+  m.def(
+      "linear_csr(Tensor x, Tensor row_offsets, Tensor col_indices, Tensor values, "
+      "Tensor? bias, int out_features) -> Tensor");
+  m.def(
+      "linear_bsr(Tensor x, Tensor block_row_offsets, Tensor block_col_indices, "
+      "Tensor blocks, Tensor? bias, int out_features) -> Tensor");
+  m.def("linear_nm(Tensor x, Tensor values, Tensor metadata, Tensor? bias, int n, int m) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(sparseprune, CPU, m) {
+  m.impl("linear_csr", &linear_csr_cpu);
+  m.impl("linear_bsr", &linear_bsr_cpu);
+  m.impl("linear_nm", &linear_nm_cpu);
+}
+
+}  // namespace sparseprune

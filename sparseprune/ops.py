@@ -1,0 +1,179 @@
+"""Python side of ``torch.ops.sparseprune``: fake kernels and autograd formulas.
+
+The schemas live in csrc/ops.cpp (the one ``TORCH_LIBRARY(sparseprune, m)``). Each op
+computes ``y = x W^T + bias`` for ``x [..., in]`` with ``W`` packed (see
+:mod:`sparseprune.formats`):
+
+* ``linear_csr(x, row_offsets, col_indices, values, bias, out_features)``
+* ``linear_bsr(x, block_row_offsets, block_col_indices, blocks, bias, out_features)``
+* ``linear_nm(x, values, metadata, bias, n, m)``
+
+The fake (meta) kernels let ``torch.compile`` trace the ops. The autograd formulas give
+gradients for ``x``, the packed values and the bias (not for the index tensors); they
+rebuild the dense weight, so backward costs about a dense layer's backward.
+
+The raw ops check shapes, dtypes and the ends of the offset arrays, but trust the index
+contents: build the tensors through the validating constructors of
+:mod:`sparseprune.formats` (which :func:`linear` takes) rather than by hand.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _ext  # noqa: F401  (registers the schemas before the Python parts below)
+from .formats import PackedWeight, bsr_to_dense, csr_to_dense, nm_columns, nm_decode
+
+__all__ = ["linear"]
+
+
+def linear(x: torch.Tensor, weight: PackedWeight, bias: torch.Tensor | None = None):
+    """``x W^T + bias`` with ``W`` a packed weight; like ``F.linear`` for ``x [..., in]``."""
+    if not isinstance(weight, PackedWeight):
+        raise TypeError(f"weight must be a packed weight (CSRWeight, BSRWeight, NMWeight), "
+                        f"got {type(weight).__name__}")
+    return weight.linear(x, bias)
+
+
+# --------------------------------------------------------------------------- fake kernels
+
+
+def _fake_output(op, x, values, bias, out_features):
+    torch._check(x.dim() >= 1, lambda: f"{op}: x must have at least 1 dimension")
+    torch._check_type(x.dtype in (torch.float32, torch.bfloat16),
+                      lambda: f"{op}: x must be float32 or bfloat16, got {x.dtype}")
+    torch._check_type(values.dtype == x.dtype,
+                      lambda: f"{op}: weight values are {values.dtype} but x is {x.dtype}")
+    if bias is not None:
+        torch._check_type(bias.dtype == x.dtype,
+                          lambda: f"{op}: bias is {bias.dtype} but x is {x.dtype}")
+        torch._check_value(bias.shape == (out_features,),
+                           lambda: f"{op}: bias must have shape [{out_features}]")
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+@torch.library.register_fake("sparseprune::linear_csr")
+def _linear_csr_fake(x, row_offsets, col_indices, values, bias, out_features):
+    torch._check_value(row_offsets.shape == (out_features + 1,),
+                       lambda: "sparseprune::linear_csr: row_offsets must have out_features + 1 "
+                       "entries")
+    torch._check_value(col_indices.shape == values.shape,
+                       lambda: "sparseprune::linear_csr: col_indices and values differ in length")
+    return _fake_output("sparseprune::linear_csr", x, values, bias, out_features)
+
+
+@torch.library.register_fake("sparseprune::linear_bsr")
+def _linear_bsr_fake(x, block_row_offsets, block_col_indices, blocks, bias, out_features):
+    torch._check_value(blocks.dim() == 3,
+                       lambda: "sparseprune::linear_bsr: blocks must be [nnzb, bh, bw]")
+    torch._check_value(block_col_indices.shape == blocks.shape[:1],
+                       lambda: "sparseprune::linear_bsr: one block column index per block")
+    return _fake_output("sparseprune::linear_bsr", x, blocks, bias, out_features)
+
+
+@torch.library.register_fake("sparseprune::linear_nm")
+def _linear_nm_fake(x, values, metadata, bias, n, m):
+    torch._check_value(values.dim() == 2, lambda: "sparseprune::linear_nm: values must be 2-D")
+    torch._check_value(values.shape[1] == (x.shape[-1] + m - 1) // m * n,
+                       lambda: "sparseprune::linear_nm: values do not match in_features")
+    return _fake_output("sparseprune::linear_nm", x, values, bias, values.shape[0])
+
+
+# --------------------------------------------------------------------------- autograd
+
+
+def _setup(ctx, x, packed, bias, shape):
+    ctx.save_for_backward(x, *packed)
+    ctx.shape = shape
+    ctx.has_bias = bias is not None
+
+
+def _grads(ctx, grad_y, dense_weight, value_grad, values_at, bias_at):
+    """Gradients of x, the packed values and the bias, given the dense W and a function
+    that picks the stored entries' gradients out of dL/dW = grad_y^T x; ``values_at`` and
+    ``bias_at`` are the positions of those inputs in the op's schema."""
+    x = ctx.saved_tensors[0]
+    out_features, in_features = ctx.shape
+    gy = grad_y.reshape(-1, out_features)
+    gx = gvalues = gbias = None
+    if ctx.needs_input_grad[0]:
+        gx = (gy @ dense_weight()).reshape(x.shape)
+    if ctx.needs_input_grad[values_at]:
+        gvalues = value_grad(gy.transpose(0, 1) @ x.reshape(-1, in_features))
+    if ctx.has_bias and ctx.needs_input_grad[bias_at]:
+        gbias = gy.sum(0)
+    return gx, gvalues, gbias
+
+
+def _csr_setup(ctx, inputs, output):
+    x, row_offsets, col_indices, values, bias, out_features = inputs
+    _setup(ctx, x, (row_offsets, col_indices, values), bias, (out_features, x.shape[-1]))
+
+
+def _csr_backward(ctx, grad_y):
+    _, row_offsets, col_indices, values = ctx.saved_tensors
+
+    def value_grad(grad_w):
+        rows = torch.repeat_interleave(
+            torch.arange(ctx.shape[0], device=values.device), row_offsets.diff(),
+            output_size=values.numel())
+        return grad_w[rows, col_indices.to(torch.int64)]
+
+    gx, gv, gb = _grads(ctx, grad_y,
+                        lambda: csr_to_dense(row_offsets, col_indices, values, ctx.shape),
+                        value_grad, values_at=3, bias_at=4)
+    return gx, None, None, gv, gb, None
+
+
+def _bsr_setup(ctx, inputs, output):
+    x, block_row_offsets, block_col_indices, blocks, bias, out_features = inputs
+    _setup(ctx, x, (block_row_offsets, block_col_indices, blocks), bias,
+           (out_features, x.shape[-1]))
+
+
+def _bsr_backward(ctx, grad_y):
+    _, block_row_offsets, block_col_indices, blocks = ctx.saved_tensors
+    nnzb, bh, bw = blocks.shape
+
+    def value_grad(grad_w):
+        rows_b = block_row_offsets.numel() - 1
+        cols_b = (ctx.shape[1] + bw - 1) // bw
+        padded = grad_w.new_zeros(rows_b * bh, cols_b * bw)
+        padded[: ctx.shape[0], : ctx.shape[1]] = grad_w
+        tiles = padded.view(rows_b, bh, cols_b, bw).permute(0, 2, 1, 3)
+        block_rows = torch.repeat_interleave(
+            torch.arange(rows_b, device=blocks.device), block_row_offsets.diff(),
+            output_size=nnzb)
+        return tiles[block_rows, block_col_indices.to(torch.int64)]
+
+    gx, gv, gb = _grads(
+        ctx, grad_y,
+        lambda: bsr_to_dense(block_row_offsets, block_col_indices, blocks, ctx.shape),
+        value_grad, values_at=3, bias_at=4)
+    return gx, None, None, gv, gb, None
+
+
+def _nm_setup(ctx, inputs, output):
+    x, values, metadata, bias, n, m = inputs
+    _setup(ctx, x, (values, metadata), bias, (values.shape[0], x.shape[-1]))
+    ctx.n, ctx.m = n, m
+
+
+def _nm_backward(ctx, grad_y):
+    _, values, metadata = ctx.saved_tensors
+    cols = nm_columns(nm_decode(metadata, ctx.shape[1], ctx.n, ctx.m), ctx.n, ctx.m)
+
+    def dense_weight():
+        return values.new_zeros(ctx.shape).scatter_add_(1, cols, values)
+
+    gx, gv, gb = _grads(ctx, grad_y, dense_weight, lambda grad_w: grad_w.gather(1, cols),
+                        values_at=1, bias_at=3)
+    return gx, gv, None, gb, None, None
+
+
+torch.library.register_autograd("sparseprune::linear_csr", _csr_backward,
+                                setup_context=_csr_setup)
+torch.library.register_autograd("sparseprune::linear_bsr", _bsr_backward,
+                                setup_context=_bsr_setup)
+torch.library.register_autograd("sparseprune::linear_nm", _nm_backward,
+                                setup_context=_nm_setup)
