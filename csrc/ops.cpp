@@ -66,7 +66,9 @@ Problem make_problem(const char* op, const at::Tensor& x, const at::Tensor& weig
 
   Problem p;
   const int64_t in = x.size(-1);
-  p.x2 = x.reshape({-1, in}).contiguous();
+  int64_t batch = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) batch *= x.size(d);
+  p.x2 = x.reshape({batch, in}).contiguous();
   p.out_shape = x.sizes().vec();
   p.out_shape.back() = out_features;
   if (bias.has_value() && bias->defined()) {
@@ -78,7 +80,6 @@ Problem make_problem(const char* op, const at::Tensor& x, const at::Tensor& weig
     TORCH_CHECK(b.is_cpu(), op, ": bias must be on the CPU");
     p.bias = b.contiguous();
   }
-  const int64_t batch = p.x2.size(0);
   p.y2 = at::empty({batch, out_features}, x.options());
   p.dense = cpu::Dense{p.x2.data_ptr(),
                        p.bias.defined() ? p.bias.data_ptr() : nullptr,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import torch  # noqa: F401  (loads libtorch, which _C links against)
+
 try:
     from . import _C
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install

@@ -307,6 +307,10 @@ class PackedWeight:
         """The packed tensors by field name (what a checkpoint stores)."""
         return {name: getattr(self, name) for name in self._tensor_fields}
 
+    def with_values(self, values: torch.Tensor):
+        """The same sparsity structure holding other values (e.g. a trainable copy)."""
+        return dataclasses.replace(self, **{self._values_field: values})
+
     def to(self, *args, **kwargs):
         """Moves the packed tensors to a device and/or casts the values to a dtype,
         with the same arguments as :meth:`torch.Tensor.to`."""
@@ -538,7 +542,8 @@ class NMWeight(PackedWeight):
 
         indices = torch.empty(out_f, slots, dtype=torch.int64, device=weight.device)
         for rows in _row_chunks(out_f, padded):
-            k = pad_k[rows].view(-1, groups, m)
+            count = rows.stop - rows.start
+            k = pad_k[rows].view(count, groups, m)
             counts = k.sum(-1)
             if bool((counts > n).any()):
                 r, g = (int(v) for v in (counts > n).nonzero()[0])
@@ -549,7 +554,7 @@ class NMWeight(PackedWeight):
             # Kept positions first, then real columns, then padding; ties by position.
             key = k.to(torch.int8) * 2 + valid.view(groups, m).to(torch.int8)
             chosen = key.sort(dim=-1, descending=True, stable=True).indices[..., :n]
-            indices[rows] = chosen.sort(dim=-1).values.reshape(-1, slots)
+            indices[rows] = chosen.sort(dim=-1).values.reshape(count, slots)
         cols = nm_columns(indices, n, m)
         # Slots of a short last group that have no real column point at its first column.
         pad_slot = cols >= in_f

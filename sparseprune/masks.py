@@ -9,6 +9,8 @@ deterministically: among equal scores the unit with the lower flat index is prun
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ["unstructured", "n_m", "block", "channel"]
@@ -22,7 +24,7 @@ def _as_2d(scores) -> torch.Tensor:
                          f"{tuple(scores.shape)}")
     if scores.is_complex() or scores.dtype == torch.bool:
         raise TypeError(f"scores must be real, got {scores.dtype}")
-    return scores.reshape(scores.shape[0], -1)
+    return scores.reshape(scores.shape[0], math.prod(scores.shape[1:]))
 
 
 def _check_sparsity(sparsity) -> float:

@@ -1,0 +1,43 @@
+# Every target bootstraps .venv on a fresh machine: venv, torch (TORCH_SPEC), the build
+# tools, then the extension built against that torch (--no-build-isolation).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel that lies on this machine's disk; a GPU user sets e.g. TORCH_SPEC=torch==2.11.0.
+TORCH_SPEC ?= torch==2.13.0
+DEPS := numpy pybind11 ninja "setuptools>=64" wheel pytest hypothesis safetensors
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cpu/*.txt)
+CMAKE_BUILD ?= build/cmake
+
+.PHONY: demo test pytest ctest build clean
+
+demo: $(VENV)/.built
+	$(PY) -m sparseprune demo
+
+test: pytest ctest
+
+pytest: $(VENV)/.built
+	$(PY) -m pytest -q
+
+# The kernel core and its C++ tests without Python; .cu files compile-checked when nvcc exists.
+ctest:
+	cmake -S . -B $(CMAKE_BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake --build $(CMAKE_BUILD) -j 2
+	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+
+build: $(VENV)/.built
+
+$(VENV)/.deps:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q $(DEPS)
+	touch $@
+
+# --no-deps: torch is already there, and pip must never resolve an unpinned torch.
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PY) -c "import sparseprune as sp; print('sparseprune', sp.__version__, 'built; kernels:', sp.cpu_capability())"
+	touch $@
+
+clean:
+	rm -rf build $(VENV) sparseprune/_C*.so *.egg-info

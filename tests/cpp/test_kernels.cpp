@@ -1,0 +1,253 @@
+// Kernel core against a dense double-precision product, for every ISA this CPU runs,
+// on random matrices of awkward shapes. No torch, no Python.
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu/dispatch.h"
+
+using namespace sparseprune::cpu;
+
+namespace {
+
+int g_failures = 0;
+
+#define EXPECT(cond, ...)                                   \
+  do {                                                      \
+    if (!(cond)) {                                          \
+      ++g_failures;                                         \
+      std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+      std::fprintf(stderr, __VA_ARGS__);                    \
+      std::fprintf(stderr, "\n");                           \
+    }                                                       \
+  } while (0)
+
+std::mt19937 rng(1234);
+
+float uniform() { return std::uniform_real_distribution<float>(-1.f, 1.f)(rng); }
+
+struct Case {
+  int64_t batch, out, in;
+  double density;
+};
+
+// A dense weight with roughly `density` nonzeros, some rows all zero.
+std::vector<float> random_weight(const Case& c) {
+  std::vector<float> w(c.out * c.in, 0.f);
+  std::bernoulli_distribution keep(c.density);
+  for (int64_t r = 0; r < c.out; ++r) {
+    if (r % 5 == 3) continue;
+    for (int64_t k = 0; k < c.in; ++k) w[r * c.in + k] = keep(rng) ? uniform() : 0.f;
+  }
+  return w;
+}
+
+std::vector<double> reference(const Case& c, const std::vector<float>& w,
+                              const std::vector<float>& x, const std::vector<float>& bias) {
+  std::vector<double> y(c.batch * c.out);
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t r = 0; r < c.out; ++r) {
+      double acc = bias[r];
+      for (int64_t k = 0; k < c.in; ++k) acc += double(w[r * c.in + k]) * x[b * c.in + k];
+      y[b * c.out + r] = acc;
+    }
+  return y;
+}
+
+template <typename T>
+T to_storage(float f);
+template <>
+float to_storage<float>(float f) { return f; }
+template <>
+uint16_t to_storage<uint16_t>(float f) { return f32_to_bf16(f); }
+
+template <typename T>
+float from_storage(T v);
+template <>
+float from_storage<float>(float v) { return v; }
+template <>
+float from_storage<uint16_t>(uint16_t v) { return bf16_to_f32(v); }
+
+// Rounds w, x and bias to the storage type so the reference sees exactly what the kernel sees.
+template <typename T>
+std::vector<T> round_trip(std::vector<float>& v) {
+  std::vector<T> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    out[i] = to_storage<T>(v[i]);
+    v[i] = from_storage<T>(out[i]);
+  }
+  return out;
+}
+
+template <typename T>
+void expect_close(const char* what, Isa isa, const Case& c, const std::vector<T>& y,
+                  const std::vector<double>& ref) {
+  const double tol = std::is_same_v<T, float> ? 1e-4 : 2e-2;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double got = from_storage<T>(y[i]);
+    if (std::fabs(got - ref[i]) > tol * (1.0 + std::fabs(ref[i]))) {
+      EXPECT(false, "%s isa=%s batch=%ld out=%ld in=%ld: y[%zu]=%g, want %g", what,
+             isa_name(isa), long(c.batch), long(c.out), long(c.in), i, got, ref[i]);
+      return;
+    }
+  }
+}
+
+template <typename T>
+void run_case(Isa isa, const Case& c, DType dtype) {
+  std::vector<float> wf = random_weight(c), xf(c.batch * c.in), bf(c.out);
+  for (auto& v : xf) v = uniform();
+  for (auto& v : bf) v = uniform();
+  const std::vector<T> x = round_trip<T>(xf), bias = round_trip<T>(bf);
+  std::vector<T> w = round_trip<T>(wf);
+  const std::vector<double> ref = reference(c, wf, xf, bf);
+  const KernelTable& k = kernels_for(isa);
+  std::vector<T> y(c.batch * c.out);
+  const Dense d{x.data(), bias.data(), y.data(), c.batch, c.in, c.out, dtype};
+
+  // CSR, both index types; rows computed in two ranges, as threads would.
+  for (IndexType it : {IndexType::u16, IndexType::i32}) {
+    if (it == IndexType::u16 && c.in > 65536) continue;  // uint16 cannot address it
+    std::vector<int64_t> offsets{0};
+    std::vector<uint16_t> c16;
+    std::vector<int32_t> c32;
+    std::vector<T> vals;
+    for (int64_t r = 0; r < c.out; ++r) {
+      for (int64_t j = 0; j < c.in; ++j)
+        if (wf[r * c.in + j] != 0.f) {
+          c16.push_back(uint16_t(j));
+          c32.push_back(int32_t(j));
+          vals.push_back(w[r * c.in + j]);
+        }
+      offsets.push_back(int64_t(vals.size()));
+    }
+    const Csr csr{offsets.data(),
+                  it == IndexType::u16 ? static_cast<const void*>(c16.data()) : c32.data(),
+                  vals.data(), it};
+    std::fill(y.begin(), y.end(), T{});
+    k.csr(d, csr, 0, c.out / 2);
+    k.csr(d, csr, c.out / 2, c.out);
+    expect_close(it == IndexType::u16 ? "csr/u16" : "csr/i32", isa, c, y, ref);
+  }
+
+  // BSR with a ragged 3x5 block grid: every block that holds a nonzero is stored.
+  {
+    const int64_t bh = 3, bw = 5, rb = (c.out + bh - 1) / bh, cb = (c.in + bw - 1) / bw;
+    std::vector<int64_t> offsets{0};
+    std::vector<int32_t> cols;
+    std::vector<T> blocks;
+    for (int64_t i = 0; i < rb; ++i) {
+      for (int64_t j = 0; j < cb; ++j) {
+        bool any = false;
+        std::vector<T> blk(bh * bw, T{});
+        for (int64_t a = 0; a < bh; ++a)
+          for (int64_t e = 0; e < bw; ++e) {
+            const int64_t r = i * bh + a, col = j * bw + e;
+            if (r < c.out && col < c.in && wf[r * c.in + col] != 0.f) {
+              blk[a * bw + e] = w[r * c.in + col];
+              any = true;
+            } else if (r >= c.out || col >= c.in) {
+              blk[a * bw + e] = to_storage<T>(1e6f);  // padding: must never be read
+            }
+          }
+        if (any) {
+          cols.push_back(int32_t(j));
+          blocks.insert(blocks.end(), blk.begin(), blk.end());
+        }
+      }
+      offsets.push_back(int64_t(cols.size()));
+    }
+    const Bsr bsr{offsets.data(), cols.data(), blocks.data(), bh, bw};
+    std::fill(y.begin(), y.end(), T{});
+    k.bsr(d, bsr, 0, rb / 2);
+    k.bsr(d, bsr, rb / 2, rb);
+    expect_close("bsr", isa, c, y, ref);
+  }
+}
+
+// N:M: the weight is made n:m first (keep the first n nonzeros of each group).
+template <typename T>
+void run_nm_case(Isa isa, const Case& c, int64_t n, int64_t m, DType dtype) {
+  std::vector<float> wf = random_weight(c), xf(c.batch * c.in), bf(c.out);
+  for (auto& v : xf) v = uniform();
+  for (auto& v : bf) v = uniform();
+  const int64_t slots = nm_slots_per_row(c.in, n, m), row_bytes = nm_meta_row_bytes(c.in, n, m);
+  const int bits = nm_index_bits(m);
+  std::vector<uint8_t> meta(c.out * row_bytes, 0);
+  std::vector<float> valsf(c.out * slots, 0.f);
+  for (int64_t r = 0; r < c.out; ++r) {
+    for (int64_t g = 0; g * m < c.in; ++g) {
+      int64_t used = 0;
+      for (int64_t j = 0; j < m && g * m + j < c.in; ++j) {
+        float& v = wf[r * c.in + g * m + j];
+        if (v == 0.f) continue;
+        if (used == n) {
+          v = 0.f;
+          continue;
+        }
+        const int64_t s = g * n + used++;
+        valsf[r * slots + s] = v;
+        const int64_t bit = s * bits;
+        const uint32_t field = uint32_t(j) << (bit & 7);
+        meta[r * row_bytes + (bit >> 3)] |= uint8_t(field & 0xff);
+        if (field >> 8) meta[r * row_bytes + (bit >> 3) + 1] |= uint8_t(field >> 8);
+      }
+    }
+  }
+  const std::vector<T> x = round_trip<T>(xf), bias = round_trip<T>(bf);
+  const std::vector<T> vals = round_trip<T>(valsf);
+  round_trip<T>(wf);
+  const std::vector<double> ref = reference(c, wf, xf, bf);
+  std::vector<T> y(c.batch * c.out);
+  const Dense d{x.data(), bias.data(), y.data(), c.batch, c.in, c.out, dtype};
+  const NM nm{vals.data(), meta.data(), n, m};
+  kernels_for(isa).nm(d, nm, 0, c.out);
+  expect_close("nm", isa, c, y, ref);
+}
+
+void test_dispatch() {
+  EXPECT(parse_isa("avx2") == Isa::avx2, "parse avx2");
+  bool threw = false;
+  try {
+    parse_isa("sse9");
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  EXPECT(threw, "parse_isa accepts an unknown name");
+  const auto isas = supported_isas();
+  EXPECT(!isas.empty() && isas.front() == Isa::ref, "ref is always supported");
+  EXPECT(isas.back() == detected_isa(), "detected ISA is the best supported one");
+  for (Isa isa : isas) {
+    set_isa(isa);
+    EXPECT(active_isa() == isa, "set_isa(%s)", isa_name(isa));
+  }
+}
+
+}  // namespace
+
+int main() {
+  test_dispatch();
+  const std::vector<Case> cases{{1, 1, 1, 1.0},    {3, 7, 13, 0.5},  {5, 13, 17, 0.3},
+                                {1, 96, 40, 0.1},  {17, 33, 129, 0.2}, {2, 64, 1000, 0.05},
+                                {4, 9, 70000, 0.001}};
+  for (Isa isa : supported_isas()) {
+    for (const Case& c : cases) {
+      run_case<float>(isa, c, DType::f32);
+      run_case<uint16_t>(isa, c, DType::bf16);
+      for (auto [n, m] : std::vector<std::pair<int64_t, int64_t>>{{2, 4}, {1, 4}, {3, 8}, {7, 32}}) {
+        run_nm_case<float>(isa, c, n, m, DType::f32);
+        run_nm_case<uint16_t>(isa, c, n, m, DType::bf16);
+      }
+    }
+    std::printf("isa %s: done\n", isa_name(isa));
+  }
+  if (g_failures) {
+    std::fprintf(stderr, "%d failure(s)\n", g_failures);
+    return 1;
+  }
+  std::printf("all kernel tests passed\n");
+  return 0;
+}

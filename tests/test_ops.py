@@ -1,0 +1,234 @@
+"""Every op against a float64 dense reference, per ISA; opcheck; torch.compile; errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sparseprune as sp
+
+from .conftest import SHAPES, assert_matches, reference, sparse_weight
+
+DTYPES = [torch.float32, torch.bfloat16]
+NM = [(2, 4), (1, 4), (2, 8), (4, 8), (3, 7), (5, 32)]
+BLOCKS = [(4, 1), (1, 4), (3, 5), (8, 8), (16, 16)]
+# leading dims of x: batch 1, a batch of 5, an empty batch, 2x3 (as in [B, T, in])
+LEADING = [(1,), (5,), (0,), (2, 3)]
+
+
+def packings(w, dtype):
+    """(name, packed, dense it stands for) for every format and pattern of the test."""
+    out = [("csr", sp.CSRWeight.from_dense(w), w)]
+    out += [(f"bsr{b}", sp.BSRWeight.from_dense(w, b), w) for b in BLOCKS]
+    for n, m in NM:
+        wn = (w.float() * sp.masks.n_m(w.float().abs(), n, m)).to(dtype)
+        out.append((f"nm{n}:{m}", sp.NMWeight.from_dense(wn, n, m), wn))
+    return out
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_op_matches_float64(isa, shape, dtype):
+    gen = torch.Generator().manual_seed(hash((shape, str(dtype))) % 2**31)
+    w = sparse_weight(*shape, 0.4, dtype=dtype, gen=gen)
+    bias = torch.randn(shape[0], generator=gen).to(dtype)
+    for name, packed, dense in packings(w, dtype):
+        for lead in LEADING:
+            x = torch.randn(*lead, shape[1], generator=gen).to(dtype)
+            for b in (bias, None):
+                y = packed.linear(x, b)
+                assert y.shape == (*lead, shape[0]) and y.dtype == dtype, name
+                assert_matches(y, reference(x, dense, b), dtype)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16, 33])
+def test_large_layers_use_threads_correctly(isa, batch):
+    # big enough to be split across threads, with uneven rows (some empty, some dense)
+    torch.manual_seed(batch)
+    w = sparse_weight(300, 700, 0.1)
+    w[7] = torch.randn(700)
+    x, bias = torch.randn(batch, 700), torch.randn(300)
+    ref = reference(x, w, bias)
+    for name, packed, dense in packings(w, torch.float32):
+        assert_matches(packed.linear(x, bias), reference(x, dense, bias), torch.float32)
+    assert_matches(sp.CSRWeight.from_dense(w).linear(x, bias), ref, torch.float32)
+
+
+def test_wide_csr_with_int32_indices(isa):
+    w = sparse_weight(9, 70001, 0.01)
+    x = torch.randn(3, 70001)
+    packed = sp.CSRWeight.from_dense(w)
+    assert packed.col_indices.dtype == torch.int32
+    assert_matches(packed.linear(x), reference(x, w), torch.float32)
+
+
+def test_non_contiguous_input_is_handled(isa):
+    w = sparse_weight(12, 20, 0.5)
+    x = torch.randn(20, 6).t()  # [6, 20], not contiguous
+    assert not x.is_contiguous()
+    for _, packed, dense in packings(w, torch.float32):
+        assert_matches(packed.linear(x), reference(x, dense), torch.float32)
+
+
+def test_all_zero_and_empty_weights(isa):
+    for out_f, in_f in [(5, 8), (0, 8), (5, 0)]:
+        w = torch.zeros(out_f, in_f)
+        x, bias = torch.randn(3, in_f), torch.randn(out_f)
+        for name, packed, dense in packings(w, torch.float32):
+            assert_matches(packed.linear(x, bias), reference(x, dense, bias), torch.float32)
+
+
+def test_results_do_not_depend_on_isa():
+    torch.manual_seed(0)
+    w = sparse_weight(40, 90, 0.3)
+    x = torch.randn(7, 90)
+    packed = sp.CSRWeight.from_dense(w)
+    outs = {}
+    for isa in sp.available_isas():
+        with sp.use_isa(isa):
+            outs[isa] = packed.linear(x)
+    for y in outs.values():
+        torch.testing.assert_close(y, outs["ref"], rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------- opcheck, compile
+
+
+def op_calls(requires_grad):
+    """(op, args) for each op, with x, values and bias requiring grad as asked."""
+    torch.manual_seed(0)
+    w = sparse_weight(11, 13, 0.5)
+    wn = w * sp.masks.n_m(w.abs(), 2, 4)
+    csr, bsr = sp.CSRWeight.from_dense(w), sp.BSRWeight.from_dense(w, (4, 4))
+    nm = sp.NMWeight.from_dense(wn, 2, 4)
+
+    def leaf(t):
+        return t.detach().clone().requires_grad_(requires_grad)
+
+    x, bias = leaf(torch.randn(2, 3, 13)), leaf(torch.randn(11))
+    ops = torch.ops.sparseprune
+    return [
+        (ops.linear_csr.default, (x, csr.row_offsets, csr.col_indices, leaf(csr.values), bias, 11)),
+        (ops.linear_bsr.default,
+         (x, bsr.block_row_offsets, bsr.block_col_indices, leaf(bsr.blocks), bias, 11)),
+        (ops.linear_nm.default, (x, leaf(nm.values), nm.metadata, bias, 2, 4)),
+        (ops.linear_csr.default, (x, csr.row_offsets, csr.col_indices, leaf(csr.values), None, 11)),
+    ]
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("index", range(4))
+def test_opcheck(index, requires_grad):
+    op, args = op_calls(requires_grad)[index]
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("name,make", [
+    ("csr", lambda w: sp.CSRWeight.from_dense(w)),
+    ("bsr", lambda w: sp.BSRWeight.from_dense(w, (8, 8))),
+    ("nm", lambda w: sp.NMWeight.from_dense(w * sp.masks.n_m(w.abs(), 2, 4), 2, 4)),
+])
+def test_gradients_match_dense(name, make):
+    torch.manual_seed(1)
+    packed = make(sparse_weight(20, 30, 0.5))
+    dense = packed.to_dense()
+    x = torch.randn(4, 30, requires_grad=True)
+    bias = torch.randn(20, requires_grad=True)
+    values = packed.values_tensor.clone().requires_grad_(True)
+    packed = packed.with_values(values)
+    packed.linear(x, bias).pow(2).sum().backward()
+    gx, gb, gv = x.grad, bias.grad, values.grad
+    x.grad = bias.grad = None
+    w = dense.clone().requires_grad_(True)
+    F.linear(x, w, bias).pow(2).sum().backward()
+    torch.testing.assert_close(gx, x.grad)
+    torch.testing.assert_close(gb, bias.grad)
+    # every stored entry (zeros inside blocks and N:M filler slots too) gets dL/dW at
+    # its position
+    stored = packed.with_values(torch.ones_like(gv)).to_dense() != 0
+    torch.testing.assert_close(packed.with_values(gv).to_dense(), w.grad * stored)
+
+
+class _SparseMLP(torch.nn.Module):
+    def __init__(self, packed, bias):
+        super().__init__()
+        self.packed, self.bias = packed, bias
+
+    def forward(self, x):
+        return torch.relu(self.packed.linear(x, self.bias)) * 2 + 1
+
+
+@pytest.mark.parametrize("fmt", ["csr", "bsr", "nm"])
+def test_torch_compile_fullgraph_matches_eager(fmt):
+    torch.manual_seed(2)
+    w = sparse_weight(24, 40, 0.3)
+    packed = {"csr": lambda: sp.CSRWeight.from_dense(w),
+              "bsr": lambda: sp.BSRWeight.from_dense(w, (4, 4)),
+              "nm": lambda: sp.NMWeight.from_dense(w * sp.masks.n_m(w.abs(), 1, 4), 1, 4)}[fmt]()
+    model = _SparseMLP(packed, torch.randn(24))
+    compiled = torch.compile(model, fullgraph=True, backend="inductor")
+    for batch in (3, 5):
+        x = torch.randn(batch, 40)
+        torch.testing.assert_close(compiled(x), model(x))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def csr():
+    return sp.CSRWeight.from_dense(sparse_weight(6, 10, 0.5))
+
+
+def test_wrong_in_features(csr):
+    with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 10\]"):
+        csr.linear(torch.randn(3, 9))
+
+
+def test_wrong_dtype(csr):
+    with pytest.raises(TypeError, match="float32 or bfloat16"):
+        csr.linear(torch.randn(3, 10, dtype=torch.float64))
+    with pytest.raises(TypeError, match="BFloat16 but x is Float|bfloat16"):
+        csr.to(torch.bfloat16).linear(torch.randn(3, 10))
+
+
+def test_wrong_bias(csr):
+    with pytest.raises(ValueError, match=r"bias must have shape \[6\]"):
+        csr.linear(torch.randn(3, 10), torch.randn(5))
+    with pytest.raises(TypeError, match="bias"):
+        csr.linear(torch.randn(3, 10), torch.randn(6, dtype=torch.float64))
+
+
+def test_not_a_tensor(csr):
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        csr.linear([[1.0] * 10])
+    with pytest.raises(TypeError, match="packed weight"):
+        sp.ops.linear(torch.randn(2, 10), torch.randn(6, 10))
+
+
+def test_scalar_input(csr):
+    with pytest.raises(ValueError):
+        csr.linear(torch.tensor(1.0))
+
+
+def test_raw_op_checks_sizes(csr):
+    ops = torch.ops.sparseprune
+    x = torch.randn(2, 10)
+    with pytest.raises(ValueError, match="row_offsets must be 1-D with 6 elements"):
+        ops.linear_csr(x, csr.row_offsets, csr.col_indices, csr.values, None, 5)
+    with pytest.raises(ValueError, match="col_indices must be 1-D"):
+        ops.linear_csr(x, csr.row_offsets, csr.col_indices[:-1], csr.values, None, 6)
+    with pytest.raises(TypeError, match="col_indices must be uint16 or int32"):
+        ops.linear_csr(x, csr.row_offsets, csr.col_indices.long(), csr.values, None, 6)
+    bad_end = csr.row_offsets.clone()
+    bad_end[-1] -= 1
+    with pytest.raises(ValueError, match="row_offsets must start at 0 and end at"):
+        ops.linear_csr(x, bad_end, csr.col_indices, csr.values, None, 6)
+    with pytest.raises(ValueError, match="need 1 <= n < m <= 32"):
+        ops.linear_nm(x, torch.zeros(6, 10), torch.zeros(6, 10, dtype=torch.uint8), None, 2, 33)
+    with pytest.raises(ValueError, match="values must have 6 slots"):
+        ops.linear_nm(x, torch.zeros(6, 5), torch.zeros(6, 2, dtype=torch.uint8), None, 2, 4)
+    with pytest.raises(ValueError, match="metadata must have shape"):
+        ops.linear_nm(x, torch.zeros(6, 6), torch.zeros(6, 1, dtype=torch.uint8), None, 2, 4)
+    with pytest.raises(ValueError, match="blocks must have shape"):
+        ops.linear_bsr(x, torch.zeros(2, dtype=torch.long), torch.zeros(0, dtype=torch.int32),
+                       torch.zeros(0, 4), None, 6)
