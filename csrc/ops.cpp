@@ -113,6 +113,30 @@ std::vector<int64_t> split_by_nonzeros(const int64_t* offsets, int64_t rows, int
   return bounds;
 }
 
+// Activations in the layout the kernel asked for (see cpu::XLayout); buf owns them.
+struct PackedActivations {
+  at::Tensor buf;
+  cpu::XPacked xp;
+};
+
+PackedActivations pack_activations(const cpu::Dense& d, const cpu::XLayout& layout) {
+  PackedActivations out;
+  if (layout.lanes == 0 || d.batch == 0) return out;
+  out.xp.plan = cpu::plan_x(d.batch, d.in_features, layout.lanes, layout.max_vectors);
+  if (out.xp.plan.full_width == 1 && d.dtype == cpu::DType::f32) {
+    out.xp.xt = static_cast<const float*>(d.x);  // batch 1, fp32: x is already the layout
+    return out;
+  }
+  out.buf = at::empty({out.xp.plan.floats()}, at::kFloat);
+  float* xt = out.buf.data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(256, kMinParallelWork / std::max<int64_t>(1, d.batch));
+  at::parallel_for(0, d.in_features, grain, [&](int64_t c0, int64_t c1) {
+    cpu::pack_x(d, out.xp.plan, xt, c0, c1);
+  });
+  out.xp.xt = xt;
+  return out;
+}
+
 template <typename Fn>
 void run_ranges(const int64_t* offsets, int64_t rows, int64_t work, const Fn& fn) {
   if (rows == 0) return;
@@ -154,9 +178,10 @@ at::Tensor linear_csr_cpu(const at::Tensor& x, const at::Tensor& row_offsets,
 
   const cpu::Csr w{ro.data_ptr<int64_t>(), ci.data_ptr(), vals.data_ptr(),
                    idx16 ? cpu::IndexType::u16 : cpu::IndexType::i32};
-  const cpu::CsrKernel kernel = cpu::active_kernels().csr;
+  const cpu::KernelTable& kernels = cpu::active_kernels();
+  const PackedActivations xa = pack_activations(p.dense, kernels.csr_x);
   run_ranges(w.row_offsets, out_features, nnz * p.dense.batch,
-             [&](int64_t r0, int64_t r1) { kernel(p.dense, w, r0, r1); });
+             [&](int64_t r0, int64_t r1) { kernels.csr(p.dense, w, xa.xp, r0, r1); });
   return finish(p);
 }
 
@@ -178,9 +203,10 @@ at::Tensor linear_bsr_cpu(const at::Tensor& x, const at::Tensor& block_row_offse
   check_offsets_ends(op, "block_row_offsets", bro, nnzb);
 
   const cpu::Bsr w{bro.data_ptr<int64_t>(), bci.data_ptr<int32_t>(), blk.data_ptr(), bh, bw};
-  const cpu::BsrKernel kernel = cpu::active_kernels().bsr;
+  const cpu::KernelTable& kernels = cpu::active_kernels();
+  const PackedActivations xa = pack_activations(p.dense, kernels.bsr_x);
   run_ranges(w.block_row_offsets, block_rows, blk.numel() * p.dense.batch,
-             [&](int64_t r0, int64_t r1) { kernel(p.dense, w, r0, r1); });
+             [&](int64_t r0, int64_t r1) { kernels.bsr(p.dense, w, xa.xp, r0, r1); });
   return finish(p);
 }
 
@@ -211,13 +237,14 @@ at::Tensor linear_nm_cpu(const at::Tensor& x, const at::Tensor& values,
   const at::Tensor meta = metadata.contiguous();
 
   const cpu::NM w{vals.data_ptr(), meta.data_ptr<uint8_t>(), n, m};
-  const cpu::NMKernel kernel = cpu::active_kernels().nm;
   if (out_features == 0) return finish(p);
+  const cpu::KernelTable& kernels = cpu::active_kernels();
+  const PackedActivations xa = pack_activations(p.dense, kernels.nm_x);
   const int64_t threads =
       slots * out_features * p.dense.batch < kMinParallelWork ? 1 : at::get_num_threads();
   const int64_t grain = std::max<int64_t>(1, out_features / threads);
   at::parallel_for(0, out_features, grain,
-                   [&](int64_t r0, int64_t r1) { kernel(p.dense, w, r0, r1); });
+                   [&](int64_t r0, int64_t r1) { kernels.nm(p.dense, w, xa.xp, r0, r1); });
   return finish(p);
 }
 

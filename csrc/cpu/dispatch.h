@@ -27,10 +27,20 @@ Isa active_isa();
 // Throws std::invalid_argument if this machine cannot run `isa`.
 void set_isa(Isa isa);
 
+// How a kernel wants its activations: packed by pack_x into chunks of up to
+// lanes * max_vectors batch rows, or (lanes == 0) read from x as is.
+struct XLayout {
+  int64_t lanes = 0;
+  int64_t max_vectors = 0;
+};
+
 struct KernelTable {
   CsrKernel csr;
+  XLayout csr_x;
   BsrKernel bsr;
+  XLayout bsr_x;
   NMKernel nm;
+  XLayout nm_x;
 };
 
 // Kernels for `isa`; patterns without a kernel for it use the scalar reference.

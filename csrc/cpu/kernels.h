@@ -139,23 +139,61 @@ inline int nm_slot_index(const uint8_t* row_meta, int64_t row_bytes, int64_t s, 
 
 }  // namespace
 
+// Activations in the layout the vectorized kernels read: x [batch, in] transposed into
+// column-major chunks of `width` batch rows, xt[chunk][in][width], fp32, with the last
+// chunk zero-padded. One weight value is then broadcast against a contiguous run of
+// `width` activations (vectorized over the batch), and a chunk [in][width] is small
+// enough to stay in L2 while every output row streams past it. Width 1 is plain x
+// (converted to fp32 when it is bf16), for the batch-1 gather kernels.
+struct XPlan {
+  int64_t full_width = 0;  // batch rows per full chunk
+  int64_t full_chunks = 0;
+  int64_t tail_width = 0;  // 0 if the batch divides evenly
+  int64_t tail_rows = 0;   // real batch rows in the tail chunk (<= tail_width)
+  int64_t in_features = 0;
+
+  int64_t chunks() const { return full_chunks + (tail_width ? 1 : 0); }
+  int64_t width(int64_t c) const { return c < full_chunks ? full_width : tail_width; }
+  int64_t rows(int64_t c) const { return c < full_chunks ? full_width : tail_rows; }
+  int64_t first_row(int64_t c) const { return c * full_width; }
+  int64_t offset(int64_t c) const { return c * full_width * in_features; }
+  int64_t floats() const { return (full_chunks * full_width + tail_width) * in_features; }
+};
+
+// Chunks of `lanes * max_vectors` rows (max_vectors: 1, 2 or 4); the tail uses the
+// fewest vectors, a power of two, that cover it. batch == 1 gives one chunk of width 1.
+XPlan plan_x(int64_t batch, int64_t in_features, int64_t lanes, int64_t max_vectors);
+
+// Fills columns [col_begin, col_end) of every chunk of xt; ranges may run in parallel.
+void pack_x(const Dense& d, const XPlan& plan, float* xt, int64_t col_begin, int64_t col_end);
+
+// Packed activations handed to a kernel; xt is null for kernels that read x directly.
+struct XPacked {
+  const float* xt = nullptr;
+  XPlan plan;
+};
+
 // A kernel computes output rows [row_begin, row_end) (block rows for BSR) for the
 // whole batch.
-using CsrKernel = void (*)(const Dense&, const Csr&, int64_t row_begin, int64_t row_end);
-using BsrKernel = void (*)(const Dense&, const Bsr&, int64_t block_row_begin,
+using CsrKernel = void (*)(const Dense&, const Csr&, const XPacked&, int64_t row_begin,
+                           int64_t row_end);
+using BsrKernel = void (*)(const Dense&, const Bsr&, const XPacked&, int64_t block_row_begin,
                            int64_t block_row_end);
-using NMKernel = void (*)(const Dense&, const NM&, int64_t row_begin, int64_t row_end);
+using NMKernel = void (*)(const Dense&, const NM&, const XPacked&, int64_t row_begin,
+                          int64_t row_end);
 
 // Scalar references: correct for every shape, dtype and index type; the oracle that the
 // vectorized kernels are tested against. Accumulate in double.
-void spmm_csr_ref(const Dense&, const Csr&, int64_t row_begin, int64_t row_end);
-void spmm_bsr_ref(const Dense&, const Bsr&, int64_t block_row_begin, int64_t block_row_end);
-void spmm_nm_ref(const Dense&, const NM&, int64_t row_begin, int64_t row_end);
+void spmm_csr_ref(const Dense&, const Csr&, const XPacked&, int64_t row_begin, int64_t row_end);
+void spmm_bsr_ref(const Dense&, const Bsr&, const XPacked&, int64_t block_row_begin,
+                  int64_t block_row_end);
+void spmm_nm_ref(const Dense&, const NM&, const XPacked&, int64_t row_begin, int64_t row_end);
 
 // Vectorized kernels, one translation unit per pattern x ISA, each compiled with its own
 // flags (csrc/cpu/isa_flags.txt). Only dispatch.cpp decides whether they may run.
-void spmm_csr_avx2(const Dense&, const Csr&, int64_t row_begin, int64_t row_end);
-void spmm_csr_avx512(const Dense&, const Csr&, int64_t row_begin, int64_t row_end);
+void spmm_csr_avx2(const Dense&, const Csr&, const XPacked&, int64_t row_begin, int64_t row_end);
+void spmm_csr_avx512(const Dense&, const Csr&, const XPacked&, int64_t row_begin,
+                     int64_t row_end);
 
 }  // namespace cpu
 }  // namespace sparseprune

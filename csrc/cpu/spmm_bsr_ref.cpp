@@ -38,7 +38,8 @@ void bsr_ref(const Dense& d, const Bsr& w, int64_t block_row_begin, int64_t bloc
 
 }  // namespace
 
-void spmm_bsr_ref(const Dense& d, const Bsr& w, int64_t block_row_begin, int64_t block_row_end) {
+void spmm_bsr_ref(const Dense& d, const Bsr& w, const XPacked&, int64_t block_row_begin,
+                  int64_t block_row_end) {
   if (d.dtype == DType::f32) {
     bsr_ref<float>(d, w, block_row_begin, block_row_end);
   } else {

@@ -27,7 +27,8 @@ void csr_ref(const Dense& d, const Csr& w, int64_t row_begin, int64_t row_end) {
 
 }  // namespace
 
-void spmm_csr_ref(const Dense& d, const Csr& w, int64_t row_begin, int64_t row_end) {
+void spmm_csr_ref(const Dense& d, const Csr& w, const XPacked&, int64_t row_begin,
+                  int64_t row_end) {
   const bool idx16 = w.index_type == IndexType::u16;
   if (d.dtype == DType::f32) {
     idx16 ? csr_ref<float, uint16_t>(d, w, row_begin, row_end)

@@ -30,7 +30,8 @@ void nm_ref(const Dense& d, const NM& w, int64_t row_begin, int64_t row_end) {
 
 }  // namespace
 
-void spmm_nm_ref(const Dense& d, const NM& w, int64_t row_begin, int64_t row_end) {
+void spmm_nm_ref(const Dense& d, const NM& w, const XPacked&, int64_t row_begin,
+                 int64_t row_end) {
   if (d.dtype == DType::f32) {
     nm_ref<float>(d, w, row_begin, row_end);
   } else {

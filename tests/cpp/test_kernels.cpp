@@ -96,6 +96,19 @@ void expect_close(const char* what, Isa isa, const Case& c, const std::vector<T>
   }
 }
 
+// Activations packed the way the kernel asks (as csrc/ops.cpp does), into buf.
+XPacked pack_for(const Dense& d, const XLayout& layout, std::vector<float>& buf) {
+  XPacked xp;
+  if (layout.lanes == 0 || d.batch == 0) return xp;
+  xp.plan = plan_x(d.batch, d.in_features, layout.lanes, layout.max_vectors);
+  buf.assign(static_cast<size_t>(xp.plan.floats()), -1.f);
+  // two column ranges, as two threads would fill them
+  pack_x(d, xp.plan, buf.data(), 0, d.in_features / 2);
+  pack_x(d, xp.plan, buf.data(), d.in_features / 2, d.in_features);
+  xp.xt = buf.data();
+  return xp;
+}
+
 template <typename T>
 void run_case(Isa isa, const Case& c, DType dtype) {
   std::vector<float> wf = random_weight(c), xf(c.batch * c.in), bf(c.out);
@@ -107,6 +120,7 @@ void run_case(Isa isa, const Case& c, DType dtype) {
   const KernelTable& k = kernels_for(isa);
   std::vector<T> y(c.batch * c.out);
   const Dense d{x.data(), bias.data(), y.data(), c.batch, c.in, c.out, dtype};
+  std::vector<float> buf;
 
   // CSR, both index types; rows computed in two ranges, as threads would.
   for (IndexType it : {IndexType::u16, IndexType::i32}) {
@@ -128,8 +142,9 @@ void run_case(Isa isa, const Case& c, DType dtype) {
                   it == IndexType::u16 ? static_cast<const void*>(c16.data()) : c32.data(),
                   vals.data(), it};
     std::fill(y.begin(), y.end(), T{});
-    k.csr(d, csr, 0, c.out / 2);
-    k.csr(d, csr, c.out / 2, c.out);
+    const XPacked xp = pack_for(d, k.csr_x, buf);
+    k.csr(d, csr, xp, 0, c.out / 2);
+    k.csr(d, csr, xp, c.out / 2, c.out);
     expect_close(it == IndexType::u16 ? "csr/u16" : "csr/i32", isa, c, y, ref);
   }
 
@@ -162,8 +177,9 @@ void run_case(Isa isa, const Case& c, DType dtype) {
     }
     const Bsr bsr{offsets.data(), cols.data(), blocks.data(), bh, bw};
     std::fill(y.begin(), y.end(), T{});
-    k.bsr(d, bsr, 0, rb / 2);
-    k.bsr(d, bsr, rb / 2, rb);
+    const XPacked xp = pack_for(d, k.bsr_x, buf);
+    k.bsr(d, bsr, xp, 0, rb / 2);
+    k.bsr(d, bsr, xp, rb / 2, rb);
     expect_close("bsr", isa, c, y, ref);
   }
 }
@@ -204,7 +220,9 @@ void run_nm_case(Isa isa, const Case& c, int64_t n, int64_t m, DType dtype) {
   std::vector<T> y(c.batch * c.out);
   const Dense d{x.data(), bias.data(), y.data(), c.batch, c.in, c.out, dtype};
   const NM nm{vals.data(), meta.data(), n, m};
-  kernels_for(isa).nm(d, nm, 0, c.out);
+  std::vector<float> buf;
+  const XPacked xp = pack_for(d, kernels_for(isa).nm_x, buf);
+  kernels_for(isa).nm(d, nm, xp, 0, c.out);
   expect_close("nm", isa, c, y, ref);
 }
 
@@ -230,9 +248,11 @@ void test_dispatch() {
 
 int main() {
   test_dispatch();
-  const std::vector<Case> cases{{1, 1, 1, 1.0},    {3, 7, 13, 0.5},  {5, 13, 17, 0.3},
-                                {1, 96, 40, 0.1},  {17, 33, 129, 0.2}, {2, 64, 1000, 0.05},
-                                {4, 9, 70000, 0.001}};
+  // batches cover 1, one partial vector, 1/2/4-vector chunks and ragged tails
+  const std::vector<Case> cases{{1, 1, 1, 1.0},     {3, 7, 13, 0.5},    {5, 13, 17, 0.3},
+                                {1, 96, 40, 0.1},   {17, 33, 129, 0.2}, {2, 64, 1000, 0.05},
+                                {4, 9, 70000, 0.001}, {40, 21, 50, 0.3}, {70, 19, 33, 0.4},
+                                {128, 8, 24, 0.5},  {0, 5, 7, 0.5}};
   for (Isa isa : supported_isas()) {
     for (const Case& c : cases) {
       run_case<float>(isa, c, DType::f32);
