@@ -66,7 +66,10 @@ setup(
             "sparseprune._C",
             sources=["csrc/ops.cpp", "csrc/module.cpp"],
             include_dirs=[str(CSRC)],
-            extra_compile_args={"cxx": CXX_FLAGS},
+            # at::parallel_for is a header template over OpenMP in torch's CPU builds: without
+            # -fopenmp here it would silently run every op on one thread.
+            extra_compile_args={"cxx": [*CXX_FLAGS, "-fopenmp"]},
+            extra_link_args=["-fopenmp"],
             depends=[str(p) for p in CSRC.rglob("*") if p.suffix in {".h", ".cpp", ".txt"}],
         )
     ],
