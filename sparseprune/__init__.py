@@ -6,24 +6,30 @@ The chain: importance scores -> masks (:mod:`sparseprune.masks`) -> packed weigh
 """
 
 from . import _ext  # noqa: F401  (loads the extension: the ops exist from here on)
-from . import formats, masks, ops
+from . import formats, masks, ops, pruning, scores
 from ._ext import available_isas, cpu_capability, set_isa, use_isa
 from .formats import BSRWeight, CSRWeight, FormatError, NMWeight, PackedWeight, pack
+from .pruning import CubicSchedule, PruneConfig, Pruner
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BSRWeight",
     "CSRWeight",
+    "CubicSchedule",
     "FormatError",
     "NMWeight",
     "PackedWeight",
+    "PruneConfig",
+    "Pruner",
     "available_isas",
     "cpu_capability",
     "formats",
     "masks",
     "ops",
     "pack",
+    "pruning",
+    "scores",
     "set_isa",
     "use_isa",
 ]

@@ -1,0 +1,29 @@
+"""Pruning engine: select layers, score weights, make masks, keep them while fine-tuning.
+
+:class:`PruneConfig` says what to prune; :class:`Pruner` attaches masks, calibrates,
+prunes one-shot or on a :class:`CubicSchedule`, locks optimizers and finalizes.
+"""
+
+from .allocate import global_keep
+from .calibration import LayerStats
+from .config import LayerSettings, PruneConfig
+from .locking import lock_optimizer, remove_masks
+from .patterns import parse_pattern
+from .pruner import PRUNABLE, Pruner
+from .report import LayerReport, format_table
+from .schedule import CubicSchedule
+
+__all__ = [
+    "CubicSchedule",
+    "LayerReport",
+    "LayerSettings",
+    "LayerStats",
+    "PRUNABLE",
+    "PruneConfig",
+    "Pruner",
+    "format_table",
+    "global_keep",
+    "lock_optimizer",
+    "parse_pattern",
+    "remove_masks",
+]

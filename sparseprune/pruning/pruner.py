@@ -1,0 +1,195 @@
+"""``Pruner``: masks on a model's Linear/Conv2d weights, from calibration to finalize."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .. import scores as criteria
+from .allocate import global_keep
+from .calibration import LayerStats, calibrate
+from .config import LayerSettings, PruneConfig
+from .locking import apply_mask, attach_mask, lock_optimizer, remove_masks, zero_optimizer_state
+from .report import LayerReport, format_table, layer_report
+
+__all__ = ["Pruner", "PRUNABLE"]
+
+#: module types the pruner selects (subclasses included).
+PRUNABLE = (nn.Linear, nn.Conv2d)
+
+
+class Pruner:
+    """Attaches masks to the selected weights of ``model`` (all True at first).
+
+    Typical use::
+
+        pruner = Pruner(model, PruneConfig(pattern="2:4", criterion="wanda"))
+        pruner.calibrate(batches)       # Wanda/Taylor statistics
+        pruner.prune()                  # one shot; or pruner.step() every training step
+        pruner.lock(optimizer)          # pruned weights stay exactly zero while fine-tuning
+        model = pruner.finalize()       # masks baked in, hooks gone
+    """
+
+    def __init__(self, model: nn.Module, config: PruneConfig):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not isinstance(config, PruneConfig):
+            raise TypeError(f"config must be a PruneConfig, got {type(config).__name__}")
+        self.model, self.config = model, config
+        self.layers: dict[str, nn.Module] = {
+            name: m for name, m in model.named_modules()
+            if isinstance(m, PRUNABLE) and config.selects(name)}
+        if not self.layers:
+            candidates = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
+            raise ValueError(f"no nn.Linear/nn.Conv2d module matches include={config.include} "
+                             f"exclude={config.exclude}; candidates: {candidates[:20]}")
+        self.settings: dict[str, LayerSettings] = {n: config.settings(n) for n in self.layers}
+        for name, module in self.layers.items():
+            self._check_fits(name, module)
+            attach_mask(module)
+        self.stats: dict[str, LayerStats] = {}
+        self.targets: dict[str, float | None] = dict.fromkeys(self.layers)
+        self.steps_taken = 0
+        self._locks: list[tuple[torch.optim.Optimizer, object]] = []
+        self._finalized = False
+
+    # ------------------------------------------------------------------ calibration
+    def calibrate(self, batches: Iterable, loss_fn: Callable | None = None) -> Pruner:
+        """Feeds ``batches`` (``model(**b)`` for dicts, ``model(*b)`` for tuples/lists, else
+        ``model(b)``) and records input activation norms; with the Taylor criterion (or a
+        ``loss_fn``), also gradients of ``loss_fn(output, batch)``. Statistics accumulate
+        over calls. Run it in the mode you want (``model.eval()`` for frozen norms)."""
+        self._check_live()
+        crit = self.config.criterion
+        calibrate(self.model, self.layers, batches, self.stats,
+                  gradients=crit == "taylor" or loss_fn is not None, gram=False, loss_fn=loss_fn)
+        return self
+
+    # ------------------------------------------------------------------ pruning
+    def prune(self) -> Pruner:
+        """One shot: every layer to its final sparsity."""
+        self._check_live()
+        self._apply({n: s.sparsity for n, s in self.settings.items()})
+        return self
+
+    def step(self) -> bool:
+        """Advances the gradual schedule by one training step; returns whether the masks
+        changed at this step."""
+        self._check_live()
+        schedule = self.config.schedule
+        if schedule is None:
+            raise ValueError("step() needs PruneConfig(schedule=CubicSchedule(start, end, "
+                             "frequency)); use prune() for one-shot pruning")
+        t = self.steps_taken
+        self.steps_taken += 1
+        if not schedule.is_update(t):
+            return False
+        self._apply({n: schedule.sparsity(t, s.sparsity) for n, s in self.settings.items()})
+        return True
+
+    def lock(self, *optimizers: torch.optim.Optimizer) -> Pruner:
+        """Keeps pruned weights exactly zero across each optimizer's ``step()`` (and zeroes
+        their momentum / Adam state), for any ``torch.optim.Optimizer``."""
+        self._check_live()
+        for opt in optimizers:
+            self._locks.append((opt, lock_optimizer(opt, self.layers.values())))
+        return self
+
+    def finalize(self) -> nn.Module:
+        """Bakes the masks into the weights, removes masks, hooks and optimizer locks;
+        returns the model (plain modules again, loadable without sparseprune)."""
+        self._check_live()
+        for _, handle in self._locks:
+            handle.remove()
+        self._locks.clear()
+        for module in self.layers.values():
+            remove_masks(module)
+        self._finalized = True
+        return self.model
+
+    # ------------------------------------------------------------------ inspection
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """The current keep-masks by module name (the buffers themselves)."""
+        self._check_live()
+        return {n: m.weight_mask for n, m in self.layers.items()}
+
+    def report(self) -> list[LayerReport]:
+        return [layer_report(n, m, self._pattern_label(n), self.targets[n])
+                for n, m in self.layers.items()]
+
+    def _pattern_label(self, name: str) -> str:
+        st = self.settings[name]
+        ranked = (self.config.scope == "global" and st.pattern.rankable
+                  and not st.sparsity_overridden)
+        return f"{st.pattern.name} (global)" if ranked else st.pattern.name
+
+    def report_table(self) -> str:
+        """Markdown table of per-layer target and actual sparsity."""
+        return format_table(self.report())
+
+    # ------------------------------------------------------------------ internals
+    def _check_live(self):
+        if self._finalized:
+            raise RuntimeError("this Pruner was finalized; make a new one to prune again")
+
+    def _check_fits(self, name: str, module: nn.Module):
+        pattern = self.settings[name].pattern
+        block = getattr(pattern, "block", None)
+        w = module.weight
+        rows, cols = w.shape[0], w[0].numel()
+        if block is not None and (block[0] > rows or block[1] > cols):
+            raise ValueError(f"layer {name!r}: block {block[0]}x{block[1]} is larger than its "
+                             f"weight {rows}x{cols} (as 2-D); exclude it or override its pattern")
+
+    def _scores(self, name: str, module: nn.Module) -> torch.Tensor:
+        crit = self.config.criterion
+        w = module.weight.detach()
+        stats = self.stats.get(name)
+        if callable(crit):
+            s = crit(module, stats)
+            if not isinstance(s, torch.Tensor) or s.numel() != w.numel():
+                raise ValueError(f"criterion callable returned "
+                                 f"{getattr(s, 'shape', type(s).__name__)} for layer {name!r}; "
+                                 f"expected a tensor of the weight's shape {tuple(w.shape)}")
+            return s.detach().reshape(w.shape)
+        if crit == "magnitude":
+            return criteria.magnitude(w)
+        if crit == "wanda":
+            if stats is None or stats.input_sq is None:
+                raise ValueError(f"criterion 'wanda' needs input activations: call "
+                                 f"calibrate(batches) before pruning (layer {name!r} saw none)")
+            return criteria.wanda(w, stats.input_norm(w.shape[0]).to(w.device))
+        if crit == "taylor":
+            if stats is None or stats.grad_abs is None:
+                raise ValueError(f"criterion 'taylor' needs gradients: call calibrate(batches, "
+                                 f"loss_fn) before pruning (layer {name!r} has none)")
+            return criteria.taylor(w, stats.grad_abs)
+        raise ValueError(f"unknown criterion {crit!r}")  # PruneConfig rejects it first
+
+    def _apply(self, sparsity: dict[str, float]) -> None:
+        cfg = self.config
+        scores = {n: self._scores(n, m) for n, m in self.layers.items()}
+        keeps: dict[str, torch.Tensor] = {}
+        groups: dict[str, list[str]] = {}
+        for n, st in self.settings.items():
+            if cfg.scope == "global" and st.pattern.rankable and not st.sparsity_overridden:
+                groups.setdefault(st.pattern.name, []).append(n)
+            else:
+                keeps[n] = st.pattern.mask(scores[n], sparsity[n],
+                                           per_row=cfg.uses_per_row(st.pattern))
+        for names in groups.values():
+            pattern = self.settings[names[0]].pattern
+            units = [pattern.unit_scores(scores[n]) for n in names]
+            unit_keeps = global_keep(units, sparsity[names[0]],
+                                     [self.settings[n].min_density for n in names],
+                                     [self.settings[n].max_density for n in names])
+            for n, k in zip(names, unit_keeps):
+                keeps[n] = pattern.expand(k, scores[n].shape)
+        for n, keep in keeps.items():
+            apply_mask(self.layers[n], keep)
+            self.targets[n] = sparsity[n]
+        for opt, _ in self._locks:
+            zero_optimizer_state(opt, {id(m.weight): m for m in self.layers.values()})
