@@ -62,3 +62,65 @@ inline void for_each_chunk(const XPlan& plan, const Body& body) {
     }
   }
 }
+
+// BSR: output rows [i0, i0 + R) of block row `br` for one chunk. For each block column j
+// the NV activation vectors are loaded once and feed R rows (R broadcasts, R*NV FMAs),
+// so blocks reach a far higher share of FMA peak than one-row CSR.
+template <int R, int NV, typename T>
+inline void bsr_rows(const Bsr& w, int64_t in_features, int64_t br, int64_t i0,
+                     const float* xt, float* out /* [R][NV*lanes] */) {
+  constexpr int W = NV * Vec::kLanes;
+  typename Vec::reg acc[R][NV];
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = Vec::zero();
+  const T* blocks = static_cast<const T*>(w.blocks);
+  for (int64_t k = w.block_row_offsets[br]; k < w.block_row_offsets[br + 1]; ++k) {
+    const int64_t c0 = static_cast<int64_t>(w.block_col_indices[k]) * w.bw;
+    const int64_t cols = in_features - c0 < w.bw ? in_features - c0 : w.bw;
+    const T* blk = blocks + (k * w.bh + i0) * w.bw;
+    const float* xr = xt + c0 * W;
+    for (int64_t j = 0; j < cols; ++j, xr += W) {
+      typename Vec::reg xv[NV];
+      for (int v = 0; v < NV; ++v) xv[v] = Vec::load(xr + v * Vec::kLanes);
+      for (int i = 0; i < R; ++i) {
+        const typename Vec::reg wv = Vec::set1(load_f32(blk[i * w.bw + j]));
+        for (int v = 0; v < NV; ++v) acc[i][v] = Vec::fmadd(wv, xv[v], acc[i][v]);
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < NV; ++v) Vec::store(out + i * W + v * Vec::kLanes, acc[i][v]);
+}
+
+template <typename T>
+void bsr_batched(const Dense& d, const Bsr& w, const XPacked& xp, int64_t br_begin,
+                 int64_t br_end) {
+  for_each_chunk(xp.plan, [&](auto nv, int64_t c) {
+    constexpr int NV = decltype(nv)::value;
+    // Registers: R*NV accumulators + NV activations must fit the register file.
+    constexpr int R = Vec::kLanes == 16 ? (NV == 1 ? 8 : NV == 2 ? 8 : 4)
+                                        : (NV == 1 ? 8 : NV == 2 ? 4 : 2);
+    alignas(64) float acc[R * NV * Vec::kLanes];
+    const float* xt = xp.xt + xp.plan.offset(c);
+    const int64_t first = xp.plan.first_row(c), rows = xp.plan.rows(c);
+    for (int64_t br = br_begin; br < br_end; ++br) {
+      const int64_t r0 = br * w.bh;
+      const int64_t valid = d.out_features - r0 < w.bh ? d.out_features - r0 : w.bh;
+      int64_t i0 = 0;
+      // Full groups of R rows, then 4/2/1 for the rest of the block (padding rows of a
+      // ragged edge block are skipped, never read).
+      auto run = [&](auto rr) {
+        constexpr int RR = decltype(rr)::value;
+        for (; i0 + RR <= valid; i0 += RR) {
+          bsr_rows<RR, NV, T>(w, d.in_features, br, i0, xt, acc);
+          for (int i = 0; i < RR; ++i)
+            store_column<T>(d, acc + i * NV * Vec::kLanes, first, rows, r0 + i0 + i);
+        }
+      };
+      run(std::integral_constant<int, R>{});
+      if constexpr (R > 4) run(std::integral_constant<int, 4>{});
+      if constexpr (R > 2) run(std::integral_constant<int, 2>{});
+      run(std::integral_constant<int, 1>{});
+    }
+  });
+}

@@ -32,6 +32,7 @@ void set_isa(Isa isa);
 struct XLayout {
   int64_t lanes = 0;
   int64_t max_vectors = 0;
+  bool plain_batch1 = true;  // batch 1 as plain x (width 1) rather than a padded chunk
 };
 
 struct KernelTable {

@@ -161,8 +161,10 @@ struct XPlan {
 };
 
 // Chunks of `lanes * max_vectors` rows (max_vectors: 1, 2 or 4); the tail uses the
-// fewest vectors, a power of two, that cover it. batch == 1 gives one chunk of width 1.
-XPlan plan_x(int64_t batch, int64_t in_features, int64_t lanes, int64_t max_vectors);
+// fewest vectors, a power of two, that cover it. With plain_batch1, batch 1 gives one
+// chunk of width 1 (plain x, for the gather kernels).
+XPlan plan_x(int64_t batch, int64_t in_features, int64_t lanes, int64_t max_vectors,
+             bool plain_batch1);
 
 // Fills columns [col_begin, col_end) of every chunk of xt; ranges may run in parallel.
 void pack_x(const Dense& d, const XPlan& plan, float* xt, int64_t col_begin, int64_t col_end);
@@ -192,6 +194,10 @@ void spmm_nm_ref(const Dense&, const NM&, const XPacked&, int64_t row_begin, int
 // Vectorized kernels, one translation unit per pattern x ISA, each compiled with its own
 // flags (csrc/cpu/isa_flags.txt). Only dispatch.cpp decides whether they may run.
 void spmm_csr_avx2(const Dense&, const Csr&, const XPacked&, int64_t row_begin, int64_t row_end);
+void spmm_bsr_avx2(const Dense&, const Bsr&, const XPacked&, int64_t block_row_begin,
+                   int64_t block_row_end);
+void spmm_bsr_avx512(const Dense&, const Bsr&, const XPacked&, int64_t block_row_begin,
+                     int64_t block_row_end);
 void spmm_csr_avx512(const Dense&, const Csr&, const XPacked&, int64_t row_begin,
                      int64_t row_end);
 

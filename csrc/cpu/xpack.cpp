@@ -25,10 +25,11 @@ void pack_chunk(const T* x, int64_t in, int64_t rows, int64_t width, float* xt,
 
 }  // namespace
 
-XPlan plan_x(int64_t batch, int64_t in_features, int64_t lanes, int64_t max_vectors) {
+XPlan plan_x(int64_t batch, int64_t in_features, int64_t lanes, int64_t max_vectors,
+             bool plain_batch1) {
   XPlan p;
   p.in_features = in_features;
-  if (batch == 1) {
+  if (batch == 1 && plain_batch1) {
     p.full_width = 1;
     p.full_chunks = 1;
     return p;

@@ -100,7 +100,8 @@ void expect_close(const char* what, Isa isa, const Case& c, const std::vector<T>
 XPacked pack_for(const Dense& d, const XLayout& layout, std::vector<float>& buf) {
   XPacked xp;
   if (layout.lanes == 0 || d.batch == 0) return xp;
-  xp.plan = plan_x(d.batch, d.in_features, layout.lanes, layout.max_vectors);
+  xp.plan = plan_x(d.batch, d.in_features, layout.lanes, layout.max_vectors,
+                   layout.plain_batch1);
   buf.assign(static_cast<size_t>(xp.plan.floats()), -1.f);
   // two column ranges, as two threads would fill them
   pack_x(d, xp.plan, buf.data(), 0, d.in_features / 2);
