@@ -171,6 +171,10 @@ class Pruner:
 
     def _apply(self, sparsity: dict[str, float]) -> None:
         cfg = self.config
+        for m in self.layers.values():
+            # Score what the model computes with: weights moved off zero since the last
+            # forward (no lock, or edited by hand) must not rank above kept ones.
+            apply_mask(m, m.weight_mask)
         scores = {n: self._scores(n, m) for n, m in self.layers.items()}
         keeps: dict[str, torch.Tensor] = {}
         groups: dict[str, list[str]] = {}
