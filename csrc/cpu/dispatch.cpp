@@ -107,8 +107,8 @@ const KernelTable& kernels_for(Isa isa) {
   static const KernelTable ref{spmm_csr_ref, as_is, spmm_bsr_ref, as_is, spmm_nm_ref, as_is};
   static const KernelTable avx2{spmm_csr_avx2, {8, 4, true}, spmm_bsr_avx2, {8, 4, false},
                                 spmm_nm_ref,   as_is};
-  static const KernelTable avx512{spmm_csr_avx512, {16, 4, true}, spmm_bsr_avx512,
-                                  {16, 4, false},  spmm_nm_ref,    as_is};
+  static const KernelTable avx512{spmm_csr_avx512, {16, 2, true}, spmm_bsr_avx512,
+                                  {16, 2, false},  spmm_nm_avx512, {16, 2, true}};
   switch (isa) {
     case Isa::avx512:
       return avx512;

@@ -57,17 +57,18 @@ inline float store_f32<float>(float f) { return f; }
 template <>
 inline uint16_t store_f32<uint16_t>(float f) { return f32_to_bf16(f); }
 
-// A float scratch buffer without std:: templates (see above).
-class FloatScratch {
+// A scratch buffer without std:: templates (see above).
+template <typename T>
+class Scratch {
  public:
-  explicit FloatScratch(int64_t n) : p_(n > 0 ? new float[static_cast<size_t>(n)] : nullptr) {}
-  ~FloatScratch() { delete[] p_; }
-  FloatScratch(const FloatScratch&) = delete;
-  FloatScratch& operator=(const FloatScratch&) = delete;
-  float* data() { return p_; }
+  explicit Scratch(int64_t n) : p_(n > 0 ? new T[static_cast<size_t>(n)] : nullptr) {}
+  ~Scratch() { delete[] p_; }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* data() { return p_; }
 
  private:
-  float* p_;
+  T* p_;
 };
 
 }  // namespace
@@ -194,6 +195,7 @@ void spmm_nm_ref(const Dense&, const NM&, const XPacked&, int64_t row_begin, int
 // Vectorized kernels, one translation unit per pattern x ISA, each compiled with its own
 // flags (csrc/cpu/isa_flags.txt). Only dispatch.cpp decides whether they may run.
 void spmm_csr_avx2(const Dense&, const Csr&, const XPacked&, int64_t row_begin, int64_t row_end);
+void spmm_nm_avx512(const Dense&, const NM&, const XPacked&, int64_t row_begin, int64_t row_end);
 void spmm_bsr_avx2(const Dense&, const Bsr&, const XPacked&, int64_t block_row_begin,
                    int64_t block_row_end);
 void spmm_bsr_avx512(const Dense&, const Bsr&, const XPacked&, int64_t block_row_begin,

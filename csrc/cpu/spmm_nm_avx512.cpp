@@ -1,0 +1,143 @@
+// N:M x dense, AVX-512. The bit-packed metadata is decoded 16 slots at a time in
+// registers (one masked byte load, an in-lane byte shuffle, variable shifts), giving the
+// input column of every slot without ever materializing per-slot indices in memory.
+// Batch 1: the columns drive a gather. Larger batches: a row's columns are decoded once
+// per chunk into a small buffer that the batched body (batched.h) consumes.
+#include <immintrin.h>
+
+#include <type_traits>
+
+#include "cpu/kernels.h"
+
+namespace sparseprune {
+namespace cpu {
+namespace {
+
+#include "cpu/vec_avx512.h"
+#include "cpu/batched.h"
+
+// Per-call constants of the decoder for a given n:m.
+struct Decoder {
+  __m512i ctrl;   // dword lane j <- metadata bytes (j*bits)/8 and the one after it
+  __m512i shift;  // (j*bits) % 8
+  __m512i field;  // (1 << bits) - 1
+  __m512i group_cols[32];  // for r0 = s0 % n: m * floor((r0 + j) / n)
+  int64_t n, m, bits, row_bytes, slots;
+};
+
+void make_decoder(Decoder& dc, const NM& w, int64_t in_features) {
+  dc.n = w.n;
+  dc.m = w.m;
+  dc.bits = nm_index_bits(w.m);
+  dc.row_bytes = nm_meta_row_bytes(in_features, w.n, w.m);
+  dc.slots = nm_slots_per_row(in_features, w.n, w.m);
+  alignas(64) int32_t ctrl[16], shift[16], cols[16];
+  for (int j = 0; j < 16; ++j) {
+    const int bit = j * static_cast<int>(dc.bits);
+    const int byte = bit >> 3;
+    ctrl[j] = byte | (byte + 1) << 8 | 0x80 << 16 | 0x80 << 24;
+    shift[j] = bit & 7;
+  }
+  dc.ctrl = _mm512_load_si512(ctrl);
+  dc.shift = _mm512_load_si512(shift);
+  dc.field = _mm512_set1_epi32((1 << dc.bits) - 1);
+  for (int64_t r0 = 0; r0 < dc.n; ++r0) {
+    for (int j = 0; j < 16; ++j) cols[j] = static_cast<int32_t>((r0 + j) / dc.n * dc.m);
+    dc.group_cols[r0] = _mm512_load_si512(cols);
+  }
+}
+
+// Input columns of slots [s0, s0 + 16) of one row; s0 is a multiple of 16, q0 = s0 / n
+// and r0 = s0 % n. Lanes past the row's last slot hold garbage.
+inline __m512i decode16(const Decoder& dc, const uint8_t* row_meta, int64_t s0, int64_t q0,
+                        int64_t r0) {
+  const int64_t byte0 = s0 * dc.bits / 8;
+  const int64_t avail = dc.row_bytes - byte0;
+  const __mmask16 lm = avail >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << avail) - 1u);
+  const __m512i window = _mm512_broadcast_i32x4(_mm_maskz_loadu_epi8(lm, row_meta + byte0));
+  const __m512i words = _mm512_shuffle_epi8(window, dc.ctrl);
+  const __m512i idx = _mm512_and_si512(_mm512_srlv_epi32(words, dc.shift), dc.field);
+  const __m512i base = _mm512_set1_epi32(static_cast<int32_t>(q0 * dc.m));
+  return _mm512_add_epi32(_mm512_add_epi32(base, dc.group_cols[r0]), idx);
+}
+
+// Walks a row 16 slots at a time, keeping s0 / n and s0 % n without dividing.
+template <typename Fn>
+inline void for_each_16_slots(const Decoder& dc, const uint8_t* row_meta, const Fn& fn) {
+  const int64_t dq = 16 / dc.n, dr = 16 % dc.n;
+  int64_t q0 = 0, r0 = 0;
+  for (int64_t s0 = 0; s0 < dc.slots; s0 += 16) {
+    fn(s0, decode16(dc, row_meta, s0, q0, r0));
+    q0 += dq;
+    r0 += dr;
+    if (r0 >= dc.n) {
+      r0 -= dc.n;
+      ++q0;
+    }
+  }
+}
+
+template <typename T>
+inline __m512 load_vals(const T* p, __mmask16 k);
+template <>
+inline __m512 load_vals<float>(const float* p, __mmask16 k) {
+  return _mm512_maskz_loadu_ps(k, p);
+}
+template <>
+inline __m512 load_vals<uint16_t>(const uint16_t* p, __mmask16 k) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+inline __mmask16 lanes_left(int64_t left) {
+  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
+}
+
+template <typename T>
+void nm_avx512(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin,
+               int64_t row_end) {
+  Decoder dc;
+  make_decoder(dc, w, d.in_features);
+  const T* vals = static_cast<const T*>(w.values);
+  if (xp.plan.full_width == 1) {
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      const T* vrow = vals + r * dc.slots;
+      __m512 acc = _mm512_setzero_ps();
+      for_each_16_slots(dc, w.metadata + r * dc.row_bytes, [&](int64_t s0, __m512i cols) {
+        const __mmask16 k = lanes_left(dc.slots - s0);
+        const __m512 x = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, cols, xp.xt, 4);
+        acc = _mm512_fmadd_ps(load_vals(vrow + s0, k), x, acc);
+      });
+      float sum = _mm512_reduce_add_ps(acc);
+      store_column<T>(d, &sum, 0, 1, r);
+    }
+    return;
+  }
+  Scratch<int32_t> cols(dc.slots + 16);
+  for_each_chunk(xp.plan, [&](auto nv, int64_t c) {
+    constexpr int NV = decltype(nv)::value;
+    alignas(64) float acc[NV * Vec::kLanes];
+    const float* xt = xp.xt + xp.plan.offset(c);
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      for_each_16_slots(dc, w.metadata + r * dc.row_bytes, [&](int64_t s0, __m512i cv) {
+        _mm512_storeu_si512(cols.data() + s0, cv);
+      });
+      dot_batched<NV>(cols.data(), vals + r * dc.slots, dc.slots, xt, acc);
+      store_column<T>(d, acc, xp.plan.first_row(c), xp.plan.rows(c), r);
+    }
+  });
+}
+
+}  // namespace
+
+void spmm_nm_avx512(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin,
+                    int64_t row_end) {
+  if (d.dtype == DType::f32) {
+    nm_avx512<float>(d, w, xp, row_begin, row_end);
+  } else {
+    nm_avx512<uint16_t>(d, w, xp, row_begin, row_end);
+  }
+}
+
+}  // namespace cpu
+}  // namespace sparseprune
