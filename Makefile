@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel that lies on this machine's disk; a GPU user sets e.g. TORCH_SPEC=torch==2.11.0.
 TORCH_SPEC ?= torch==2.13.0
-DEPS := numpy pybind11 ninja "setuptools>=64" wheel pytest hypothesis safetensors
+DEPS := numpy pybind11 ninja "setuptools>=64" wheel pytest hypothesis safetensors scikit-learn
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cpu/*.txt)
 CMAKE_BUILD ?= build/cmake
 
