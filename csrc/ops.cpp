@@ -122,8 +122,7 @@ struct PackedActivations {
 PackedActivations pack_activations(const cpu::Dense& d, const cpu::XLayout& layout) {
   PackedActivations out;
   if (layout.lanes == 0 || d.batch == 0) return out;
-  out.xp.plan = cpu::plan_x(d.batch, d.in_features, layout.lanes, layout.max_vectors,
-                            layout.plain_batch1);
+  out.xp.plan = cpu::plan_x(d.batch, d.in_features, layout);
   if (out.xp.plan.full_width == 1 && d.dtype == cpu::DType::f32) {
     out.xp.xt = static_cast<const float*>(d.x);  // batch 1, fp32: x is already the layout
     return out;

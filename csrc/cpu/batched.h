@@ -8,31 +8,31 @@
 #pragma once
 
 // out[0..NV*lanes) = sum_k value(k) * xt[col(k)][...], over count stored entries.
-template <int NV, typename I, typename T>
+template <class V, int NV, typename I, typename T>
 inline void dot_batched(const I* cols, const T* vals, int64_t count, const float* xt,
                         float* out) {
-  constexpr int W = NV * Vec::kLanes;
+  constexpr int W = NV * V::kLanes;
   constexpr int U = NV >= 4 ? 1 : 4 / NV;  // independent chains per vector lane group
-  typename Vec::reg acc[U][NV];
+  typename V::reg acc[U][NV];
   for (int u = 0; u < U; ++u)
-    for (int v = 0; v < NV; ++v) acc[u][v] = Vec::zero();
+    for (int v = 0; v < NV; ++v) acc[u][v] = V::zero();
   int64_t k = 0;
   for (; k + U <= count; k += U) {
     for (int u = 0; u < U; ++u) {
       const float* xr = xt + static_cast<int64_t>(cols[k + u]) * W;
-      const typename Vec::reg w = Vec::set1(load_f32(vals[k + u]));
-      for (int v = 0; v < NV; ++v) acc[u][v] = Vec::fmadd(w, Vec::load(xr + v * Vec::kLanes), acc[u][v]);
+      const typename V::reg w = V::set1(load_f32(vals[k + u]));
+      for (int v = 0; v < NV; ++v) acc[u][v] = V::fmadd(w, V::load(xr + v * V::kLanes), acc[u][v]);
     }
   }
   for (; k < count; ++k) {
     const float* xr = xt + static_cast<int64_t>(cols[k]) * W;
-    const typename Vec::reg w = Vec::set1(load_f32(vals[k]));
-    for (int v = 0; v < NV; ++v) acc[0][v] = Vec::fmadd(w, Vec::load(xr + v * Vec::kLanes), acc[0][v]);
+    const typename V::reg w = V::set1(load_f32(vals[k]));
+    for (int v = 0; v < NV; ++v) acc[0][v] = V::fmadd(w, V::load(xr + v * V::kLanes), acc[0][v]);
   }
   for (int v = 0; v < NV; ++v) {
-    typename Vec::reg s = acc[0][v];
-    for (int u = 1; u < U; ++u) s = Vec::add(s, acc[u][v]);
-    Vec::store(out + v * Vec::kLanes, s);
+    typename V::reg s = acc[0][v];
+    for (int u = 1; u < U; ++u) s = V::add(s, acc[u][v]);
+    V::store(out + v * V::kLanes, s);
   }
 }
 
@@ -45,34 +45,25 @@ inline void store_column(const Dense& d, const float* acc, int64_t first, int64_
   for (int64_t j = 0; j < rows; ++j) y[j * d.out_features] = store_f32<T>(acc[j] + b);
 }
 
-// Runs `body<NV>(chunk)` for every chunk of the plan, NV = width / lanes.
+// Runs body(Tag<V>, integral_constant<NV>, chunk) for every chunk of the plan, with the
+// vector type and count the ISA uses for that chunk's width (with_width).
 template <typename Body>
 inline void for_each_chunk(const XPlan& plan, const Body& body) {
   for (int64_t c = 0; c < plan.chunks(); ++c) {
-    switch (plan.width(c) / Vec::kLanes) {
-      case 1:
-        body(std::integral_constant<int, 1>{}, c);
-        break;
-      case 2:
-        body(std::integral_constant<int, 2>{}, c);
-        break;
-      default:
-        body(std::integral_constant<int, 4>{}, c);
-        break;
-    }
+    with_width(plan.width(c), [&](auto v, auto nv) { body(v, nv, c); });
   }
 }
 
 // BSR: output rows [i0, i0 + R) of block row `br` for one chunk. For each block column j
 // the NV activation vectors are loaded once and feed R rows (R broadcasts, R*NV FMAs),
 // so blocks reach a far higher share of FMA peak than one-row CSR.
-template <int R, int NV, typename T>
+template <class V, int R, int NV, typename T>
 inline void bsr_rows(const Bsr& w, int64_t in_features, int64_t br, int64_t i0,
                      const float* xt, float* out /* [R][NV*lanes] */) {
-  constexpr int W = NV * Vec::kLanes;
-  typename Vec::reg acc[R][NV];
+  constexpr int W = NV * V::kLanes;
+  typename V::reg acc[R][NV];
   for (int i = 0; i < R; ++i)
-    for (int v = 0; v < NV; ++v) acc[i][v] = Vec::zero();
+    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
   const T* blocks = static_cast<const T*>(w.blocks);
   for (int64_t k = w.block_row_offsets[br]; k < w.block_row_offsets[br + 1]; ++k) {
     const int64_t c0 = static_cast<int64_t>(w.block_col_indices[k]) * w.bw;
@@ -80,27 +71,28 @@ inline void bsr_rows(const Bsr& w, int64_t in_features, int64_t br, int64_t i0,
     const T* blk = blocks + (k * w.bh + i0) * w.bw;
     const float* xr = xt + c0 * W;
     for (int64_t j = 0; j < cols; ++j, xr += W) {
-      typename Vec::reg xv[NV];
-      for (int v = 0; v < NV; ++v) xv[v] = Vec::load(xr + v * Vec::kLanes);
+      typename V::reg xv[NV];
+      for (int v = 0; v < NV; ++v) xv[v] = V::load(xr + v * V::kLanes);
       for (int i = 0; i < R; ++i) {
-        const typename Vec::reg wv = Vec::set1(load_f32(blk[i * w.bw + j]));
-        for (int v = 0; v < NV; ++v) acc[i][v] = Vec::fmadd(wv, xv[v], acc[i][v]);
+        const typename V::reg wv = V::set1(load_f32(blk[i * w.bw + j]));
+        for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(wv, xv[v], acc[i][v]);
       }
     }
   }
   for (int i = 0; i < R; ++i)
-    for (int v = 0; v < NV; ++v) Vec::store(out + i * W + v * Vec::kLanes, acc[i][v]);
+    for (int v = 0; v < NV; ++v) V::store(out + i * W + v * V::kLanes, acc[i][v]);
 }
 
 template <typename T>
 void bsr_batched(const Dense& d, const Bsr& w, const XPacked& xp, int64_t br_begin,
                  int64_t br_end) {
-  for_each_chunk(xp.plan, [&](auto nv, int64_t c) {
+  for_each_chunk(xp.plan, [&](auto v, auto nv, int64_t c) {
+    using V = typename decltype(v)::type;
     constexpr int NV = decltype(nv)::value;
-    // Registers: R*NV accumulators + NV activations must fit the register file.
-    constexpr int R = Vec::kLanes == 16 ? (NV == 1 ? 8 : NV == 2 ? 8 : 4)
-                                        : (NV == 1 ? 8 : NV == 2 ? 4 : 2);
-    alignas(64) float acc[R * NV * Vec::kLanes];
+    // Registers: R*NV accumulators + NV activations must fit the register file
+    // (32 registers with AVX-512, 16 with AVX2).
+    constexpr int R = V::kLanes * NV <= 16 ? 8 : (kLanes == 16 && NV == 2 ? 8 : 4);
+    alignas(64) float acc[R * NV * V::kLanes];
     const float* xt = xp.xt + xp.plan.offset(c);
     const int64_t first = xp.plan.first_row(c), rows = xp.plan.rows(c);
     for (int64_t br = br_begin; br < br_end; ++br) {
@@ -112,9 +104,9 @@ void bsr_batched(const Dense& d, const Bsr& w, const XPacked& xp, int64_t br_beg
       auto run = [&](auto rr) {
         constexpr int RR = decltype(rr)::value;
         for (; i0 + RR <= valid; i0 += RR) {
-          bsr_rows<RR, NV, T>(w, d.in_features, br, i0, xt, acc);
+          bsr_rows<V, RR, NV, T>(w, d.in_features, br, i0, xt, acc);
           for (int i = 0; i < RR; ++i)
-            store_column<T>(d, acc + i * NV * Vec::kLanes, first, rows, r0 + i0 + i);
+            store_column<T>(d, acc + i * NV * V::kLanes, first, rows, r0 + i0 + i);
         }
       };
       run(std::integral_constant<int, R>{});

@@ -27,14 +27,6 @@ Isa active_isa();
 // Throws std::invalid_argument if this machine cannot run `isa`.
 void set_isa(Isa isa);
 
-// How a kernel wants its activations: packed by pack_x into chunks of up to
-// lanes * max_vectors batch rows, or (lanes == 0) read from x as is.
-struct XLayout {
-  int64_t lanes = 0;
-  int64_t max_vectors = 0;
-  bool plain_batch1 = true;  // batch 1 as plain x (width 1) rather than a padded chunk
-};
-
 struct KernelTable {
   CsrKernel csr;
   XLayout csr_x;

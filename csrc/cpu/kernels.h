@@ -161,11 +161,19 @@ struct XPlan {
   int64_t floats() const { return (full_chunks * full_width + tail_width) * in_features; }
 };
 
-// Chunks of `lanes * max_vectors` rows (max_vectors: 1, 2 or 4); the tail uses the
-// fewest vectors, a power of two, that cover it. With plain_batch1, batch 1 gives one
-// chunk of width 1 (plain x, for the gather kernels).
-XPlan plan_x(int64_t batch, int64_t in_features, int64_t lanes, int64_t max_vectors,
-             bool plain_batch1);
+// How a kernel wants its activations: packed by pack_x into chunks of up to
+// lanes * max_vectors batch rows, or (lanes == 0) read from x as is.
+struct XLayout {
+  int64_t lanes = 0;
+  int64_t max_vectors = 0;
+  int64_t min_width = 0;     // narrowest chunk (a power of two <= lanes)
+  bool plain_batch1 = true;  // batch 1 as plain x (width 1) rather than a padded chunk
+};
+
+// Chunks of lanes * max_vectors rows; the tail gets the narrowest power-of-two width,
+// at least min_width, that covers it. With plain_batch1, batch 1 gives one chunk of
+// width 1 (plain x, for the gather kernels).
+XPlan plan_x(int64_t batch, int64_t in_features, const XLayout& layout);
 
 // Fills columns [col_begin, col_end) of every chunk of xt; ranges may run in parallel.
 void pack_x(const Dense& d, const XPlan& plan, float* xt, int64_t col_begin, int64_t col_end);
@@ -195,6 +203,7 @@ void spmm_nm_ref(const Dense&, const NM&, const XPacked&, int64_t row_begin, int
 // Vectorized kernels, one translation unit per pattern x ISA, each compiled with its own
 // flags (csrc/cpu/isa_flags.txt). Only dispatch.cpp decides whether they may run.
 void spmm_csr_avx2(const Dense&, const Csr&, const XPacked&, int64_t row_begin, int64_t row_end);
+void spmm_nm_avx2(const Dense&, const NM&, const XPacked&, int64_t row_begin, int64_t row_end);
 void spmm_nm_avx512(const Dense&, const NM&, const XPacked&, int64_t row_begin, int64_t row_end);
 void spmm_bsr_avx2(const Dense&, const Bsr&, const XPacked&, int64_t block_row_begin,
                    int64_t block_row_end);

@@ -25,23 +25,22 @@ void pack_chunk(const T* x, int64_t in, int64_t rows, int64_t width, float* xt,
 
 }  // namespace
 
-XPlan plan_x(int64_t batch, int64_t in_features, int64_t lanes, int64_t max_vectors,
-             bool plain_batch1) {
+XPlan plan_x(int64_t batch, int64_t in_features, const XLayout& layout) {
   XPlan p;
   p.in_features = in_features;
-  if (batch == 1 && plain_batch1) {
+  if (batch == 1 && layout.plain_batch1) {
     p.full_width = 1;
     p.full_chunks = 1;
     return p;
   }
-  p.full_width = lanes * max_vectors;
+  p.full_width = layout.lanes * layout.max_vectors;
   p.full_chunks = batch / p.full_width;
   p.tail_rows = batch % p.full_width;
   if (p.tail_rows) {
-    // Kernels are instantiated for 1, 2 or 4 vectors per chunk.
-    int64_t vectors = 1;
-    while (vectors * lanes < p.tail_rows) vectors *= 2;
-    p.tail_width = vectors * lanes;
+    // Kernels are instantiated for power-of-two widths only.
+    int64_t width = layout.min_width;
+    while (width < p.tail_rows) width *= 2;
+    p.tail_width = width;
   }
   return p;
 }

@@ -1,0 +1,55 @@
+// Batch-1 row dot product with AVX2 gathers; include only from *_avx2.cpp, inside an
+// anonymous namespace (see the linkage note in kernels.h).
+#pragma once
+
+template <typename I>
+inline __m256i load_idx(const I* p);
+template <>
+inline __m256i load_idx<uint16_t>(const uint16_t* p) {
+  return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+template <>
+inline __m256i load_idx<int32_t>(const int32_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+
+template <typename T>
+inline __m256 load_vals(const T* p);
+template <>
+inline __m256 load_vals<float>(const float* p) {
+  return _mm256_loadu_ps(p);
+}
+template <>
+inline __m256 load_vals<uint16_t>(const uint16_t* p) {
+  const __m256i wide =
+      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+template <typename I, typename T>
+inline float row_dot_gather(const I* cols, const T* vals, int64_t k0, int64_t k1,
+                            const float* x) {
+  __m256 acc0 = _mm256_setzero_ps();
+  __m256 acc1 = _mm256_setzero_ps();
+  int64_t k = k0;
+  for (; k + 16 <= k1; k += 16) {
+    const __m256 x0 = _mm256_i32gather_ps(x, load_idx(cols + k), 4);
+    const __m256 x1 = _mm256_i32gather_ps(x, load_idx(cols + k + 8), 4);
+    acc0 = _mm256_fmadd_ps(load_vals(vals + k), x0, acc0);
+    acc1 = _mm256_fmadd_ps(load_vals(vals + k + 8), x1, acc1);
+  }
+  for (; k + 8 <= k1; k += 8) {
+    const __m256 x0 = _mm256_i32gather_ps(x, load_idx(cols + k), 4);
+    acc0 = _mm256_fmadd_ps(load_vals(vals + k), x0, acc0);
+  }
+  float acc = hsum(_mm256_add_ps(acc0, acc1));
+  for (; k < k1; ++k) acc += load_f32(vals[k]) * x[cols[k]];
+  return acc;
+}
