@@ -107,10 +107,10 @@ const KernelTable& kernels_for(Isa isa) {
   static const KernelTable ref{spmm_csr_ref, as_is, spmm_bsr_ref, as_is, spmm_nm_ref, as_is};
   // Chunks of at most 32 batch rows keep a chunk [in][width] within L2 for in <= 4096.
   constexpr XLayout avx2_x{8, 4, 8, true}, avx512_x{16, 2, 8, true};
-  constexpr XLayout avx2_blocks{8, 4, 8, false}, avx512_blocks{16, 2, 8, false};
+  constexpr XLayout avx2_blocks{8, 4, 8, false};
   static const KernelTable avx2{spmm_csr_avx2, avx2_x, spmm_bsr_avx2, avx2_blocks,
                                 spmm_nm_avx2,  avx2_x};
-  static const KernelTable avx512{spmm_csr_avx512, avx512_x, spmm_bsr_avx512, avx512_blocks,
+  static const KernelTable avx512{spmm_csr_avx512, avx512_x, spmm_bsr_avx512, avx512_x,
                                   spmm_nm_avx512,  avx512_x};
   switch (isa) {
     case Isa::avx512:

@@ -100,8 +100,7 @@ void expect_close(const char* what, Isa isa, const Case& c, const std::vector<T>
 XPacked pack_for(const Dense& d, const XLayout& layout, std::vector<float>& buf) {
   XPacked xp;
   if (layout.lanes == 0 || d.batch == 0) return xp;
-  xp.plan = plan_x(d.batch, d.in_features, layout.lanes, layout.max_vectors,
-                   layout.plain_batch1);
+  xp.plan = plan_x(d.batch, d.in_features, layout);
   buf.assign(static_cast<size_t>(xp.plan.floats()), -1.f);
   // two column ranges, as two threads would fill them
   pack_x(d, xp.plan, buf.data(), 0, d.in_features / 2);
@@ -149,9 +148,9 @@ void run_case(Isa isa, const Case& c, DType dtype) {
     expect_close(it == IndexType::u16 ? "csr/u16" : "csr/i32", isa, c, y, ref);
   }
 
-  // BSR with a ragged 3x5 block grid: every block that holds a nonzero is stored.
-  {
-    const int64_t bh = 3, bw = 5, rb = (c.out + bh - 1) / bh, cb = (c.in + bw - 1) / bw;
+  // BSR, ragged block grids: every block that holds a nonzero is stored.
+  for (auto [bh, bw] : std::vector<std::pair<int64_t, int64_t>>{{3, 5}, {4, 1}, {8, 8}, {16, 16}, {1, 32}}) {
+    const int64_t rb = (c.out + bh - 1) / bh, cb = (c.in + bw - 1) / bw;
     std::vector<int64_t> offsets{0};
     std::vector<int32_t> cols;
     std::vector<T> blocks;
