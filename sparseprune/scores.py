@@ -20,8 +20,9 @@ import torch
 
 __all__ = ["magnitude", "taylor", "wanda", "CRITERIA"]
 
-#: the built-in criteria by name (``PruneConfig(criterion=...)``).
-CRITERIA = ("magnitude", "taylor", "wanda")
+#: the built-in criteria by name (``PruneConfig(criterion=...)``). SparseGPT also rewrites
+#: the kept weights, so it lives in :mod:`sparseprune.pruning.sparsegpt`, not here.
+CRITERIA = ("magnitude", "taylor", "wanda", "sparsegpt")
 
 
 def _check_weight(weight) -> torch.Tensor:

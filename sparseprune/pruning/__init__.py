@@ -12,6 +12,7 @@ from .patterns import parse_pattern
 from .pruner import PRUNABLE, Pruner
 from .report import LayerReport, format_table
 from .schedule import CubicSchedule
+from .sparsegpt import sparsegpt_prune
 
 __all__ = [
     "CubicSchedule",
@@ -26,4 +27,5 @@ __all__ = [
     "lock_optimizer",
     "parse_pattern",
     "remove_masks",
+    "sparsegpt_prune",
 ]

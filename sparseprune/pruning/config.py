@@ -71,7 +71,8 @@ class PruneConfig:
     pattern: ``"unstructured"`` | ``"N:M"`` | ``"block:BHxBW"`` | ``"channel"`` |
         ``"channel:in"`` | callable ``(scores, sparsity) -> bool mask``.
     sparsity: fraction of units to prune, in ``[0, 1)``; N:M patterns fix it (leave it out).
-    criterion: ``"magnitude"`` | ``"taylor"`` | ``"wanda"`` | callable
+    criterion: ``"magnitude"`` | ``"taylor"`` | ``"wanda"`` | ``"sparsegpt"`` (prunes and
+        updates the kept weights from calibration inputs; scope "layer" only) | callable
         ``(module, stats) -> scores`` (``stats`` is a
         :class:`~sparseprune.pruning.calibration.LayerStats` or None before calibration).
     scope: ``"layer"`` (every layer to its own sparsity) or ``"global"`` (one ranking of the
@@ -116,6 +117,9 @@ class PruneConfig:
             raise ValueError(f"min_density ({lo}) must not exceed max_density ({hi})")
         if self.per_row not in (None, True, False):
             raise TypeError(f"per_row must be None, True or False, got {self.per_row!r}")
+        if self.criterion == "sparsegpt" and self.scope != "layer":
+            raise ValueError("criterion 'sparsegpt' reconstructs each layer on its own; "
+                             "use scope='layer'")
         if self.per_row and self.scope == "global":
             raise ValueError("per_row=True ranks within a row; it cannot be combined with "
                              "scope='global'")

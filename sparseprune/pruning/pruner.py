@@ -13,6 +13,7 @@ from .calibration import LayerStats, calibrate
 from .config import LayerSettings, PruneConfig
 from .locking import apply_mask, attach_mask, lock_optimizer, remove_masks, zero_optimizer_state
 from .report import LayerReport, format_table, layer_report
+from .sparsegpt import sparsegpt_prune
 
 __all__ = ["Pruner", "PRUNABLE"]
 
@@ -64,7 +65,8 @@ class Pruner:
         self._check_live()
         crit = self.config.criterion
         calibrate(self.model, self.layers, batches, self.stats,
-                  gradients=crit == "taylor" or loss_fn is not None, gram=False, loss_fn=loss_fn)
+                  gradients=crit == "taylor" or loss_fn is not None, gram=crit == "sparsegpt",
+                  loss_fn=loss_fn)
         return self
 
     # ------------------------------------------------------------------ pruning
@@ -175,6 +177,9 @@ class Pruner:
             # Score what the model computes with: weights moved off zero since the last
             # forward (no lock, or edited by hand) must not rank above kept ones.
             apply_mask(m, m.weight_mask)
+        if cfg.criterion == "sparsegpt":
+            self._apply_sparsegpt(sparsity)
+            return
         scores = {n: self._scores(n, m) for n, m in self.layers.items()}
         keeps: dict[str, torch.Tensor] = {}
         groups: dict[str, list[str]] = {}
@@ -194,6 +199,22 @@ class Pruner:
                 keeps[n] = pattern.expand(k, scores[n].shape)
         for n, keep in keeps.items():
             apply_mask(self.layers[n], keep)
+            self.targets[n] = sparsity[n]
+        for opt, _ in self._locks:
+            zero_optimizer_state(opt, {id(m.weight): m for m in self.layers.values()})
+
+    def _apply_sparsegpt(self, sparsity: dict[str, float]) -> None:
+        for n, m in self.layers.items():
+            stats = self.stats.get(n)
+            if stats is None or stats.gram is None:
+                raise ValueError(f"criterion 'sparsegpt' needs input statistics: call "
+                                 f"calibrate(batches) before pruning (layer {n!r} saw none)")
+            w = m.weight.detach()
+            w2 = w.reshape(w.shape[0], -1)
+            new_w, keep = sparsegpt_prune(w2, stats.gram, self.settings[n].pattern, sparsity[n])
+            with torch.no_grad():
+                m.weight.copy_(new_w.reshape(w.shape))
+            apply_mask(m, keep)
             self.targets[n] = sparsity[n]
         for opt, _ in self._locks:
             zero_optimizer_state(opt, {id(m.weight): m for m in self.layers.values()})
