@@ -101,11 +101,11 @@ void nm_avx512(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin
   Decoder dc;
   make_decoder(dc, w, d.in_features);
   const T* vals = static_cast<const T*>(w.values);
-  // When 16 slots always cover the same 32-column window (n divides 16 and m <= 2n, as
-  // for 2:4 and 4:8), two contiguous loads and a two-register permute replace the gather.
-  const bool windowed = 16 % w.n == 0 && 16 / w.n * w.m <= 32;
-  if (xp.plan.full_width == 1 && windowed) {
-    const int64_t cols_per_step = 16 / w.n * w.m;
+  // When 16 slots always cover the same window of 32 or 64 columns (n divides 16 and
+  // m <= 4n: 2:4, 4:8, 1:4, 2:8), contiguous loads and two-register permutes replace the
+  // gather.
+  const int64_t cols_per_step = 16 % w.n == 0 ? 16 / w.n * w.m : 0;
+  if (xp.plan.full_width == 1 && cols_per_step && cols_per_step <= 64) {
     for (int64_t r = row_begin; r < row_end; ++r) {
       const T* vrow = vals + r * dc.slots;
       __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
@@ -113,11 +113,18 @@ void nm_avx512(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin
       for_each_16_slots(dc, w.metadata + r * dc.row_bytes, [&](int64_t s0, __m512i cols) {
         const int64_t c0 = s0 / 16 * cols_per_step;
         const __mmask16 k = lanes_left(dc.slots - s0);
-        const __m512 lo = _mm512_maskz_loadu_ps(lanes_left(d.in_features - c0), xp.xt + c0);
-        const __m512 hi =
-            _mm512_maskz_loadu_ps(lanes_left(d.in_features - c0 - 16), xp.xt + c0 + 16);
+        const float* xw = xp.xt + c0;
+        const int64_t left = d.in_features - c0;
+        const __mmask16 k0 = lanes_left(left), k1 = lanes_left(left - 16);
         const __m512i rel = _mm512_sub_epi32(cols, _mm512_set1_epi32(static_cast<int32_t>(c0)));
-        const __m512 x = _mm512_permutex2var_ps(lo, rel, hi);
+        __m512 x = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(k0, xw), rel,
+                                          _mm512_maskz_loadu_ps(k1, xw + 16));
+        if (cols_per_step > 32) {
+          const __mmask16 k2 = lanes_left(left - 32), k3 = lanes_left(left - 48);
+          const __m512 upper = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(k2, xw + 32), rel,
+                                                      _mm512_maskz_loadu_ps(k3, xw + 48));
+          x = _mm512_mask_blend_ps(_mm512_test_epi32_mask(rel, _mm512_set1_epi32(32)), x, upper);
+        }
         if (step++ & 1) {
           acc1 = _mm512_fmadd_ps(load_vals(vrow + s0, k), x, acc1);
         } else {
