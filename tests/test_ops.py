@@ -40,17 +40,36 @@ def test_every_op_matches_float64(isa, shape, dtype):
                 assert_matches(y, reference(x, dense, b), dtype)
 
 
-@pytest.mark.parametrize("batch", [1, 3, 16, 33])
-def test_large_layers_use_threads_correctly(isa, batch):
-    # big enough to be split across threads, with uneven rows (some empty, some dense)
+@pytest.mark.parametrize("batch", [1, 3, 16, 33, 70])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_layers_use_threads_correctly(isa, batch, dtype):
+    # big enough to be split across threads, with uneven rows (some empty, some dense);
+    # the batches cover every activation chunk width and ragged tails
     torch.manual_seed(batch)
-    w = sparse_weight(300, 700, 0.1)
-    w[7] = torch.randn(700)
-    x, bias = torch.randn(batch, 700), torch.randn(300)
-    ref = reference(x, w, bias)
-    for name, packed, dense in packings(w, torch.float32):
-        assert_matches(packed.linear(x, bias), reference(x, dense, bias), torch.float32)
-    assert_matches(sp.CSRWeight.from_dense(w).linear(x, bias), ref, torch.float32)
+    w = sparse_weight(300, 700, 0.1, dtype=dtype)
+    w[7] = torch.randn(700).to(dtype)
+    x, bias = torch.randn(batch, 700).to(dtype), torch.randn(300).to(dtype)
+    for name, packed, dense in packings(w, dtype):
+        assert_matches(packed.linear(x, bias), reference(x, dense, bias), dtype)
+
+
+@pytest.mark.parametrize("batch", [1, 37])
+def test_repeated_calls_and_thread_counts_are_bitwise_identical(isa, batch):
+    # every output element is summed by one thread in a fixed order, so neither a second
+    # call nor another thread count may change a single bit
+    torch.manual_seed(3)
+    w = sparse_weight(257, 300, 0.3)
+    x, bias = torch.randn(batch, 300), torch.randn(257)
+    threads = torch.get_num_threads()
+    try:
+        for _, packed, _ in packings(w, torch.float32):
+            first = packed.linear(x, bias)
+            assert torch.equal(packed.linear(x, bias), first)
+            torch.set_num_threads(1)
+            assert torch.equal(packed.linear(x, bias), first)
+            torch.set_num_threads(max(2, threads))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_wide_csr_with_int32_indices(isa):
