@@ -45,6 +45,45 @@ inline void store_column(const Dense& d, const float* acc, int64_t first, int64_
   for (int64_t j = 0; j < rows; ++j) y[j * d.out_features] = store_f32<T>(acc[j] + b);
 }
 
+// Collects the outputs of consecutive rows for one chunk and writes them to y in runs of
+// up to kRows contiguous elements per batch row. Storing each output row straight away
+// writes `rows` elements out_features apart: with out_features a multiple of 1024 they
+// all fall into one L1 set, and every store misses.
+template <typename T, int W>
+class ChunkWriter {
+ public:
+  static constexpr int kRows = 32;
+
+  ChunkWriter(const Dense& d, int64_t first, int64_t rows) : d_(d), first_(first), rows_(rows) {}
+  ~ChunkWriter() { flush(); }
+
+  // Buffer for output row r (rows must arrive in increasing order, without gaps).
+  float* slot(int64_t r) {
+    if (count_ == kRows || (count_ && r != start_ + count_)) flush();
+    if (count_ == 0) start_ = r;
+    return buf_ + (count_++) * W;
+  }
+
+  void flush() {
+    if (count_ == 0) return;
+    const T* bias = static_cast<const T*>(d_.bias);
+    float b[kRows];
+    for (int i = 0; i < count_; ++i) b[i] = bias ? load_f32(bias[start_ + i]) : 0.f;
+    for (int64_t j = 0; j < rows_; ++j) {
+      T* y = static_cast<T*>(d_.y) + (first_ + j) * d_.out_features + start_;
+      for (int i = 0; i < count_; ++i) y[i] = store_f32<T>(buf_[i * W + j] + b[i]);
+    }
+    count_ = 0;
+  }
+
+ private:
+  const Dense& d_;
+  int64_t first_, rows_;
+  int64_t start_ = 0;
+  int count_ = 0;
+  alignas(64) float buf_[kRows * W];
+};
+
 // Runs body(Tag<V>, integral_constant<NV>, chunk) for every chunk of the plan, with the
 // vector type and count the ISA uses for that chunk's width (with_width).
 template <typename Body>
@@ -94,7 +133,7 @@ void bsr_batched(const Dense& d, const Bsr& w, const XPacked& xp, int64_t br_beg
     constexpr int R = V::kLanes * NV <= 16 ? 8 : (kLanes == 16 && NV == 2 ? 8 : 4);
     alignas(64) float acc[R * NV * V::kLanes];
     const float* xt = xp.xt + xp.plan.offset(c);
-    const int64_t first = xp.plan.first_row(c), rows = xp.plan.rows(c);
+    ChunkWriter<T, NV * V::kLanes> out(d, xp.plan.first_row(c), xp.plan.rows(c));
     for (int64_t br = br_begin; br < br_end; ++br) {
       const int64_t r0 = br * w.bh;
       const int64_t valid = d.out_features - r0 < w.bh ? d.out_features - r0 : w.bh;
@@ -105,8 +144,11 @@ void bsr_batched(const Dense& d, const Bsr& w, const XPacked& xp, int64_t br_beg
         constexpr int RR = decltype(rr)::value;
         for (; i0 + RR <= valid; i0 += RR) {
           bsr_rows<V, RR, NV, T>(w, d.in_features, br, i0, xt, acc);
-          for (int i = 0; i < RR; ++i)
-            store_column<T>(d, acc + i * NV * V::kLanes, first, rows, r0 + i0 + i);
+          for (int i = 0; i < RR; ++i) {
+            const float* src = acc + i * NV * V::kLanes;
+            float* dst = out.slot(r0 + i0 + i);
+            for (int j = 0; j < NV * V::kLanes; ++j) dst[j] = src[j];
+          }
         }
       };
       run(std::integral_constant<int, R>{});

@@ -31,12 +31,11 @@ void csr_avx2(const Dense& d, const Csr& w, const XPacked& xp, int64_t row_begin
   for_each_chunk(xp.plan, [&](auto v, auto nv, int64_t c) {
     using V = typename decltype(v)::type;
     constexpr int NV = decltype(nv)::value;
-    alignas(32) float acc[NV * V::kLanes];
     const float* xt = xp.xt + xp.plan.offset(c);
+    ChunkWriter<T, NV * V::kLanes> out(d, xp.plan.first_row(c), xp.plan.rows(c));
     for (int64_t r = row_begin; r < row_end; ++r) {
       const int64_t k0 = w.row_offsets[r];
-      dot_batched<V, NV>(cols + k0, vals + k0, w.row_offsets[r + 1] - k0, xt, acc);
-      store_column<T>(d, acc, xp.plan.first_row(c), xp.plan.rows(c), r);
+      dot_batched<V, NV>(cols + k0, vals + k0, w.row_offsets[r + 1] - k0, xt, out.slot(r));
     }
   });
 }

@@ -154,14 +154,13 @@ void nm_avx512(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin
   for_each_chunk(xp.plan, [&](auto v, auto nv, int64_t c) {
     using V = typename decltype(v)::type;
     constexpr int NV = decltype(nv)::value;
-    alignas(64) float acc[NV * V::kLanes];
     const float* xt = xp.xt + xp.plan.offset(c);
+    ChunkWriter<T, NV * V::kLanes> out(d, xp.plan.first_row(c), xp.plan.rows(c));
     for (int64_t r = row_begin; r < row_end; ++r) {
       for_each_16_slots(dc, w.metadata + r * dc.row_bytes, [&](int64_t s0, __m512i cv) {
         _mm512_storeu_si512(cols.data() + s0, cv);
       });
-      dot_batched<V, NV>(cols.data(), vals + r * dc.slots, dc.slots, xt, acc);
-      store_column<T>(d, acc, xp.plan.first_row(c), xp.plan.rows(c), r);
+      dot_batched<V, NV>(cols.data(), vals + r * dc.slots, dc.slots, xt, out.slot(r));
     }
   });
 }
