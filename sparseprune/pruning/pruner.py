@@ -146,7 +146,13 @@ class Pruner:
             raise ValueError(f"layer {name!r}: block {block[0]}x{block[1]} is larger than its "
                              f"weight {rows}x{cols} (as 2-D); exclude it or override its pattern")
 
-    def _scores(self, name: str, module: nn.Module) -> torch.Tensor:
+    def layer_scores(self, name: str) -> torch.Tensor:
+        """Importance scores of layer ``name`` (the weight's shape) under the configured
+        criterion, computed on the current weight. Not for "sparsegpt", which has no
+        separate scores (it chooses and updates as it goes)."""
+        if name not in self.layers:
+            raise KeyError(f"no pruned layer {name!r}; layers: {list(self.layers)}")
+        module = self.layers[name]
         crit = self.config.criterion
         w = module.weight.detach()
         stats = self.stats.get(name)
@@ -169,7 +175,7 @@ class Pruner:
                 raise ValueError(f"criterion 'taylor' needs gradients: call calibrate(batches, "
                                  f"loss_fn) before pruning (layer {name!r} has none)")
             return criteria.taylor(w, stats.grad_abs)
-        raise ValueError(f"unknown criterion {crit!r}")  # PruneConfig rejects it first
+        raise ValueError(f"criterion {crit!r} has no separate scores")
 
     def _apply(self, sparsity: dict[str, float]) -> None:
         cfg = self.config
@@ -180,7 +186,7 @@ class Pruner:
         if cfg.criterion == "sparsegpt":
             self._apply_sparsegpt(sparsity)
             return
-        scores = {n: self._scores(n, m) for n, m in self.layers.items()}
+        scores = {n: self.layer_scores(n) for n in self.layers}
         keeps: dict[str, torch.Tensor] = {}
         groups: dict[str, list[str]] = {}
         for n, st in self.settings.items():
