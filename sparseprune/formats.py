@@ -18,8 +18,9 @@ and in range, indices in range, metadata consistent, values finite - and raises
 :class:`FormatError` (a ValueError) naming the field, so packed tensors read from files are
 safe to hand to the kernels. The kernels themselves trust index contents.
 
-Repeated indices inside a row are allowed and mean a sum, the same in the kernels and
-in :meth:`PackedWeight.to_dense`.
+CSR column indices must be strictly increasing within each row (the kernels walk a row
+in column tiles). Repeated block columns (BSR) and repeated N:M slots mean a sum, the
+same in the kernels and in :meth:`PackedWeight.to_dense`.
 """
 
 from __future__ import annotations
@@ -151,6 +152,22 @@ def _check_indices(owner, field, idx: torch.Tensor, bound: int, what: str):
         at = int(bad.nonzero()[0, 0]) if bad.dim() else 0
         _fail(owner, field, f"entry {at} is {int(wide.reshape(-1)[at])}, outside [0, {bound}) "
               f"({what})")
+
+
+def _check_sorted_rows(owner, field, idx: torch.Tensor, offsets: torch.Tensor):
+    """Indices strictly increasing within each row of a compressed-row structure."""
+    if idx.numel() < 2:
+        return
+    wide = idx.to(torch.int64)
+    same_row = torch.ones(idx.numel() - 1, dtype=torch.bool, device=idx.device)
+    starts = offsets[1:-1]
+    starts = starts[(starts > 0) & (starts < idx.numel())]
+    same_row[starts - 1] = False  # entry k-1 -> k crosses into a new row at k = start
+    bad = same_row & (wide[1:] <= wide[:-1])
+    if bool(bad.any()):
+        at = int(bad.nonzero()[0, 0]) + 1
+        _fail(owner, field, f"must be strictly increasing within each row, but entry {at} "
+              f"({int(wide[at])}) follows {int(wide[at - 1])} in the same row")
 
 
 def _check_finite(owner, field, values: torch.Tensor):
@@ -373,6 +390,7 @@ class CSRWeight(PackedWeight):
         _check_same_device(owner, self.tensors())
         _check_offsets(owner, "row_offsets", self.row_offsets, nnz)
         _check_indices(owner, "col_indices", self.col_indices, in_f, f"in_features={in_f}")
+        _check_sorted_rows(owner, "col_indices", self.col_indices, self.row_offsets)
         _check_finite(owner, "values", self.values)
 
     @classmethod

@@ -159,6 +159,9 @@ MALFORMED = [
     (lambda p: _with(p, col_indices=p.col_indices.int()), "col_indices", _csr),
     (lambda p: _with(p, col_indices=torch.full_like(p.col_indices, 10)), "col_indices", _csr),
     (lambda p: _with(p, col_indices=p.col_indices[:-1]), "col_indices", _csr),
+    (lambda p: _with(p, col_indices=p.col_indices.int().flip(0).to(torch.uint16)), "col_indices",
+     _csr),
+    (lambda p: _with(p, col_indices=torch.zeros_like(p.col_indices)), "col_indices", _csr),
     (lambda p: _with(p, values=p.values.double()), "values", _csr),
     (lambda p: _with(p, values=torch.full_like(p.values, float("nan"))), "values", _csr),
     (lambda p: _with(p, values=p.values[None]), "values", _csr),
@@ -190,6 +193,15 @@ MALFORMED = [
 def test_malformed_raw_tensors_name_the_field(corrupt, field, make):
     with pytest.raises(FormatError, match=rf"\.{field}"):
         corrupt(make())
+
+
+def test_csr_rows_may_start_anywhere_in_the_columns():
+    # the last column of one row followed by column 0 of the next is sorted per row
+    w = torch.zeros(3, 4)
+    w[0, 3] = w[1, 0] = w[1, 2] = w[2, 1] = 1.0
+    packed = sp.CSRWeight.from_dense(w)
+    assert packed.col_indices.tolist() == [3, 0, 2, 1]
+    assert torch.equal(packed.to_dense(), w)
 
 
 def test_format_error_is_value_error():
