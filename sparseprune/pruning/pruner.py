@@ -206,8 +206,7 @@ class Pruner:
         for n, keep in keeps.items():
             apply_mask(self.layers[n], keep)
             self.targets[n] = sparsity[n]
-        for opt, _ in self._locks:
-            zero_optimizer_state(opt, {id(m.weight): m for m in self.layers.values()})
+        self._clear_locked_state()
 
     def _apply_sparsegpt(self, sparsity: dict[str, float]) -> None:
         for n, m in self.layers.items():
@@ -222,5 +221,10 @@ class Pruner:
                 m.weight.copy_(new_w.reshape(w.shape))
             apply_mask(m, keep)
             self.targets[n] = sparsity[n]
+        self._clear_locked_state()
+
+    def _clear_locked_state(self) -> None:
+        """Newly pruned weights must not be pushed off zero by momentum they had before."""
+        masked = {id(m.weight): m for m in self.layers.values()}
         for opt, _ in self._locks:
-            zero_optimizer_state(opt, {id(m.weight): m for m in self.layers.values()})
+            zero_optimizer_state(opt, masked)
