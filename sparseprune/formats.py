@@ -18,8 +18,8 @@ and in range, indices in range, metadata consistent, values finite - and raises
 :class:`FormatError` (a ValueError) naming the field, so packed tensors read from files are
 safe to hand to the kernels. The kernels themselves trust index contents.
 
-CSR column indices must be strictly increasing within each row (the kernels walk a row
-in column tiles). Repeated block columns (BSR) and repeated N:M slots mean a sum, the
+CSR is canonical: column indices strictly increasing within each row (one entry per
+position, as from_dense produces). Repeated block columns (BSR) and repeated N:M slots mean a sum, the
 same in the kernels and in :meth:`PackedWeight.to_dense`.
 """
 
