@@ -63,6 +63,15 @@ def clone_packed(packed):
     return dataclasses.replace(packed, **{k: t.clone() for k, t in packed.tensors().items()})
 
 
+def pack_args(packed):
+    """from_dense arguments that rebuild `packed`'s pattern."""
+    if isinstance(packed, sp.NMWeight):
+        return {"n": packed.n, "m": packed.m}
+    if isinstance(packed, sp.BSRWeight):
+        return {"block": packed.block}
+    return {}
+
+
 def parse_shape(text):
     out_f, in_f = text.lower().split("x")
     return int(out_f), int(in_f)
@@ -94,13 +103,20 @@ def main(argv=None):
         cols += " vs torch CSR |"
     print(cols)
     print("|" + "---|" * (cols.count("|") - 1))
+    pack_rows = []
     with torch.inference_mode():
         for shape in args.shapes.split(","):
             out_f, in_f = parse_shape(shape)
             weight = torch.randn(out_f, in_f) / in_f**0.5
             bias = torch.randn(out_f)
+            x1 = torch.randn(1, in_f)
             for pattern in args.patterns.split(","):
                 pruned, packed = prune(weight, pattern)
+                # the one-off cost of packing (validation included), in dense batch-1 calls
+                pack = interleaved({"pack": lambda: type(packed).from_dense(pruned, **pack_args(packed)),
+                                    "dense": lambda: F.linear(x1, weight, bias)}, rounds=5)
+                pack_rows.append((shape, pattern, pack["pack"].median,
+                                  pack["pack"].median / pack["dense"].median))
                 packed = packed.to(dtype)
                 dense_w, b = weight.to(dtype), bias.to(dtype)
                 dense_ws = rotating(dense_w.clone, dense_w.numel() * dense_w.element_size())
@@ -126,6 +142,10 @@ def main(argv=None):
                     if args.torch_csr:
                         row += f" {t['torch_csr'].median / sparse_s:.2f}x |"
                     print(row, flush=True)
+    print("\n| shape | pattern | pack time (ms) | in dense batch-1 calls |")
+    print("|---|---|---|---|")
+    for shape, pattern, seconds, calls in pack_rows:
+        print(f"| {shape} | {pattern} | {seconds * 1e3:.1f} | {calls:.0f} |")
 
 
 if __name__ == "__main__":
