@@ -6,9 +6,11 @@ The chain: importance scores -> masks (:mod:`sparseprune.masks`) -> packed weigh
 """
 
 from . import _ext  # noqa: F401  (loads the extension: the ops exist from here on)
-from . import formats, masks, ops, pruning, scores
+from . import formats, io, masks, nn, ops, pruning, scores
 from ._ext import available_isas, cpu_capability, set_isa, use_isa
 from .formats import BSRWeight, CSRWeight, FormatError, NMWeight, PackedWeight, pack
+from .io import load, save
+from .nn import SparseConv2d, SparseLinear, sparsify
 from .pruning import CubicSchedule, PruneConfig, Pruner
 
 __version__ = "0.1.0"
@@ -22,14 +24,21 @@ __all__ = [
     "PackedWeight",
     "PruneConfig",
     "Pruner",
+    "SparseConv2d",
+    "SparseLinear",
     "available_isas",
     "cpu_capability",
     "formats",
+    "io",
+    "load",
     "masks",
+    "nn",
     "ops",
     "pack",
     "pruning",
+    "save",
     "scores",
     "set_isa",
+    "sparsify",
     "use_isa",
 ]

@@ -1,0 +1,243 @@
+"""Sparse checkpoints: safetensors (never pickle) + JSON metadata, validated on load.
+
+``save(model, path)`` writes ``model.state_dict()`` with safetensors; the packed tensors of
+every :class:`~sparseprune.nn.SparseLinear` / :class:`~sparseprune.nn.SparseConv2d` are stored
+as they are (offsets, indices, values), and the header's ``"sparseprune"`` metadata entry holds
+JSON describing each sparse layer (format, shape, N:M, conv geometry).
+
+``load(path)`` reads a checkpoint into a :class:`Checkpoint` after rebuilding every packed
+weight through the validating constructor of its format; a tampered file (indices out of
+range, wrong lengths, wrong dtypes, inconsistent metadata) raises ``ValueError``
+(:class:`~sparseprune.formats.FormatError` for packed tensors) naming the layer and field,
+before any tensor reaches a kernel. ``load(model, path)`` (or ``load(path).apply(model)``)
+also swaps the listed layers of a freshly built dense model for sparse ones and loads the
+state dict, so the result computes exactly as the saved model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import torch
+from torch import nn
+
+from .formats import BSRWeight, CSRWeight, FormatError, NMWeight, PackedWeight
+from .nn import SparseConv2d, SparseLinear
+
+__all__ = ["Checkpoint", "load", "save"]
+
+_KEY = "sparseprune"
+_VERSION = 1
+_CLASSES = {cls.format: cls for cls in (CSRWeight, BSRWeight, NMWeight)}
+
+
+def _layer_meta(module) -> dict:
+    meta = {"class": type(module).__name__, "format": module.format,
+            "pattern": module.pattern, "shape": list(module.weight_shape),
+            "bias": module.bias is not None}
+    if module.nm is not None:
+        meta["n"], meta["m"] = module.nm
+    if module.format == "bsr":
+        meta["block"] = list(module.blocks.shape[1:])
+    if isinstance(module, SparseConv2d):
+        meta.update(in_channels=module.in_channels, kernel_size=list(module.kernel_size),
+                    stride=list(module.stride), dilation=list(module.dilation),
+                    padding=module.padding if isinstance(module.padding, str)
+                    else list(module.padding), padding_mode=module.padding_mode)
+    return meta
+
+
+def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = None) -> int:
+    """Writes ``model``'s state dict and sparse-layer description to ``path`` (safetensors).
+
+    ``metadata``: extra JSON-serialisable information kept in the header. Returns the file's
+    size in bytes.
+    """
+    from safetensors.torch import save_file
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    layers = {name: _layer_meta(mod) for name, mod in model.named_modules()
+              if isinstance(mod, (SparseLinear, SparseConv2d))}
+    tensors, seen = {}, set()
+    for key, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"state dict entry {key!r} is a {type(value).__name__}; a "
+                            f"safetensors checkpoint holds tensors only")
+        t = value.detach()
+        # safetensors refuses tensors sharing memory (tied weights): store a copy each.
+        ptr = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
+        if ptr in seen:
+            t = t.clone()
+        seen.add(ptr)
+        tensors[key] = t.contiguous()
+    header = {"version": _VERSION, "layers": layers, "user": metadata or {}}
+    try:
+        text = json.dumps(header)
+    except TypeError as e:
+        raise TypeError(f"metadata must be JSON-serialisable: {e}") from None
+    save_file(tensors, os.fspath(path), metadata={_KEY: text})
+    return os.path.getsize(path)
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A loaded, validated checkpoint: the state dict, the packed weight of every sparse layer
+    (already validated), the layer descriptions and the user metadata."""
+
+    state_dict: dict[str, torch.Tensor]
+    packed: dict[str, PackedWeight]
+    layers: dict[str, dict]
+    metadata: dict
+
+    def apply(self, model: nn.Module, *, strict: bool = True) -> nn.Module:
+        """Makes ``model`` (the same architecture, dense or already sparsified) hold this
+        checkpoint: swaps each listed layer for a sparse one built from the validated packed
+        weight, then loads the state dict. Returns ``model``."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        for name, meta in self.layers.items():
+            try:
+                current = model.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"checkpoint layer {name!r} does not exist in the model") \
+                    from None
+            self._check_matches(name, meta, current)
+            packed = self.packed[name]
+            old_weight = next(current.parameters(), None)
+            if old_weight is not None:
+                packed = packed.to(device=old_weight.device)
+            bias = self.state_dict.get(f"{name}.bias") if meta["bias"] else None
+            if bias is not None:
+                bias = bias.to(device=packed.device, dtype=packed.dtype)
+            if meta["class"] == "SparseLinear":
+                new = SparseLinear(packed, bias, pattern=meta["pattern"])
+            else:
+                new = SparseConv2d(packed, bias, in_channels=meta["in_channels"],
+                                   kernel_size=meta["kernel_size"], stride=meta["stride"],
+                                   padding=meta["padding"] if isinstance(meta["padding"], str)
+                                   else tuple(meta["padding"]), dilation=meta["dilation"],
+                                   padding_mode=meta["padding_mode"], pattern=meta["pattern"])
+            new.train(current.training)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        model.load_state_dict(self.state_dict, strict=strict)
+        return model
+
+    @staticmethod
+    def _check_matches(name, meta, current):
+        out_f, in_f = meta["shape"]
+        if meta["class"] == "SparseLinear":
+            ok = isinstance(current, (nn.Linear, SparseLinear)) and \
+                (current.out_features, current.in_features) == (out_f, in_f)
+            want = f"Linear({in_f}, {out_f})"
+        else:
+            ok = isinstance(current, (nn.Conv2d, SparseConv2d)) and \
+                current.out_channels == out_f and current.in_channels == meta["in_channels"] \
+                and list(current.kernel_size) == meta["kernel_size"] \
+                and getattr(current, "groups", 1) == 1
+            want = f"Conv2d({meta['in_channels']}, {out_f}, {meta['kernel_size']})"
+        if not ok:
+            raise ValueError(f"checkpoint layer {name!r} is a sparse {want}, but the model has "
+                             f"{current!r} there")
+        if meta["bias"] != (getattr(current, "bias", None) is not None):
+            raise ValueError(f"checkpoint layer {name!r} has bias={meta['bias']}, the model's "
+                             f"layer does not agree")
+
+
+def _read_header(path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(_KEY)
+    except Exception as e:  # safetensors raises its own error types for malformed files
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    if raw is None:
+        raise ValueError(f"{path}: no '{_KEY}' metadata; not written by sparseprune.save")
+    try:
+        header = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: '{_KEY}' metadata is not valid JSON ({e})") from None
+    if not isinstance(header, dict) or header.get("version") != _VERSION \
+            or not isinstance(header.get("layers"), dict):
+        raise ValueError(f"{path}: '{_KEY}' metadata must be an object with version "
+                         f"{_VERSION} and a 'layers' object")
+    return header
+
+
+def _check_layer_meta(name, meta):
+    def fail(msg):
+        raise ValueError(f"checkpoint layer {name!r}: {msg}")
+
+    if not isinstance(meta, dict):
+        fail("description must be a JSON object")
+    if meta.get("class") not in ("SparseLinear", "SparseConv2d"):
+        fail(f"class must be SparseLinear or SparseConv2d, got {meta.get('class')!r}")
+    if meta.get("format") not in _CLASSES:
+        fail(f"format must be one of {sorted(_CLASSES)}, got {meta.get('format')!r}")
+    shape = meta.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape)):
+        fail(f"shape must be [out, in] with non-negative ints, got {shape!r}")
+    if not isinstance(meta.get("bias"), bool) or not isinstance(meta.get("pattern"), str):
+        fail("bias must be a bool and pattern a string")
+    if meta["format"] == "nm" and not all(isinstance(meta.get(k), int) for k in ("n", "m")):
+        fail("an N:M layer needs int n and m")
+    if meta["class"] == "SparseConv2d":
+        for key in ("in_channels", "kernel_size", "stride", "dilation", "padding",
+                    "padding_mode"):
+            if key not in meta:
+                fail(f"a conv layer needs {key!r}")
+
+
+def load(path_or_model, path: str | os.PathLike | None = None, *,
+         strict: bool = True) -> Checkpoint | nn.Module:
+    """``load(path)`` -> :class:`Checkpoint`; ``load(model, path)`` -> ``model`` holding the
+    checkpoint (see :meth:`Checkpoint.apply`). Tensors are loaded on the CPU; every packed
+    weight is validated first."""
+    from safetensors.torch import load_file
+
+    if isinstance(path_or_model, nn.Module):
+        if path is None:
+            raise TypeError("load(model, path): the checkpoint path is missing")
+        return load(path).apply(path_or_model, strict=strict)
+    if path is not None:
+        raise TypeError("load(path) takes one path; to fill a model use load(model, path)")
+    path = path_or_model
+    header = _read_header(path)
+    try:
+        state = load_file(os.fspath(path), device="cpu")
+    except Exception as e:
+        raise ValueError(f"{path}: tensors could not be read ({e})") from None
+    packed = {}
+    for name, meta in header["layers"].items():
+        _check_layer_meta(name, meta)
+        cls = _CLASSES[meta["format"]]
+        fields = {}
+        for field in cls._tensor_fields:
+            key = f"{name}.{field}"
+            if key not in state:
+                raise FormatError(f"checkpoint layer {name!r}: tensor {key!r} is missing")
+            fields[field] = state[key]
+        extra = {"n": meta["n"], "m": meta["m"]} if meta["format"] == "nm" else {}
+        try:
+            packed[name] = cls(**fields, **extra, shape=tuple(meta["shape"]))
+        except FormatError as e:
+            raise FormatError(f"checkpoint layer {name!r}: {e}") from None
+        if meta["format"] == "bsr" and list(packed[name].block) != meta.get("block"):
+            raise FormatError(f"checkpoint layer {name!r}: blocks are {packed[name].block}, "
+                              f"the header says block={meta.get('block')}")
+        if meta["class"] == "SparseConv2d":
+            ks = meta["kernel_size"]
+            if meta["in_channels"] * ks[0] * ks[1] != meta["shape"][1]:
+                raise ValueError(f"checkpoint layer {name!r}: in_channels * kernel_size "
+                                 f"does not equal the weight's {meta['shape'][1]} columns")
+        bias = state.get(f"{name}.bias")
+        if meta["bias"] and (bias is None or bias.shape != (meta["shape"][0],)
+                             or bias.dtype != packed[name].dtype):
+            raise ValueError(f"checkpoint layer {name!r}: bias must be a "
+                             f"{packed[name].dtype} tensor of shape [{meta['shape'][0]}]")
+    return Checkpoint(state, packed, header["layers"], header.get("user", {}))

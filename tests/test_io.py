@@ -1,0 +1,188 @@
+"""sp.save / sp.load: safetensors round trips and tampered checkpoints."""
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import sparseprune as sp
+
+from .test_nn import TinyBert, prune_model, small_cnn
+
+
+def sparse_bert(seed=0):
+    torch.manual_seed(seed)
+    model = TinyBert()
+    prune_model(model, sp.PruneConfig(pattern="2:4", criterion="magnitude",
+                                      exclude=["head", "intermediate", "output"]))
+    with torch.no_grad():
+        model.intermediate.weight.mul_(
+            sp.masks.unstructured(model.intermediate.weight.abs(), 0.9))
+        model.output.weight.mul_(sp.masks.block(model.output.weight.abs(), 0.75, block=(8, 8)))
+    sp.sparsify(model)
+    return model
+
+
+def test_round_trip_into_fresh_model(tmp_path):
+    model = sparse_bert()
+    assert {m.format for m in model.modules() if isinstance(m, sp.SparseLinear)} == \
+        {"nm", "csr", "bsr"}
+    path = tmp_path / "m.safetensors"
+    size = sp.save(model, path, metadata={"note": "tiny"})
+    assert size == path.stat().st_size
+    fresh = TinyBert()  # dense, other random weights
+    loaded = sp.load(fresh, path)
+    assert loaded is fresh
+    assert repr(loaded) == repr(model)
+    ids = torch.randint(0, 50, (3, 5))
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=0)
+    for key, t in model.state_dict().items():
+        assert loaded.state_dict()[key].dtype == t.dtype
+        torch.testing.assert_close(loaded.state_dict()[key], t, rtol=0, atol=0)
+    ckpt = sp.load(path)
+    assert ckpt.metadata == {"note": "tiny"}
+    assert ckpt.layers["query"]["format"] == "nm"
+    # Loading into an already sparse model of other nnz works too.
+    other = sparse_bert(seed=1)
+    sp.load(other, path)
+    with torch.inference_mode():
+        torch.testing.assert_close(other(ids), model(ids), rtol=0, atol=0)
+
+
+def test_round_trip_cnn_bf16(tmp_path):
+    torch.manual_seed(0)
+    model = small_cnn()
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                mod.weight.mul_(sp.masks.unstructured(mod.weight.abs(), 0.8))
+    model = model.bfloat16()
+    sp.sparsify(model)
+    sp.save(model, tmp_path / "cnn.safetensors")
+    fresh = small_cnn().bfloat16()
+    sp.load(fresh, tmp_path / "cnn.safetensors")
+    x = torch.randn(2, 3, 8, 8).bfloat16()
+    with torch.inference_mode():
+        torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+    assert isinstance(fresh[0], sp.SparseConv2d) and fresh[0].values.dtype == torch.bfloat16
+
+
+def test_sparse_checkpoint_is_small(tmp_path):
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256))
+    sp.save(dense, tmp_path / "dense.safetensors")
+    with torch.no_grad():
+        for lin in (dense[0], dense[2]):
+            lin.weight.mul_(sp.masks.unstructured(lin.weight.abs(), 0.9))
+    sp.sparsify(dense)
+    sparse_size = sp.save(dense, tmp_path / "sparse.safetensors")
+    # 10% of the values plus 2-byte column indices: ~15% of the dense bytes.
+    assert sparse_size <= 0.2 * (tmp_path / "dense.safetensors").stat().st_size
+
+
+def tamper(tmp_path, model, edit, header_edit=None):
+    """Saves ``model``, rewrites its tensors with ``edit(dict)`` (and the JSON header with
+    ``header_edit``), returns the new path."""
+    src = tmp_path / "ok.safetensors"
+    sp.save(model, src)
+    tensors = load_file(src)
+    with safe_open(src, framework="pt") as f:
+        meta = f.metadata()
+    edit(tensors)
+    if header_edit is not None:
+        header = json.loads(meta["sparseprune"])
+        header_edit(header)
+        meta = {"sparseprune": json.dumps(header)}
+    out = tmp_path / "bad.safetensors"
+    save_file(tensors, out, metadata=meta)
+    return out
+
+
+def _set(key, fn):
+    def edit(t):
+        t[key] = fn(t[key])
+    return edit
+
+
+def _bump_first(t):
+    t = t.clone()
+    t[0] = 10_000
+    return t
+
+
+@pytest.mark.parametrize("edit, field", [
+    (_set("intermediate.col_indices", _bump_first), "col_indices"),  # index out of range
+    (_set("intermediate.values", lambda t: t[:-1].clone()), "intermediate"),  # wrong length
+    (_set("intermediate.row_offsets", lambda t: t.flip(0).contiguous()), "row_offsets"),
+    (_set("intermediate.col_indices", lambda t: t.to(torch.int32)), "dtype"),  # wrong dtype
+    (_set("intermediate.values", lambda t: t.double()), "dtype"),
+    (_set("query.metadata", lambda t: t[:, :-1].contiguous()), "metadata"),
+    (_set("output.block_col_indices", lambda t: t + 100), "block_col_indices"),
+    (_set("output.blocks", lambda t: t[:, :, :4].contiguous()), "block"),
+    (lambda t: t.pop("key.values"), "missing"),
+    (_set("value.bias", lambda t: t[:-1].clone()), "bias"),
+])
+def test_tampered_checkpoint_raises(tmp_path, edit, field):
+    path = tamper(tmp_path, sparse_bert(), edit)
+    with pytest.raises(ValueError, match=field):
+        sp.load(path)
+    with pytest.raises(ValueError, match=field):
+        sp.load(TinyBert(), path)
+
+
+def test_tampered_header_raises(tmp_path):
+    model = sparse_bert()
+
+    def shape(h):
+        h["layers"]["intermediate"]["shape"] = [128, 16]  # indices now exceed in_features
+
+    with pytest.raises(sp.FormatError, match="col_indices"):
+        sp.load(tamper(tmp_path, model, lambda t: None, shape))
+
+    def fmt(h):
+        h["layers"]["query"]["format"] = "pickle"
+
+    with pytest.raises(ValueError, match="format must be one of"):
+        sp.load(tamper(tmp_path, model, lambda t: None, fmt))
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        sp.load(tmp_path / "junk.safetensors")
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, plain)
+    with pytest.raises(ValueError, match="not written by sparseprune.save"):
+        sp.load(plain)
+
+
+def test_load_into_wrong_model_raises(tmp_path):
+    path = tmp_path / "m.safetensors"
+    sp.save(sparse_bert(), path)
+    with pytest.raises(ValueError, match="does not exist"):
+        sp.load(nn.Sequential(nn.Linear(32, 32)), path)
+    wrong = TinyBert(d=16)
+    with pytest.raises(ValueError, match="Linear\\(32, 32\\)"):
+        sp.load(wrong, path)
+    with pytest.raises(TypeError, match="path is missing"):
+        sp.load(TinyBert())
+
+
+def test_save_rejects_non_modules(tmp_path):
+    with pytest.raises(TypeError, match="nn.Module"):
+        sp.save({"w": torch.zeros(1)}, tmp_path / "x.safetensors")
+    with pytest.raises(TypeError, match="JSON"):
+        sp.save(nn.Linear(2, 2), tmp_path / "x.safetensors", metadata={"x": object()})
+
+
+def test_tied_weights_are_saved(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False))
+    model[1].weight = model[0].weight
+    sp.save(model, tmp_path / "tied.safetensors")
+    fresh = copy.deepcopy(model)
+    with torch.no_grad():
+        fresh[0].weight.zero_()
+    sp.load(fresh, tmp_path / "tied.safetensors")
+    torch.testing.assert_close(fresh[0].weight, model[0].weight)
