@@ -23,6 +23,7 @@ def sparse_bert(seed=0):
         model.intermediate.weight.mul_(
             sp.masks.unstructured(model.intermediate.weight.abs(), 0.9))
         model.output.weight.mul_(sp.masks.block(model.output.weight.abs(), 0.75, block=(8, 8)))
+    sp.sparsify(model, "nm", include="query")  # one layer of each format
     sp.sparsify(model)
     return model
 

@@ -78,7 +78,7 @@ def test_auto_detection():
     assert str(detect_pattern(w * sp.masks.unstructured(w.abs(), 0.9))) == "unstructured"
     assert str(detect_pattern(w)) == "unstructured"
     lin = nn.Linear(128, 64)
-    for keep, fmt, pattern in [(sp.masks.n_m(w.abs(), 2, 4), "nm", "2:4"),
+    for keep, fmt, pattern in [(sp.masks.n_m(w.abs(), 2, 4), sp.nn.AUTO_FORMAT["nm"], "2:4"),
                                (sp.masks.block(w.abs(), 0.8, block=(16, 16)), "bsr",
                                 "block 16x16"),
                                (sp.masks.unstructured(w.abs(), 0.9), "csr", "unstructured")]:
@@ -274,7 +274,8 @@ def test_sparsify_hf_style_model():
     assert report.model is model
     swapped = {r.name: r for r in report.swapped}
     assert set(swapped) == {"query", "key", "value", "output", "intermediate"}
-    assert swapped["query"].format == "nm" and swapped["intermediate"].format == "csr"
+    assert swapped["query"].pattern == "2:4" and swapped["intermediate"].format == "csr"
+    assert swapped["query"].format == sp.nn.AUTO_FORMAT["nm"]
     assert isinstance(model.query, SparseLinear) and type(model.head) is nn.Linear
     assert [r.name for r in report.skipped] == ["head"]
     assert "min_sparsity" in report.skipped[0].reason
@@ -284,7 +285,7 @@ def test_sparsify_hf_style_model():
         model.head.weight.numel() * 4
     with torch.inference_mode():
         torch.testing.assert_close(model(ids), dense(ids), rtol=1e-4, atol=1e-4)
-    assert "query: Linear (32, 32), 50.0% zeros, nm (2:4)" in str(report)
+    assert f"query: Linear (32, 32), 50.0% zeros, {swapped['query'].format} (2:4)" in str(report)
 
 
 def test_sparsify_options():
