@@ -46,11 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--keep-checkpoints", action="store_true",
                       help="keep the dense and sparse .safetensors files in --out")
+    from .bench.cli import add_parsers  # bench, report
+
+    add_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "handler"):  # bench, report (sparseprune/bench/cli.py)
+        return args.handler(args)
     if args.command == "demo":
         from .demo import run
 

@@ -1,0 +1,181 @@
+"""The ``bench`` and ``report`` subcommands; :func:`add_parsers` hooks them into
+``sparseprune.cli`` so that file needs only a two-line change."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import shapes as S
+
+QUICK_ROUNDS = dict(rounds=7, min_rounds=3, budget_s=0.4)
+
+
+def _arg(parse, *extra):
+    def f(text):
+        try:
+            return parse(text, *extra)
+        except S.ChoiceError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return f
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def add_parsers(sub) -> None:
+    b = sub.add_parser(
+        "bench", help="time the sparse kernels against dense and torch sparse over shapes x "
+        "patterns x batches x dtypes x threads; JSON + Markdown + PNG",
+        description="Sweep the sparse kernels against dense F.linear (fp32 and bf16) and torch "
+        "CSR/BSR matmul. Without selection flags: every DESIGN.md shape, pattern and batch "
+        "(fp32, current threads); --quick: a subset that finishes in under 2 minutes.")
+    b.add_argument("--out", default="bench-out", help="output folder (bench-out)")
+    b.add_argument("--quick", action="store_true",
+                   help="2 shapes x 3 patterns x 2 batches, fp32, fewer rounds (< 2 minutes)")
+    b.add_argument("--shapes", type=_arg(S.parse_shapes),
+                   help=f"comma-separated OUTxIN and/or sets: {', '.join(S.SHAPE_SETS)}, all "
+                        "(all)")
+    b.add_argument("--shapes-from", metavar="MODEL",
+                   help="add the Linear (and 1x1 conv) shapes of a model: minilm or "
+                        "package.module:factory")
+    b.add_argument("--patterns", type=_arg(S.parse_patterns),
+                   help=f"comma-separated names or groups ({', '.join(S.PATTERN_GROUPS)}); "
+                        f"names: {', '.join(S.PATTERNS)} (all)".replace("%", "%%"))
+    b.add_argument("--batches", type=_arg(S.parse_positive_ints, "batches"),
+                   help=f"comma-separated ({','.join(map(str, S.BATCHES))})")
+    b.add_argument("--dtypes", type=_arg(S.parse_dtypes),
+                   help=f"comma-separated from {', '.join(S.DTYPES)} (float32)")
+    b.add_argument("--threads", type=_arg(S.parse_positive_ints, "threads"),
+                   help="comma-separated torch thread counts (current)")
+    b.add_argument("--rounds", type=_arg(S.parse_positive_ints, "rounds"),
+                   help="most timed rounds per case (15; --quick 7)")
+    b.add_argument("--budget-s", type=_positive_float,
+                   help="seconds of timing per case; rounds shrink to fit, down to 5 (1.5)")
+    b.add_argument("--rotate-mb", type=_positive_float, default=96,
+                   help="each candidate cycles through copies of its weights totalling this "
+                        "many MB, so no layer is timed from cache (96 = 3x a 32 MB L3)")
+    b.add_argument("--no-baselines", action="store_true", help="skip torch CSR/BSR matmul")
+    b.add_argument("--max-baseline-s", type=_positive_float, default=0.25,
+                   help="skip a torch sparse call predicted to take longer (0.25)")
+    b.add_argument("--model", choices=["minilm"],
+                   help="instead of the kernel sweep, time the model end to end, dense vs "
+                        "pruned + sparsified")
+    b.add_argument("--recipes", type=_arg(S.parse_patterns), default=("2:4", "90%"),
+                   help="--model: patterns to prune to (2:4,90%%)")
+    b.add_argument("--seq-len", type=_arg(S.parse_positive_ints, "seq-len"), default=(128,),
+                   help="--model: sequence length (128)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(handler=run_bench)
+
+    r = sub.add_parser("report", help="re-render the Markdown table and PNG plots of a "
+                       "bench results.json")
+    r.add_argument("results", help="results.json written by `sparseprune bench`")
+    r.add_argument("--out", help="output folder (the JSON's folder)")
+    r.set_defaults(handler=run_report)
+
+
+def _config(args):
+    from .sweep import SweepConfig
+
+    kw = {}
+    if args.quick:
+        kw.update(S.QUICK)
+        kw.update(QUICK_ROUNDS)
+    shapes = list(args.shapes or kw.get("shapes") or SweepConfig().shapes)
+    if args.shapes_from:
+        found = S.shapes_from_module(S.load_module(args.shapes_from))
+        if not found:
+            raise S.ChoiceError(f"{args.shapes_from} has no nn.Linear or 1x1 Conv2d layers")
+        shapes = list(found) if args.shapes is None else shapes + [
+            s for s in found if s not in shapes]
+    kw["shapes"] = tuple(shapes)
+    for name in ("patterns", "batches", "dtypes", "threads"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    if args.rounds is not None:
+        kw["rounds"] = args.rounds[0]
+    if args.budget_s is not None:
+        kw["budget_s"] = args.budget_s
+    kw["min_rounds"] = min(kw.get("min_rounds", 5), kw.get("rounds", 15))
+    kw["rotate_bytes"] = int(args.rotate_mb * 2**20)
+    kw["baselines"] = not args.no_baselines
+    kw["max_baseline_s"] = args.max_baseline_s
+    return SweepConfig(**kw)
+
+
+def run_bench(args, parser=None) -> int:
+    from . import report, sweep
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    machine = report.machine_info()
+    if args.model:
+        from tqdm.auto import tqdm
+
+        from .model import bench_minilm
+
+        threads = args.threads[0] if args.threads else None
+        batches = args.batches or (1, 32)
+        rounds = args.rounds[0] if args.rounds else 7
+        results = {"machine": machine, "model": bench_minilm(
+            args.recipes, batches, args.seq_len[0], threads, rounds,
+            progress=lambda it, **kw: tqdm(it, disable=args.no_progress, **kw))}
+    else:
+        try:
+            cfg = _config(args)
+        except S.ChoiceError as e:
+            print(f"sparseprune bench: error: {e}", file=sys.stderr)
+            return 2
+        print(f"sparseprune bench: {len(cfg.shapes)} shapes x {len(cfg.patterns)} patterns x "
+              f"{len(cfg.batches)} batches x {len(cfg.dtypes)} dtypes x {len(cfg.threads)} "
+              f"thread counts; kernels {machine['isa']}; load average {machine['load_average']}",
+              flush=True)
+        results = {"machine": machine, **sweep.run(cfg, progress=not args.no_progress)}
+        sweep.add_limits_percent(results)
+        results["break_even"] = sweep.break_even(results["results"])
+    import os
+
+    results["machine"]["load_average_end"] = list(os.getloadavg())
+    results["wall_s"] = round(time.time() - start, 1)
+    report.write_json(results, out / "results.json")
+    written = report.render(results, out)
+    print(f"wrote {out / 'results.json'}, " + ", ".join(str(p) for p in written)
+          + f" ({results['wall_s']:.0f} s)")
+    return 0
+
+
+def run_report(args, parser=None) -> int:
+    from . import report
+
+    try:
+        results = report.load_json(args.results)
+    except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        print(f"sparseprune report: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.results).parent
+    written = report.render(results, out)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python -m sparseprune.bench.cli bench ...`` without the package CLI."""
+    parser = argparse.ArgumentParser(prog="sparseprune")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
