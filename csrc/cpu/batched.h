@@ -7,8 +7,12 @@
 // accumulators per row hide the FMA latency.
 #pragma once
 
-// out[0..NV*lanes) = sum_k value(k) * xt[col(k)][...], over count stored entries.
-template <class V, int NV, typename I, typename T>
+// Activations of one column tile: small enough to stay in L1 next to the partial sums.
+constexpr int64_t kTileBytes = 32 << 10;
+
+// out[0..NV*lanes) (+)= sum_k value(k) * xt[col(k)][...], over count stored entries;
+// with Accumulate the sum is added to what out holds.
+template <class V, int NV, typename I, typename T, bool Accumulate = false>
 inline void dot_batched(const I* cols, const T* vals, int64_t count, const float* xt,
                         float* out) {
   constexpr int W = NV * V::kLanes;
@@ -16,6 +20,9 @@ inline void dot_batched(const I* cols, const T* vals, int64_t count, const float
   typename V::reg acc[U][NV];
   for (int u = 0; u < U; ++u)
     for (int v = 0; v < NV; ++v) acc[u][v] = V::zero();
+  if constexpr (Accumulate) {
+    for (int v = 0; v < NV; ++v) acc[0][v] = V::load(out + v * V::kLanes);
+  }
   int64_t k = 0;
   for (; k + U <= count; k += U) {
     for (int u = 0; u < U; ++u) {

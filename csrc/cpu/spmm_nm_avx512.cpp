@@ -5,6 +5,7 @@
 // per chunk into a small buffer that the batched body (batched.h) consumes.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "cpu/kernels.h"
@@ -61,12 +62,14 @@ inline __m512i decode16(const Decoder& dc, const uint8_t* row_meta, int64_t s0, 
   return _mm512_add_epi32(_mm512_add_epi32(base, dc.group_cols[r0]), idx);
 }
 
-// Walks a row 16 slots at a time, keeping s0 / n and s0 % n without dividing.
+// Walks slots [begin, end) of a row 16 at a time (begin a multiple of 16), keeping
+// s0 / n and s0 % n without dividing in the loop.
 template <typename Fn>
-inline void for_each_16_slots(const Decoder& dc, const uint8_t* row_meta, const Fn& fn) {
+inline void for_each_16_slots(const Decoder& dc, const uint8_t* row_meta, int64_t begin,
+                              int64_t end, const Fn& fn) {
   const int64_t dq = 16 / dc.n, dr = 16 % dc.n;
-  int64_t q0 = 0, r0 = 0;
-  for (int64_t s0 = 0; s0 < dc.slots; s0 += 16) {
+  int64_t q0 = begin / dc.n, r0 = begin % dc.n;
+  for (int64_t s0 = begin; s0 < end; s0 += 16) {
     fn(s0, decode16(dc, row_meta, s0, q0, r0));
     q0 += dq;
     r0 += dr;
@@ -110,7 +113,8 @@ void nm_avx512(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin
       const T* vrow = vals + r * dc.slots;
       __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
       int64_t step = 0;
-      for_each_16_slots(dc, w.metadata + r * dc.row_bytes, [&](int64_t s0, __m512i cols) {
+      for_each_16_slots(dc, w.metadata + r * dc.row_bytes, 0, dc.slots,
+                        [&](int64_t s0, __m512i cols) {
         const int64_t c0 = s0 / 16 * cols_per_step;
         const __mmask16 k = lanes_left(dc.slots - s0);
         const float* xw = xp.xt + c0;
@@ -140,7 +144,8 @@ void nm_avx512(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin
     for (int64_t r = row_begin; r < row_end; ++r) {
       const T* vrow = vals + r * dc.slots;
       __m512 acc = _mm512_setzero_ps();
-      for_each_16_slots(dc, w.metadata + r * dc.row_bytes, [&](int64_t s0, __m512i cols) {
+      for_each_16_slots(dc, w.metadata + r * dc.row_bytes, 0, dc.slots,
+                        [&](int64_t s0, __m512i cols) {
         const __mmask16 k = lanes_left(dc.slots - s0);
         const __m512 x = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, cols, xp.xt, 4);
         acc = _mm512_fmadd_ps(load_vals(vrow + s0, k), x, acc);
@@ -150,17 +155,54 @@ void nm_avx512(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin
     }
     return;
   }
+  // Column tiles: the activations of a tile of columns stay in L1 while a block of rows
+  // takes its slots in that tile, partial sums waiting in `partial` (see batched.h on why
+  // the L2-resident chunk, not the FMAs, bounds the untiled loop). The tile is a whole
+  // number of 16-slot steps, so decoding starts aligned.
+  // A block of rows is swept once per tile: its weights (values, metadata) must stay in
+  // L2 meanwhile, so long rows get smaller blocks.
+  constexpr int64_t kMaxRowBlock = 64, kRowBlockBytes = 128 << 10;
+  const int64_t row_block_bytes = dc.slots * static_cast<int64_t>(sizeof(T)) + dc.row_bytes;
+  const int64_t row_block = std::max<int64_t>(
+      4, std::min<int64_t>(kMaxRowBlock, kRowBlockBytes / std::max<int64_t>(1, row_block_bytes)));
   Scratch<int32_t> cols(dc.slots + 16);
+  Scratch<float> partial(kMaxRowBlock * xp.plan.full_width);
   for_each_chunk(xp.plan, [&](auto v, auto nv, int64_t c) {
     using V = typename decltype(v)::type;
     constexpr int NV = decltype(nv)::value;
+    constexpr int W = NV * V::kLanes;
     const float* xt = xp.xt + xp.plan.offset(c);
-    ChunkWriter<T, NV * V::kLanes> out(d, xp.plan.first_row(c), xp.plan.rows(c));
-    for (int64_t r = row_begin; r < row_end; ++r) {
-      for_each_16_slots(dc, w.metadata + r * dc.row_bytes, [&](int64_t s0, __m512i cv) {
-        _mm512_storeu_si512(cols.data() + s0, cv);
-      });
-      dot_batched<V, NV>(cols.data(), vals + r * dc.slots, dc.slots, xt, out.slot(r));
+    ChunkWriter<T, W> out(d, xp.plan.first_row(c), xp.plan.rows(c));
+    const int64_t tile_slots = (kTileBytes / (W * 4) / dc.m * dc.n) / 16 * 16;
+    // Measured: tiling pays from 32-wide chunks (a chunk [in][32] overflows L1 from
+    // in = 256); with 16 or fewer lanes it was neutral to slower.
+    if (W < 32 || tile_slots < 16 || dc.slots <= 2 * tile_slots) {
+      for (int64_t r = row_begin; r < row_end; ++r) {
+        for_each_16_slots(dc, w.metadata + r * dc.row_bytes, 0, dc.slots,
+                          [&](int64_t s0, __m512i cv) { _mm512_storeu_si512(cols.data() + s0, cv); });
+        dot_batched<V, NV>(cols.data(), vals + r * dc.slots, dc.slots, xt, out.slot(r));
+      }
+      return;
+    }
+    for (int64_t r0 = row_begin; r0 < row_end; r0 += row_block) {
+      const int64_t rows = row_end - r0 < row_block ? row_end - r0 : row_block;
+      float* acc = partial.data();
+      for (int64_t i = 0; i < rows * W; ++i) acc[i] = 0.f;
+      for (int64_t s0 = 0; s0 < dc.slots; s0 += tile_slots) {
+        const int64_t s1 = s0 + tile_slots < dc.slots ? s0 + tile_slots : dc.slots;
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t r = r0 + i;
+          for_each_16_slots(dc, w.metadata + r * dc.row_bytes, s0, s1, [&](int64_t s, __m512i cv) {
+            _mm512_storeu_si512(cols.data() + (s - s0), cv);
+          });
+          dot_batched<V, NV, int32_t, T, true>(cols.data(), vals + r * dc.slots + s0, s1 - s0,
+                                               xt, acc + i * W);
+        }
+      }
+      for (int64_t i = 0; i < rows; ++i) {
+        float* dst = out.slot(r0 + i);
+        for (int j = 0; j < W; ++j) dst[j] = acc[i * W + j];
+      }
     }
   });
 }
