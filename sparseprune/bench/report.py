@@ -148,13 +148,15 @@ def markdown(results: dict) -> str:
         lines += [f"## Model: {mm['model']} end to end (batch x seq {mm['seq_len']}, "
                   f"{mm['threads']} threads)", "", mm["note"], "",
                   "| recipe | batch | layers on kernels | formats | dense (ms) | sparse (ms) | "
-                  "speedup | Linear weight MB dense -> sparse |", "|---|---|---|---|---|---|---|---|"]
+                  "speedup | Linear weight MB dense -> sparse | max abs diff vs pruned dense |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in mm["rows"]:
             lines.append(f"| {r['recipe']} | {r['batch']} | {r['swapped_layers']} | "
                          f"{'/'.join(r['formats'])} | {r['dense_s'] * 1e3:.2f} | "
                          f"{r['sparse_s'] * 1e3:.2f} | {_x(r['speedup'])} | "
                          f"{r['linear_bytes_dense'] / 1e6:.1f} -> "
-                         f"{r['linear_bytes_sparse'] / 1e6:.1f} |")
+                         f"{r['linear_bytes_sparse'] / 1e6:.1f} | "
+                         f"{r['max_abs_diff_vs_pruned_dense']:.1e} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -178,6 +180,8 @@ def plots(results: dict, out: Path, dpi: int = 70) -> list[Path]:
 
     rows = results.get("results", [])
     written = []
+    if results.get("model"):
+        written.append(_model_plot(results["model"], out, dpi, plt))
     combos = _combos(rows)
     for dtype, threads in combos:
         sub = [r for r in rows if r["dtype"] == dtype and r["threads"] == threads]
@@ -248,6 +252,27 @@ def plots(results: dict, out: Path, dpi: int = 70) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _model_plot(mm: dict, out: Path, dpi: int, plt) -> Path:
+    rows = mm["rows"]
+    labels = [f"{r['recipe']}\nb={r['batch']}" for r in rows]
+    xs = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(rows)), 3.2))
+    ax.bar([x - 0.2 for x in xs], [r["dense_s"] * 1e3 for r in rows], 0.4, label="dense")
+    ax.bar([x + 0.2 for x in xs], [r["sparse_s"] * 1e3 for r in rows], 0.4, label="sparse")
+    for x, r in zip(xs, rows):
+        ax.annotate(f"{r['speedup']:.2f}x", (x + 0.2, r["sparse_s"] * 1e3), ha="center",
+                    va="bottom", fontsize=7)
+    ax.set_xticks(list(xs), labels, fontsize=7)
+    ax.set_ylabel("ms per encode (median)", fontsize=8)
+    ax.set_title(f"{mm['model']}, seq {mm['seq_len']}, {mm['threads']} threads", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "model_latency.png"
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def render(results: dict, out) -> list[Path]:
