@@ -177,6 +177,15 @@ def plots(results: dict, out: Path, dpi: int = 70) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    # plain "0.9", "2", "10" on log axes instead of 9x10^-1 labels
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+
+    def log_y(ax):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
     rows = results.get("results", [])
     written = []
@@ -208,7 +217,7 @@ def plots(results: dict, out: Path, dpi: int = 70) -> list[Path]:
                     ax.plot([100 * x for x in xs], [_geomean(by_s[x]) for x in xs], "o-",
                             ms=3, lw=1, label=name.removeprefix("block "))
                 ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-                ax.set_yscale("log")
+                log_y(ax)
                 ax.set_title(f"{ {'nm': 'N:M'}.get(kind, kind)}, batch {batch}", fontsize=9)
                 ax.set_xlabel("sparsity (%)", fontsize=8)
                 ax.set_ylabel("speedup vs dense" + (" (geomean over shapes)"
@@ -236,7 +245,8 @@ def plots(results: dict, out: Path, dpi: int = 70) -> list[Path]:
                         label=pname)
             ax.axhline(1.0, color="grey", lw=0.8, ls="--")
             ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
+            ax.xaxis.set_major_formatter(plain)
+            log_y(ax)
             ax.set_title(shape, fontsize=9)
             ax.set_xlabel("batch", fontsize=8)
             ax.set_ylabel("speedup vs dense", fontsize=8)
