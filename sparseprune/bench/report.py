@@ -185,7 +185,9 @@ def plots(results: dict, out: Path, dpi: int = 70) -> list[Path]:
     def log_y(ax):
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        lo, hi = ax.get_ylim()
+        # within one decade the major ticks alone may be 0 or 1: label the minor ones too
+        ax.yaxis.set_minor_formatter(plain if hi / lo < 10 else FuncFormatter(lambda v, _: ""))
 
     rows = results.get("results", [])
     written = []
