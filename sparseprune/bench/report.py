@@ -92,6 +92,7 @@ def markdown(results: dict) -> str:
                          f" | {_f(g.get('float32'))} | {_f(g.get('bfloat16'))} |")
         lines.append("")
     if results.get("results"):
+        lines += summary(results)
         lines += ["## Sparse kernels vs dense F.linear", "",
                   "Times are medians of interleaved rounds (us = microseconds); speedup = dense "
                   "median / sparse median in the same dtype; useful GFLOP/s counts nonzeros, "
@@ -159,6 +160,40 @@ def markdown(results: dict) -> str:
                          f"{r['max_abs_diff_vs_pruned_dense']:.1e} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _shape_set(shape: str) -> str:
+    from .shapes import SHAPE_SETS
+
+    o, i = (int(v) for v in shape.split("x"))
+    return next((name for name, group in SHAPE_SETS.items() if (o, i) in group), "other")
+
+
+def summary(results: dict) -> list[str]:
+    """Speedup vs dense per shape set x pattern x batch: min-max over the set's shapes."""
+    rows = results.get("results", [])
+    lines = []
+    for dtype, threads in _combos(rows):
+        sub = [r for r in rows if r["dtype"] == dtype and r["threads"] == threads]
+        batches = sorted({r["batch"] for r in sub})
+        lines += [f"## Summary: speedup vs dense, {dtype}, {threads} threads (min-max over the "
+                  f"set's shapes)", "",
+                  "| shapes | pattern | " + " | ".join(f"batch {b}" for b in batches) + " |",
+                  "|---|---|" + "---|" * len(batches)]
+        sets = list(dict.fromkeys(_shape_set(r["shape"]) for r in sub))
+        for name in sets:
+            in_set = [r for r in sub if _shape_set(r["shape"]) == name]
+            n_shapes = len({r["shape"] for r in in_set})
+            for pattern in dict.fromkeys(r["pattern"] for r in in_set):
+                cells = []
+                for b in batches:
+                    v = [r["speedup_vs_dense"] for r in in_set
+                         if r["pattern"] == pattern and r["batch"] == b]
+                    cells.append("-" if not v else f"{min(v):.2f}x" if len(v) == 1
+                                 else f"{min(v):.2f}-{max(v):.2f}x")
+                lines.append(f"| {name} ({n_shapes}) | {pattern} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def _combos(rows):
