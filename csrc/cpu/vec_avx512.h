@@ -2,10 +2,7 @@
 // anonymous namespace (see the linkage note in kernels.h).
 #pragma once
 
-template <class T>
-struct Tag {
-  using type = T;
-};
+#include "cpu/vec256.h"
 
 // 16 fp32 lanes.
 struct V512 {
@@ -19,24 +16,12 @@ struct V512 {
   static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
 };
 
-// 8 fp32 lanes (AVX-512VL encodings): a batch of 8 or fewer costs half of a padded zmm
-// chunk on cores that split zmm operations in two.
-struct V256 {
-  using reg = __m256;
-  static constexpr int kLanes = 8;
-  static reg zero() { return _mm256_setzero_ps(); }
-  static reg set1(float v) { return _mm256_set1_ps(v); }
-  static reg load(const float* p) { return _mm256_loadu_ps(p); }
-  static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
-  static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
-  static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
-};
-
-// Chunk widths this ISA packs activations in (see XLayout in dispatch.cpp).
+// Lanes of this ISA's widest vector (chunk widths: see XLayout in dispatch.cpp).
 constexpr int64_t kLanes = 16;
-constexpr int64_t kMinWidth = 8;
 
-// Calls f(Tag<vector>, integral_constant<vectors per chunk>) for a chunk width.
+// Calls f(Tag<vector>, integral_constant<vectors per chunk>) for a chunk width. Width 8
+// uses ymm (AVX-512VL encodings): half the cost of a padded zmm chunk on cores that
+// split zmm operations in two.
 template <class F>
 inline void with_width(int64_t width, const F& f) {
   if (width <= 8) {
