@@ -21,8 +21,32 @@ import time
 
 import torch
 
-from sparseprune.bench import report, shapes
+from sparseprune.bench import report, shapes, sweep
 from sparseprune.bench.sweep import SweepConfig, run
+
+# The helpers this script used to define, kept for benchmarks/bench_formats.py, which imports
+# them: pattern name -> (packing, argument) as before, over every harness pattern.
+PATTERNS = {name: (("csr", p.sparsity) if p.kind == "unstructured" else ("nm", p.nm)
+                   if p.kind == "nm" else ("bsr", (p.block, p.sparsity)))
+            for name, p in shapes.PATTERNS.items()}
+ROTATE_BYTES = sweep.ROTATE_BYTES
+clone_packed = sweep._clone_packed
+
+
+def prune(weight, pattern):
+    """(magnitude-pruned weight, its packed form) for a pattern name."""
+    p = shapes.PATTERNS[pattern]
+    pruned = sweep.prune(weight, p)
+    return pruned, sweep.pack(pruned, p)
+
+
+def rotating(make_copy, nbytes):
+    return sweep.rotating(make_copy, nbytes, ROTATE_BYTES)
+
+
+def parse_shape(text):
+    (shape,) = shapes.parse_shapes(text)
+    return shape
 
 
 def main(argv=None):
