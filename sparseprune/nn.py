@@ -164,7 +164,11 @@ def _pack_weight(weight: torch.Tensor, format: str, block=None, n=None, m=None,
     if (n is None) != (m is None):
         raise ValueError("give both n= and m= (or neither, to detect them)")
     if mask is not None:
-        weight = torch.where(mask, weight, 0) if isinstance(mask, torch.Tensor) else weight
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool \
+                or mask.shape != weight.shape:
+            raise TypeError(f"mask must be a bool tensor of the weight's shape "
+                            f"{tuple(weight.shape)} (True = keep)")
+        weight = torch.where(mask, weight, 0)  # detect the pattern of what will be stored
     pattern = detect_pattern(weight)
     if block is not None:
         format = "bsr"
@@ -195,6 +199,15 @@ def _pack_weight(weight: torch.Tensor, format: str, block=None, n=None, m=None,
 
 
 # --------------------------------------------------------------------------- modules
+
+
+def _format_pattern(packed: PackedWeight) -> str:
+    """The pattern a packed weight stores, when nobody detected a finer one."""
+    if isinstance(packed, NMWeight):
+        return f"{packed.n}:{packed.m}"
+    if isinstance(packed, BSRWeight):
+        return f"block {packed.block[0]}x{packed.block[1]}"
+    return "unstructured"
 
 _CLASSES = {cls.format: cls for cls in (CSRWeight, BSRWeight, NMWeight)}
 
@@ -309,11 +322,7 @@ class SparseLinear(_PackedModule):
             raise TypeError(f"packed must be a CSRWeight, BSRWeight or NMWeight, got "
                             f"{type(packed).__name__}")
         self.out_features, self.in_features = packed.shape
-        if pattern is None:
-            pattern = {"csr": "unstructured", "bsr": f"block {packed.block[0]}x{packed.block[1]}"
-                       if isinstance(packed, BSRWeight) else "",
-                       "nm": f"{getattr(packed, 'n', 0)}:{getattr(packed, 'm', 0)}"}[packed.format]
-        self._set_packed(packed, pattern, requires_grad)
+        self._set_packed(packed, pattern or _format_pattern(packed), requires_grad)
         if bias is not None:
             if not isinstance(bias, torch.Tensor) or bias.shape != (self.out_features,):
                 raise ValueError(f"bias must be a tensor of shape [{self.out_features}]")
@@ -388,7 +397,7 @@ class SparseConv2d(_PackedModule):
                              f"= {self.in_channels * math.prod(self.kernel_size)}")
         if isinstance(self.padding, str) and self.padding == "same" and self.stride != (1, 1):
             raise ValueError("padding='same' needs stride 1 (as in nn.Conv2d)")
-        self._set_packed(packed, pattern or packed.format, requires_grad)
+        self._set_packed(packed, pattern or _format_pattern(packed), requires_grad)
         if bias is not None:
             if bias.shape != (self.out_channels,) or bias.dtype != packed.dtype:
                 raise ValueError(f"bias must be [{self.out_channels}] of dtype {packed.dtype}")
@@ -408,8 +417,8 @@ class SparseConv2d(_PackedModule):
             raise ValueError(f"SparseConv2d supports groups=1 only, got groups={conv.groups} "
                              f"(grouped/depthwise convs have no sparse kernel; leave them dense)")
         weight = conv.weight.detach().reshape(conv.out_channels, -1)
-        if mask is not None:
-            mask = mask.reshape(weight.shape)
+        if isinstance(mask, torch.Tensor) and mask.numel() == weight.numel():
+            mask = mask.reshape(weight.shape)  # the 4-D conv mask as the 2-D packed view
         packed, pattern = _pack_weight(weight, format, block, n, m, mask)
         bias = None if conv.bias is None else conv.bias.detach()
         return cls(packed, bias, in_channels=conv.in_channels, kernel_size=conv.kernel_size,

@@ -109,6 +109,11 @@ def test_explicit_format_detects_parameters_or_says_why():
         SparseLinear.from_linear(lin, "csr", block=(4, 4))
     with pytest.raises(TypeError, match="nn.Linear"):
         SparseLinear.from_linear(nn.Conv2d(3, 3, 1))
+    with pytest.raises(TypeError, match="bool tensor"):
+        SparseLinear.from_linear(lin, mask=torch.ones(16, 32))
+    # A packed weight wrapped directly names the pattern it stores.
+    assert SparseLinear(sp.NMWeight.from_dense(w * sp.masks.n_m(w.abs(), 2, 8), 2, 8)).pattern \
+        == "2:8"
     with pytest.raises(TypeError, match="float32 or bfloat16"):
         SparseLinear.from_linear(nn.Linear(4, 4).double())
 
