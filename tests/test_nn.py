@@ -368,3 +368,13 @@ def test_torch_compile_fullgraph_backward():
     sl(x).square().sum().backward()
     for a, b in zip(got, (x.grad, sl.values.grad, sl.bias.grad)):
         torch.testing.assert_close(a, b, **TOL[torch.float32])
+
+
+def test_conv_mask_argument():
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    mask = sp.masks.n_m(conv.weight.abs(), 2, 4)  # 4-D, grouped along in*kh*kw
+    sc = SparseConv2d.from_conv(conv, mask=mask)
+    assert sc.pattern == "2:4"
+    x = torch.randn(2, 4, 5, 5)
+    ref = F.conv2d(x.double(), (conv.weight * mask).double(), conv.bias.double(), padding=1)
+    assert_matches(sc(x), ref, torch.float32)
