@@ -76,7 +76,7 @@ def test_bench_and_report_tiny(tmp_path, monkeypatch, capsys):
     md = (out / "results.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| 32x64 | ")
              or line.startswith("| 48x32 | ")]
-    assert len([t for t in table if t.count("|") == 17]) == len(rows)
+    assert len([t for t in table if t.count("|") == 18]) == len(rows)
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == sorted(f"speedup_vs_{k}_{d}_1t.png" for k in ("sparsity", "batch")
                           for d in ("float32", "bfloat16"))

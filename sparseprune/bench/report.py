@@ -98,11 +98,13 @@ def markdown(results: dict) -> str:
                   "median / sparse median in the same dtype; useful GFLOP/s counts nonzeros, "
                   "effective counts the dense FLOPs; GB/s = (packed weights + x + y) / time; "
                   "% copy = GB/s over the copy rate; % peak = useful GFLOP/s over the dense "
-                  "GEMM peak of the same dtype; spread = IQR / median.", "",
+                  "GEMM peak of the same dtype; spread = IQR / median of the sparse times; load "
+                  "= 1-minute load average as the case finished (above the thread count: "
+                  "another job shared the cores).", "",
                   "| shape | pattern | dtype | threads | batch | dense (us) | sparse (us) | "
                   "spread | speedup | useful GFLOP/s | effective GFLOP/s | GB/s | % copy | "
-                  "% peak | torch sparse (us) | vs torch |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "% peak | torch sparse (us) | vs torch | load |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in results["results"]:
             base = (f"{_us(r['torch_sparse_s'])} ({r['torch_sparse'].removeprefix('torch_')})"
                     if r.get("torch_sparse_s") is not None else "-")
@@ -112,7 +114,8 @@ def markdown(results: dict) -> str:
                 f"{r['sparse_spread']:.2f} | {_x(r['speedup_vs_dense'])} | "
                 f"{r['useful_GFLOPs']:.1f} | {r['effective_GFLOPs']:.1f} | {r['GBps']:.1f} | "
                 f"{_f(r.get('pct_copy_bandwidth'), 0)} | {_f(r.get('pct_gemm_peak'), 0)} | "
-                f"{base} | {_x(r.get('speedup_vs_torch_sparse'))} |")
+                f"{base} | {_x(r.get('speedup_vs_torch_sparse'))} | "
+                f"{_f(r.get('load_1min'))} |")
         lines.append("")
     if results.get("break_even"):
         lines += ["## Break-even unstructured sparsity (our kernel = dense)", "",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -262,6 +263,9 @@ def _case(cfg, weight, bias, pruned, packed32, pattern, dname, threads, shape, b
             "pattern": pattern.name, "kind": pattern.kind, "family": pattern.family,
             "sparsity": pattern.sparsity, "achieved_sparsity": 1 - nnz / weight.numel(),
             "dtype": dname, "threads": threads, "batch": batch, "rounds": rounds,
+            # 1-minute load average when the case finished: on a shared machine, > the thread
+            # count means another job competed for the cores during this case
+            "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "nnz": nnz, "packed_bytes": packed.nbytes,
             "rotated_bytes": packed.nbytes * copies_for(packed.nbytes, cfg.rotate_bytes),
             "dense_bytes": dense_w.numel() * dense_w.element_size(),
