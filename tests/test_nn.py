@@ -378,3 +378,24 @@ def test_conv_mask_argument():
     x = torch.randn(2, 4, 5, 5)
     ref = F.conv2d(x.double(), (conv.weight * mask).double(), conv.bias.double(), padding=1)
     assert_matches(sc(x), ref, torch.float32)
+
+
+def test_sparsify_transformers_bert():
+    """A real (tiny, randomly initialised) transformers BertModel, if transformers is there."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64,
+                                  max_position_embeddings=32)
+    model = transformers.BertModel(cfg).eval()
+    prune_model(model, sp.PruneConfig(pattern="unstructured", sparsity=0.8,
+                                      criterion="magnitude", include="encoder.layer.*"))
+    dense = copy.deepcopy(model)
+    report = sparsify(model)
+    assert len(report.swapped) == 12 and all(r.name.startswith("encoder.layer.")
+                                             for r in report.swapped)
+    assert [r.name for r in report.skipped] == ["pooler.dense"]
+    ids = torch.randint(0, 64, (2, 9))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(input_ids=ids).last_hidden_state,
+                                   dense(input_ids=ids).last_hidden_state, rtol=1e-4, atol=1e-4)
