@@ -33,6 +33,11 @@ _VERSION = 1
 _CLASSES = {cls.format: cls for cls in (CSRWeight, BSRWeight, NMWeight)}
 
 
+def _key(name: str, field: str) -> str:
+    """State-dict key of a layer's tensor (a bare layer saved alone has no prefix)."""
+    return f"{name}.{field}" if name else field
+
+
 def _layer_meta(module) -> dict:
     meta = {"class": type(module).__name__, "format": module.format,
             "pattern": module.pattern, "shape": list(module.weight_shape),
@@ -105,11 +110,16 @@ class Checkpoint:
                 raise ValueError(f"checkpoint layer {name!r} does not exist in the model") \
                     from None
             self._check_matches(name, meta, current)
+            if not name:  # the checkpoint is one bare layer: it cannot replace the model itself
+                if meta["class"] != type(current).__name__:
+                    raise ValueError(f"the checkpoint holds a single {meta['class']}; load it "
+                                     f"into one (got {type(current).__name__})")
+                continue
             packed = self.packed[name]
             old_weight = next(current.parameters(), None)
             if old_weight is not None:
                 packed = packed.to(device=old_weight.device)
-            bias = self.state_dict.get(f"{name}.bias") if meta["bias"] else None
+            bias = self.state_dict.get(_key(name, "bias")) if meta["bias"] else None
             if bias is not None:
                 bias = bias.to(device=packed.device, dtype=packed.dtype)
             if meta["class"] == "SparseLinear":
@@ -218,7 +228,7 @@ def load(path_or_model, path: str | os.PathLike | None = None, *,
         cls = _CLASSES[meta["format"]]
         fields = {}
         for field in cls._tensor_fields:
-            key = f"{name}.{field}"
+            key = _key(name, field)
             if key not in state:
                 raise FormatError(f"checkpoint layer {name!r}: tensor {key!r} is missing")
             fields[field] = state[key]
@@ -235,7 +245,7 @@ def load(path_or_model, path: str | os.PathLike | None = None, *,
             if meta["in_channels"] * ks[0] * ks[1] != meta["shape"][1]:
                 raise ValueError(f"checkpoint layer {name!r}: in_channels * kernel_size "
                                  f"does not equal the weight's {meta['shape'][1]} columns")
-        bias = state.get(f"{name}.bias")
+        bias = state.get(_key(name, "bias"))
         if meta["bias"] and (bias is None or bias.shape != (meta["shape"][0],)
                              or bias.dtype != packed[name].dtype):
             raise ValueError(f"checkpoint layer {name!r}: bias must be a "

@@ -218,3 +218,17 @@ def test_minilm_90_checkpoint(tmp_path):
     with torch.inference_mode():
         torch.testing.assert_close(fresh(input_ids=ids).last_hidden_state,
                                    bert(input_ids=ids).last_hidden_state, rtol=0, atol=0)
+
+
+def test_bare_sparse_layer(tmp_path):
+    lin = nn.Linear(12, 8)
+    with torch.no_grad():
+        lin.weight.mul_(sp.masks.unstructured(lin.weight.abs(), 0.75))
+    sl = sp.SparseLinear.from_linear(lin)
+    sp.save(sl, tmp_path / "one.safetensors")
+    other = sp.SparseLinear.from_linear(nn.Linear(12, 8), "csr")  # dense-as-CSR, other nnz
+    sp.load(other, tmp_path / "one.safetensors")
+    x = torch.randn(3, 12)
+    torch.testing.assert_close(other(x), sl(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="single SparseLinear"):
+        sp.load(nn.Linear(12, 8), tmp_path / "one.safetensors")
