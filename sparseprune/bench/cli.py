@@ -141,7 +141,14 @@ def run_bench(args, parser=None) -> int:
               f"{len(cfg.batches)} batches x {len(cfg.dtypes)} dtypes x {len(cfg.threads)} "
               f"thread counts; kernels {machine['isa']}; load average {machine['load_average']}",
               flush=True)
-        results = {"machine": machine, **sweep.run(cfg, progress=not args.no_progress)}
+        partial = out / "results.partial.json"
+
+        def checkpoint(done):
+            report.write_json({"machine": machine, "partial": True, **done}, partial)
+
+        results = {"machine": machine, **sweep.run(cfg, progress=not args.no_progress,
+                                                   checkpoint=checkpoint)}
+        partial.unlink(missing_ok=True)
         sweep.add_limits_percent(results)
         results["break_even"] = sweep.break_even(results["results"])
     import os

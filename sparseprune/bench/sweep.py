@@ -134,8 +134,11 @@ def _cases(cfg: SweepConfig) -> int:
         1 + len(cfg.dtypes) * len(cfg.patterns))
 
 
-def run(cfg: SweepConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Runs the sweep; returns the JSON-ready results (``machine`` is added by the caller)."""
+def run(cfg: SweepConfig, *, progress: bool = True,
+        checkpoint: Callable[[dict], None] | None = None) -> dict:
+    """Runs the sweep; returns the JSON-ready results (``machine`` is added by the caller).
+    ``checkpoint(results so far)`` is called after each shape, so a long sweep that is cut
+    short still leaves its finished shapes behind."""
     for p in cfg.patterns:
         if p not in PATTERNS:
             raise ValueError(f"unknown pattern {p!r}; valid: {', '.join(PATTERNS)}")
@@ -176,6 +179,8 @@ def run(cfg: SweepConfig, *, progress: bool = True, log: Callable[[str], None] =
                         with torch.inference_mode():
                             out["results"].extend(_case(cfg, weight, bias, pruned, packed32,
                                                         pattern, dname, threads, shape, bar))
+                if checkpoint is not None:
+                    checkpoint(out)
     finally:
         torch.set_num_threads(previous_threads)
         bar.close()
