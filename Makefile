@@ -37,7 +37,8 @@ bench: $(VENV)/.built
 
 build: $(VENV)/.built
 
-$(VENV)/.deps:
+# Depends on the Makefile so that a venv made before DEPS grew gets the new packages.
+$(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q $(DEPS)
