@@ -44,6 +44,9 @@ def test_bench_and_report_tiny(tmp_path, monkeypatch, capsys):
         assert key in res["machine"]
     assert res["machine"]["torch"] == torch.__version__
     assert [lim["threads"] for lim in res["limits"]] == [1]
+    lim = res["limits"][0]  # the better of a measurement at the start and one at the end
+    assert lim["copy_GBps"] == max(lim["start"]["copy_GBps"], lim["end"]["copy_GBps"]) > 0
+    assert not (out / "results.partial.json").exists()  # removed once the sweep is complete
     rows = res["results"]
     assert len(rows) == 2 * 4 * 2 * 2  # shapes x patterns x batches x dtypes
     assert {(r["shape"], r["pattern"], r["dtype"], r["batch"]) for r in rows} == {
