@@ -170,6 +170,12 @@ def run_report(args, parser=None) -> int:
     except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
         print(f"sparseprune report: error: {e}", file=sys.stderr)
         return 2
+    if results.get("results") and "break_even" not in results:
+        # a results.partial.json left by a cut-short sweep: derive what the full run adds
+        from . import sweep
+
+        sweep.add_limits_percent(results)
+        results["break_even"] = sweep.break_even(results["results"])
     out = Path(args.out) if args.out else Path(args.results).parent
     written = report.render(results, out)
     print("wrote " + ", ".join(str(p) for p in written))
