@@ -137,6 +137,12 @@ def run_bench(args, parser=None) -> int:
         except S.ChoiceError as e:
             print(f"sparseprune bench: error: {e}", file=sys.stderr)
             return 2
+        load = machine["load_average"]
+        if load and load[0] >= 1.0:
+            # seen here: with another job on the cores, multi-threaded calls stall for whole
+            # scheduler ticks (times in multiples of ~4 ms) and ratios become meaningless
+            print(f"sparseprune bench: warning: load average {load[0]:.1f} before starting; "
+                  "other jobs share the cores and the timings will be noisy", file=sys.stderr)
         print(f"sparseprune bench: {len(cfg.shapes)} shapes x {len(cfg.patterns)} patterns x "
               f"{len(cfg.batches)} batches x {len(cfg.dtypes)} dtypes x {len(cfg.threads)} "
               f"thread counts; kernels {machine['isa']}; load average {machine['load_average']}",
