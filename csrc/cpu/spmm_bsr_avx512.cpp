@@ -14,6 +14,7 @@ namespace cpu {
 namespace {
 
 #include "cpu/vec_avx512.h"
+#include "cpu/load_avx512.h"
 #include "cpu/batched.h"
 
 inline float hsum(__m256 v) {
@@ -25,32 +26,6 @@ inline float hsum(__m256 v) {
 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 inline __m256 fma_(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
 inline __m512 fma_(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
-
-template <typename T>
-inline __m256 load8(const T* p);
-template <>
-inline __m256 load8<float>(const float* p) {
-  return _mm256_loadu_ps(p);
-}
-template <>
-inline __m256 load8<uint16_t>(const uint16_t* p) {
-  const __m256i wide =
-      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-}
-
-template <typename T>
-inline __m512 load16(const T* p);
-template <>
-inline __m512 load16<float>(const float* p) {
-  return _mm512_loadu_ps(p);
-}
-template <>
-inline __m512 load16<uint16_t>(const uint16_t* p) {
-  const __m512i wide =
-      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-}
 
 struct Load8 {
   using reg = __m256;

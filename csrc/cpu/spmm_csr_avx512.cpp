@@ -12,6 +12,7 @@ namespace cpu {
 namespace {
 
 #include "cpu/vec_avx512.h"
+#include "cpu/load_avx512.h"
 
 template <typename I>
 inline __m512i load_idx(const I* p);
@@ -35,32 +36,6 @@ inline __m512i load_idx_tail<int32_t>(const int32_t* p, __mmask16 k) {
   return _mm512_maskz_loadu_epi32(k, p);
 }
 
-inline __m512 widen_bf16(__m256i h) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-template <typename T>
-inline __m512 load_vals(const T* p);
-template <>
-inline __m512 load_vals<float>(const float* p) {
-  return _mm512_loadu_ps(p);
-}
-template <>
-inline __m512 load_vals<uint16_t>(const uint16_t* p) {
-  return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-
-template <typename T>
-inline __m512 load_vals_tail(const T* p, __mmask16 k);
-template <>
-inline __m512 load_vals_tail<float>(const float* p, __mmask16 k) {
-  return _mm512_maskz_loadu_ps(k, p);
-}
-template <>
-inline __m512 load_vals_tail<uint16_t>(const uint16_t* p, __mmask16 k) {
-  return widen_bf16(_mm256_maskz_loadu_epi16(k, p));
-}
-
 template <typename I, typename T>
 inline float row_dot_gather(const I* cols, const T* vals, int64_t k0, int64_t k1,
                             const float* x) {
@@ -70,18 +45,18 @@ inline float row_dot_gather(const I* cols, const T* vals, int64_t k0, int64_t k1
   for (; k + 32 <= k1; k += 32) {
     const __m512 x0 = _mm512_i32gather_ps(load_idx(cols + k), x, 4);
     const __m512 x1 = _mm512_i32gather_ps(load_idx(cols + k + 16), x, 4);
-    acc0 = _mm512_fmadd_ps(load_vals(vals + k), x0, acc0);
-    acc1 = _mm512_fmadd_ps(load_vals(vals + k + 16), x1, acc1);
+    acc0 = _mm512_fmadd_ps(load16(vals + k), x0, acc0);
+    acc1 = _mm512_fmadd_ps(load16(vals + k + 16), x1, acc1);
   }
   for (; k + 16 <= k1; k += 16) {
     const __m512 x0 = _mm512_i32gather_ps(load_idx(cols + k), x, 4);
-    acc0 = _mm512_fmadd_ps(load_vals(vals + k), x0, acc0);
+    acc0 = _mm512_fmadd_ps(load16(vals + k), x0, acc0);
   }
   if (k < k1) {
     const __mmask16 m = static_cast<__mmask16>((1u << (k1 - k)) - 1u);
     const __m512 x0 =
         _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, load_idx_tail(cols + k, m), x, 4);
-    acc1 = _mm512_fmadd_ps(load_vals_tail(vals + k, m), x0, acc1);
+    acc1 = _mm512_fmadd_ps(load16(vals + k, m), x0, acc1);
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }

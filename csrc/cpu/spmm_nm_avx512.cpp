@@ -15,6 +15,7 @@ namespace cpu {
 namespace {
 
 #include "cpu/vec_avx512.h"
+#include "cpu/load_avx512.h"
 #include "cpu/batched.h"
 
 // Per-call constants of the decoder for a given n:m.
@@ -80,18 +81,6 @@ inline void for_each_16_slots(const Decoder& dc, const uint8_t* row_meta, int64_
   }
 }
 
-template <typename T>
-inline __m512 load_vals(const T* p, __mmask16 k);
-template <>
-inline __m512 load_vals<float>(const float* p, __mmask16 k) {
-  return _mm512_maskz_loadu_ps(k, p);
-}
-template <>
-inline __m512 load_vals<uint16_t>(const uint16_t* p, __mmask16 k) {
-  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-}
-
 // Mask of the first `left` lanes (none when left <= 0).
 inline __mmask16 lanes_left(int64_t left) {
   if (left <= 0) return 0;
@@ -130,9 +119,9 @@ void nm_avx512(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin
           x = _mm512_mask_blend_ps(_mm512_test_epi32_mask(rel, _mm512_set1_epi32(32)), x, upper);
         }
         if (step++ & 1) {
-          acc1 = _mm512_fmadd_ps(load_vals(vrow + s0, k), x, acc1);
+          acc1 = _mm512_fmadd_ps(load16(vrow + s0, k), x, acc1);
         } else {
-          acc0 = _mm512_fmadd_ps(load_vals(vrow + s0, k), x, acc0);
+          acc0 = _mm512_fmadd_ps(load16(vrow + s0, k), x, acc0);
         }
       });
       float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
@@ -148,7 +137,7 @@ void nm_avx512(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin
                         [&](int64_t s0, __m512i cols) {
         const __mmask16 k = lanes_left(dc.slots - s0);
         const __m512 x = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, cols, xp.xt, 4);
-        acc = _mm512_fmadd_ps(load_vals(vrow + s0, k), x, acc);
+        acc = _mm512_fmadd_ps(load16(vrow + s0, k), x, acc);
       });
       float sum = _mm512_reduce_add_ps(acc);
       store_column<T>(d, &sum, 0, 1, r);
