@@ -5,6 +5,11 @@ per-ISA file (``*_avx2.cpp``, ``*_avx512.cpp``) with its own flags from
 csrc/cpu/isa_flags.txt; the rest of the library gets no ISA flags at all, so the
 extension loads on any x86-64 CPU and the dispatcher picks the kernels at run time.
 The torch glue (csrc/ops.cpp, csrc/module.cpp) is built by torch's BuildExtension.
+
+CUDA: when the installed torch is a CUDA build and nvcc is found (CUDA_HOME), the extension
+is a CUDAExtension that adds csrc/cuda (kernels for sm_80 and sm_90, plus PTX for newer
+GPUs). SPARSEPRUNE_CUDA=1 forces that (and fails clearly if it cannot), SPARSEPRUNE_CUDA=0
+forces the CPU-only build. The CPU-only build never touches csrc/cuda.
 """
 
 import os
@@ -12,11 +17,33 @@ import sys
 from pathlib import Path
 
 from setuptools import setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+import torch
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = Path(__file__).parent.resolve()
 CSRC = ROOT / "csrc"
 CXX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-Wall"]
+NVCC_FLAGS = [
+    "-O3", "-std=c++17", "-lineinfo",
+    "-gencode=arch=compute_80,code=sm_80",
+    "-gencode=arch=compute_90,code=sm_90",
+    "-gencode=arch=compute_90,code=compute_90",  # PTX, so newer GPUs can JIT it
+]
+
+
+def build_cuda() -> bool:
+    """Whether to build the CUDA kernels (see the module docstring)."""
+    force = os.environ.get("SPARSEPRUNE_CUDA", "").strip()
+    if force not in ("", "0", "1"):
+        sys.exit(f"SPARSEPRUNE_CUDA must be 0 or 1, got {force!r}")
+    if force == "0":
+        return False
+    possible = torch.version.cuda is not None and CUDA_HOME is not None
+    if force == "1" and not possible:
+        sys.exit(f"SPARSEPRUNE_CUDA=1 but torch {torch.__version__} is "
+                 f"{'a CUDA' if torch.version.cuda else 'a CPU-only'} build and nvcc "
+                 f"{'is at ' + CUDA_HOME if CUDA_HOME else 'was not found (set CUDA_HOME)'}")
+    return possible
 
 
 def isa_flags():
@@ -60,17 +87,28 @@ class BuildCoreThenExtension(BuildExtension):
 if sys.platform != "linux":
     print("sparseprune: only Linux x86-64 builds are tested", file=sys.stderr)
 
+WITH_CUDA = build_cuda()
+_sources = ["csrc/ops.cpp", "csrc/module.cpp"]
+_cxx = [*CXX_FLAGS, "-fopenmp"]
+if WITH_CUDA:
+    print("sparseprune: building the CUDA kernels (csrc/cuda)", file=sys.stderr)
+    _sources += ["csrc/cuda/ops_cuda.cpp", *sorted(f"csrc/cuda/{p.name}"
+                                                   for p in (CSRC / "cuda").glob("*.cu"))]
+    _cxx.append("-DSPARSEPRUNE_WITH_CUDA")
+_Extension = CUDAExtension if WITH_CUDA else CppExtension
+
 setup(
     ext_modules=[
-        CppExtension(
+        _Extension(
             "sparseprune._C",
-            sources=["csrc/ops.cpp", "csrc/module.cpp"],
+            sources=_sources,
             include_dirs=[str(CSRC)],
             # at::parallel_for is a header template over OpenMP in torch's CPU builds: without
             # -fopenmp here it would silently run every op on one thread.
-            extra_compile_args={"cxx": [*CXX_FLAGS, "-fopenmp"]},
+            extra_compile_args={"cxx": _cxx, "nvcc": NVCC_FLAGS} if WITH_CUDA else {"cxx": _cxx},
             extra_link_args=["-fopenmp"],
-            depends=[str(p) for p in CSRC.rglob("*") if p.suffix in {".h", ".cpp", ".txt"}],
+            depends=[str(p) for p in CSRC.rglob("*")
+                     if p.suffix in {".h", ".cpp", ".txt", ".cu", ".cuh"}],
         )
     ],
     cmdclass={"build_ext": BuildCoreThenExtension.with_options(use_ninja=True)},

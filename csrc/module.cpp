@@ -3,6 +3,9 @@
 #include <torch/extension.h>
 
 #include "cpu/dispatch.h"
+#ifdef SPARSEPRUNE_WITH_CUDA
+#include "cuda/kernels.h"
+#endif
 
 namespace {
 
@@ -28,4 +31,28 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "set_isa", [](const std::string& name) { cpu::set_isa(cpu::parse_isa(name)); },
       "Forces the CPU kernels to one ISA; ValueError if unknown or unsupported here.");
+#ifdef SPARSEPRUNE_WITH_CUDA
+  m.attr("cuda_built") = true;
+  namespace cu = sparseprune::cuda;
+  auto dtype = [](const std::string& name) {
+    if (name == "float32") return cu::DType::f32;
+    if (name == "float16") return cu::DType::f16;
+    if (name == "bfloat16") return cu::DType::bf16;
+    throw pybind11::value_error("dtype must be float32, float16 or bfloat16, got " + name);
+  };
+  m.def(
+      "cuda_bsr_path",
+      [dtype](const std::string& dt, int64_t bh, int64_t bw, int64_t in) {
+        return std::string(cu::bsr_path(dtype(dt), bh, bw, in));
+      },
+      "'tensor_core' or 'cuda_core': the CUDA path of a BSR product.");
+  m.def(
+      "cuda_nm_path",
+      [dtype](const std::string& dt, int64_t n, int64_t mm, int64_t in) {
+        return std::string(cu::nm_path(dtype(dt), n, mm, in));
+      },
+      "'tensor_core' or 'cuda_core': the CUDA path of an N:M product.");
+#else
+  m.attr("cuda_built") = false;
+#endif
 }

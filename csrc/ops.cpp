@@ -23,7 +23,8 @@ constexpr int64_t kMinParallelWork = 1 << 15;
 cpu::DType dtype_of(const char* op, const at::Tensor& x) {
   const bool f32 = x.scalar_type() == at::kFloat;
   TORCH_CHECK_TYPE(f32 || x.scalar_type() == at::kBFloat16, op,
-                   ": x must be float32 or bfloat16, got ", x.scalar_type());
+                   ": x must be float32 or bfloat16 on the CPU (float16 runs on CUDA only), got ",
+                   x.scalar_type());
   return f32 ? cpu::DType::f32 : cpu::DType::bf16;
 }
 

@@ -43,8 +43,9 @@ __all__ = [
     "pack",
 ]
 
-#: dtypes the packed values (and the activations they multiply) may have.
-VALUE_DTYPES = (torch.float32, torch.bfloat16)
+#: dtypes the packed values (and the activations they multiply) may have. The CPU kernels
+#: take float32 and bfloat16; the CUDA kernels take float16 too.
+VALUE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # Row-chunked helpers keep their temporaries near this many elements, so packing and
 # validating a large layer does not peak at several times its size.
@@ -182,7 +183,8 @@ def _check_dense_input(weight, mask):
         raise ValueError(f"weight must be 2-D [out_features, in_features], got shape "
                          f"{tuple(weight.shape)}")
     if weight.dtype not in VALUE_DTYPES:
-        raise ValueError(f"weight dtype must be float32 or bfloat16, got {weight.dtype}")
+        raise ValueError(f"weight dtype must be float32 or bfloat16 (or float16, for CUDA), "
+                         f"got {weight.dtype}")
     if mask is None:
         return weight != 0
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
@@ -370,7 +372,7 @@ class CSRWeight(PackedWeight):
 
     row_offsets: torch.Tensor  # int64 [out + 1]
     col_indices: torch.Tensor  # uint16 or int32 (see csr_index_dtype) [nnz]
-    values: torch.Tensor  # float32 | bfloat16 [nnz]
+    values: torch.Tensor  # float32 | bfloat16 | float16 [nnz]
     shape: tuple[int, int]
 
     format: ClassVar[str] = "csr"
@@ -421,7 +423,7 @@ class BSRWeight(PackedWeight):
 
     block_row_offsets: torch.Tensor  # int64 [ceil(out / bh) + 1]
     block_col_indices: torch.Tensor  # int32 [nnzb], in units of blocks
-    blocks: torch.Tensor  # float32 | bfloat16 [nnzb, bh, bw]
+    blocks: torch.Tensor  # float32 | bfloat16 | float16 [nnzb, bh, bw]
     shape: tuple[int, int]
 
     format: ClassVar[str] = "bsr"
@@ -498,7 +500,7 @@ class BSRWeight(PackedWeight):
 class NMWeight(PackedWeight):
     """N:M sparsity: ``n`` kept slots in every ``m`` consecutive input columns."""
 
-    values: torch.Tensor  # float32 | bfloat16 [out, ceil(in / m) * n]
+    values: torch.Tensor  # float32 | bfloat16 | float16 [out, ceil(in / m) * n]
     metadata: torch.Tensor  # uint8 [out, ceil(slots * bits / 8)]
     n: int
     m: int
@@ -527,6 +529,9 @@ class NMWeight(PackedWeight):
             # Group g spans columns [g*m, min(in, (g+1)*m)): a short last group has fewer.
             group = torch.arange(slots, device=self.metadata.device) // self.n
             width = (in_f - group * self.m).clamp(max=self.m)
+            # Within a full group the kept indices increase (the canonical form from_dense
+            # makes; the sparse tensor cores require it); a short last group may repeat.
+            follows = (group[1:] == group[:-1]) & (width[1:] == self.m)
             for rows in _row_chunks(out_f, slots):
                 idx = nm_decode(self.metadata[rows], in_f, self.n, self.m)
                 bad = idx >= width
@@ -535,6 +540,12 @@ class NMWeight(PackedWeight):
                     _fail(owner, "metadata", f"row {rows.start + r} slot {s} has in-group index "
                           f"{int(idx[r, s])}, but group {s // self.n} has {int(width[s])} "
                           f"columns (in_features={in_f}, m={self.m})")
+                unordered = follows & (idx[:, 1:] <= idx[:, :-1])
+                if bool(unordered.any()):
+                    r, s = (int(v) for v in unordered.nonzero()[0])
+                    _fail(owner, "metadata", f"row {rows.start + r} group {int(group[s])}: in-group "
+                          f"indices must increase, got {int(idx[r, s])} then "
+                          f"{int(idx[r, s + 1])}")
         _check_finite(owner, "values", self.values)
 
     @classmethod

@@ -155,7 +155,8 @@ def _pack_weight(weight: torch.Tensor, format: str, block=None, n=None, m=None,
     if not isinstance(format, str) or format not in _FORMATS:
         raise ValueError(f"format must be one of {_FORMATS}, got {format!r}")
     if weight.dtype not in VALUE_DTYPES:
-        raise TypeError(f"the sparse kernels take float32 or bfloat16 weights, got {weight.dtype}; "
+        raise TypeError(f"the sparse kernels take float32 or bfloat16 (float16 too on CUDA) "
+                        f"weights, got {weight.dtype}; "
                         f"convert the layer first (e.g. .float())")
     if block is not None and format not in ("bsr", "auto"):
         raise ValueError(f"block= only applies to format='bsr', not {format!r}")
@@ -266,7 +267,8 @@ class _PackedModule(nn.Module):
         values = getattr(self, self._values_name)
         if values.dtype not in VALUE_DTYPES:
             raise TypeError(f"{type(self).__name__} holds {values.dtype} values; the sparse "
-                            f"kernels take float32 or bfloat16 (use .float() or .bfloat16())")
+                            f"kernels take float32 or bfloat16, float16 too on CUDA (use .float() or "
+                            f".bfloat16())")
         if x.dtype != values.dtype:
             raise TypeError(f"{type(self).__name__}: input is {x.dtype} but the layer is "
                             f"{values.dtype}")
@@ -577,7 +579,7 @@ def sparsify(model: nn.Module, format: str = "auto", *, min_sparsity: float = 0.
         rec = SwapRecord(name, type(mod).__name__.removeprefix("nn."), tuple(weight.shape),
                          sparsity, False, dense_bytes=dense_bytes, sparse_bytes=dense_bytes)
         if weight.dtype not in VALUE_DTYPES:
-            rec.reason = f"dtype {weight.dtype} (kernels take float32/bfloat16)"
+            rec.reason = f"dtype {weight.dtype} (kernels take float32/bfloat16/float16)"
         elif isinstance(mod, nn.Conv2d) and mod.groups != 1:
             rec.reason = f"groups={mod.groups} (only groups=1 is supported)"
         elif sparsity < min_sparsity:

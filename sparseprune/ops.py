@@ -40,8 +40,10 @@ def linear(x: torch.Tensor, weight: PackedWeight, bias: torch.Tensor | None = No
 
 def _fake_output(op, x, values, bias, out_features):
     torch._check(x.dim() >= 1, lambda: f"{op}: x must have at least 1 dimension")
-    torch._check_type(x.dtype in (torch.float32, torch.bfloat16),
-                      lambda: f"{op}: x must be float32 or bfloat16, got {x.dtype}")
+    allowed = (torch.float32, torch.bfloat16) + ((torch.float16,) if x.is_cuda else ())
+    torch._check_type(x.dtype in allowed,
+                      lambda: f"{op}: x must be float32 or bfloat16 (float16 too on CUDA), "
+                      f"got {x.dtype} on {x.device.type}")
     torch._check_type(values.dtype == x.dtype,
                       lambda: f"{op}: weight values are {values.dtype} but x is {x.dtype}")
     if bias is not None:

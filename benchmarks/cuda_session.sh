@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One lease of a GPU machine (see benchmarks/RESULTS.md, "CUDA"): builds the extension with
+# the CUDA kernels against the machine's CUDA torch, runs tests/cuda, runs a subset of them
+# under compute-sanitizer memcheck, then the GPU benchmark. Stages: build test sanitize bench
+# (default: all). Logs and results go to $OUT (default /tmp/sparseprune-cuda).
+set -uo pipefail
+OUT=${OUT:-/tmp/sparseprune-cuda}
+mkdir -p "$OUT"
+STAGES=${*:-build test sanitize bench}
+PY=${PYTHON:-python3}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+for stage in $STAGES; do
+  echo "== $stage $(date -u +%H:%M:%S)"
+  case $stage in
+    build)
+      SPARSEPRUNE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} $PY setup.py build_ext --inplace \
+        >"$OUT/build.log" 2>&1 || { grep -E "error|Error" "$OUT/build.log" | head -40; exit 1; }
+      grep -c "warning" "$OUT/build.log" | sed 's/^/build warnings: /' ;;
+    test)
+      $PY -m pytest tests/cuda -q -p no:cacheprovider -x ${PYTEST_ARGS:-} >"$OUT/tests.log" 2>&1
+      echo "tests rc=$?"; tail -25 "$OUT/tests.log" ;;
+    sanitize)
+      SPARSEPRUNE_SANITIZE=1 timeout ${SANITIZE_TIMEOUT:-300} compute-sanitizer --tool memcheck \
+        --error-exitcode 9 $PY -m pytest tests/cuda -q -p no:cacheprovider -x \
+        >"$OUT/sanitizer.log" 2>&1
+      echo "sanitizer rc=$?"; grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer.log" | tail -3 ;;
+    bench)
+      $PY -m sparseprune.bench.cuda --out "$OUT" ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
+      echo "bench rc=$?"; grep -v "^|" "$OUT/bench.log" | tail -${BENCH_TAIL:-60} ;;
+  esac
+done

@@ -1,0 +1,363 @@
+// N:M weights. 2:4 in fp16/bf16 runs on the sparse tensor cores (mma.sp m16n8k32), which
+// read our packed layout as it is: a row's kept values are the compressed A operand, and
+// 32 input columns of a row carry exactly 32 bits of 2-bit in-group indices, which is the
+// metadata word of that row for one mma.sp. Two shapes of work:
+//   nm24_small  batch <= 32: a CTA owns 16 output rows and 8, 16 or 32 batch columns (no
+//               padding to 32); its 8 warps split the input dimension (a strip alone would
+//               leave the memory system idle) and sum in shared memory;
+//   nm24_tiled  larger batches: a CTA owns 64 or 128 rows x 32 or 64 batch columns,
+//               activations and weights staged through shared memory by cp.async
+//               (3 stages) and read by ldmatrix.
+// Any other n:m, fp32, or in_features not a multiple of 32 take the CUDA-core row kernels.
+#include "rows.cuh"
+
+namespace sparseprune {
+namespace cuda {
+namespace {
+
+using detail::kWarp;
+
+template <typename T>
+struct NmRows {
+  const T* __restrict__ values;
+  const uint8_t* __restrict__ metadata;
+  int64_t slots, row_bytes, in;
+  int n, m, bits;
+
+  __device__ __forceinline__ int64_t begin(int64_t) const { return 0; }
+  __device__ __forceinline__ int64_t end(int64_t) const { return slots; }
+  __device__ __forceinline__ void get(int64_t r, int64_t e, float& v, int& col) const {
+    const uint8_t* meta = metadata + r * row_bytes;
+    const int64_t pos = e * bits;
+    const int64_t byte = pos >> 3;
+    unsigned word = __ldg(meta + byte);
+    if (byte + 1 < row_bytes) word |= static_cast<unsigned>(__ldg(meta + byte + 1)) << 8;
+    const int idx = static_cast<int>((word >> (pos & 7)) & ((1u << bits) - 1));
+    const int64_t c = (e / n) * m + idx;
+    v = c < in ? detail::load_float(values + r * slots + e) : 0.f;
+    col = static_cast<int>(min(c, in - 1));
+  }
+};
+
+// Metadata of a row that does not exist: indices (0, 1) in every group, with zero values.
+constexpr uint32_t kIdleMeta = 0x44444444u;
+
+// The A operand and metadata of one 16-row x 32-column step for rows r0 + g and r0 + g + 8.
+template <typename T>
+struct Strip {
+  const T* top;
+  const T* bottom;
+  const uint8_t* meta_top;
+  const uint8_t* meta_bottom;
+  bool top_ok, bottom_ok;
+
+  __device__ __forceinline__ void init(const T* values, const uint8_t* metadata, int64_t r0,
+                                       int64_t out, int64_t in, int lane) {
+    const int g = lane >> 2;
+    const int64_t rt = r0 + g, rb = r0 + g + 8;
+    top_ok = rt < out;
+    bottom_ok = rb < out;
+    top = values + (top_ok ? rt : 0) * (in / 2);
+    bottom = values + (bottom_ok ? rb : 0) * (in / 2);
+    meta_top = metadata + (top_ok ? rt : 0) * (in / 8);
+    meta_bottom = metadata + (bottom_ok ? rb : 0) * (in / 8);
+  }
+
+  __device__ __forceinline__ void load(int64_t kt, int lane, uint32_t (&a)[4],
+                                       uint32_t& e) const {
+    const int t = lane & 3;
+    const int64_t off = kt * 16 + 2 * t;
+    a[0] = top_ok ? detail::load_u32(top + off) : 0u;
+    a[1] = bottom_ok ? detail::load_u32(bottom + off) : 0u;
+    a[2] = top_ok ? detail::load_u32(top + off + 8) : 0u;
+    a[3] = bottom_ok ? detail::load_u32(bottom + off + 8) : 0u;
+    e = 0u;
+    if (t < 2) {
+      const int64_t mo = kt * 4 + 2 * t;
+      const uint32_t lo = top_ok ? __ldg(reinterpret_cast<const uint16_t*>(meta_top + mo))
+                                 : (kIdleMeta & 0xffffu);
+      const uint32_t hi = bottom_ok
+                              ? __ldg(reinterpret_cast<const uint16_t*>(meta_bottom + mo))
+                              : (kIdleMeta & 0xffffu);
+      e = lo | (hi << 16);
+    }
+  }
+};
+
+constexpr int kSmallWarps = 8;
+
+// A CTA owns 16 * MF output rows and 8 * NF batch columns; its 8 warps split the input
+// dimension into contiguous ranges (consecutive steps of a row read consecutive sectors)
+// and sum through shared-memory atomics. U steps are loaded before their mma.sp, so each
+// warp keeps U * MF strips of weights in flight: the small-batch product streams weights.
+template <typename T, int MF, int NF, int U>
+__global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_small(
+    const T* __restrict__ values, const uint8_t* __restrict__ metadata,
+    const T* __restrict__ x, const T* __restrict__ bias, T* __restrict__ y, int64_t batch,
+    int64_t in, int64_t out) {
+  __shared__ float sum[MF][NF][4][kWarp];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * 16 * MF;
+  const int64_t b0 = static_cast<int64_t>(blockIdx.y) * 8 * NF;
+  for (int i = threadIdx.x; i < MF * NF * 4 * kWarp; i += kSmallWarps * kWarp) {
+    (&sum[0][0][0][0])[i] = 0.f;
+  }
+  Strip<T> strips[MF];
+#pragma unroll
+  for (int i = 0; i < MF; ++i) strips[i].init(values, metadata, r0 + 16 * i, out, in, lane);
+
+  const T* xrow[NF];
+  bool xok[NF];
+#pragma unroll
+  for (int j = 0; j < NF; ++j) {
+    const int64_t b = b0 + 8 * j + g;
+    xok[j] = b < batch;
+    xrow[j] = x + (xok[j] ? b : 0) * in + 2 * t;
+  }
+
+  const int64_t ktiles = in / 32;
+  const int64_t kb = ktiles * warp / kSmallWarps, ke = ktiles * (warp + 1) / kSmallWarps;
+  float acc[MF][NF][4] = {};
+  for (int64_t k0 = kb; k0 < ke; k0 += U) {
+    uint32_t a[U][MF][4], e[U][MF];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int i = 0; i < MF; ++i) {
+        if (k0 + u < ke) strips[i].load(k0 + u, lane, a[u][i], e[u][i]);
+      }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (k0 + u >= ke) break;
+#pragma unroll
+      for (int j = 0; j < NF; ++j) {
+        uint32_t b[4];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          b[q] = xok[j] ? detail::load_u32(xrow[j] + (k0 + u) * 32 + 8 * q) : 0u;
+        }
+#pragma unroll
+        for (int i = 0; i < MF; ++i) detail::mma_sp_16832<T>(acc[i][j], a[u][i], b, e[u][i]);
+      }
+    }
+  }
+
+  __syncthreads();  // sum is zeroed
+#pragma unroll
+  for (int i = 0; i < MF; ++i)
+#pragma unroll
+    for (int j = 0; j < NF; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) atomicAdd(&sum[i][j][q][lane], acc[i][j][q]);
+  __syncthreads();
+  // Warp w stores the tiles (i, j) with (i * NF + j) % 8 == w.
+#pragma unroll
+  for (int i = 0; i < MF; ++i)
+#pragma unroll
+    for (int j = 0; j < NF; ++j) {
+      if ((i * NF + j) % kSmallWarps != warp) continue;
+      float c[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) c[q] = sum[i][j][q][lane];
+      detail::store_tile(c, bias, y, r0 + 16 * i, b0 + 8 * j, out, batch, lane);
+    }
+}
+
+// Above this batch the tiled kernel (operands staged through shared memory) takes over.
+constexpr int64_t kTiledFrom = 32;
+constexpr int kTiledWarps = 4;  // stacked along the output rows
+constexpr int kStageK = 64;     // input columns per pipeline stage
+constexpr int kStages = 3;
+constexpr int kXPitch = kStageK + 8;      // halves; 144-byte rows keep ldmatrix conflict-free
+constexpr int kAPitch = kStageK / 2 + 8;  // halves of kept values; 80-byte rows, likewise
+
+template <int MF, int NF>
+struct TiledShape {
+  static constexpr int kRows = kTiledWarps * 16 * MF;
+  static constexpr int kBatch = 8 * NF;
+  static constexpr int kXHalves = kStages * kBatch * kXPitch;
+  static constexpr int kAHalves = kStages * kRows * kAPitch;
+  static constexpr int kMetaBytes = kStages * kRows * 8;
+  static constexpr int kSmemBytes = 2 * (kXHalves + kAHalves) + kMetaBytes;
+};
+
+// A CTA owns 64 * MF output rows x 8 * NF batch columns. Activations, kept values and
+// metadata of a 64-column step are staged in shared memory by cp.async, kStages deep, so
+// global latency hides behind the mma.sp of earlier steps; both operands are read with
+// ldmatrix.
+template <typename T, int MF, int NF>
+__global__ __launch_bounds__(kTiledWarps * kWarp) void nm24_tiled(
+    const T* __restrict__ values, const uint8_t* __restrict__ metadata,
+    const T* __restrict__ x, const T* __restrict__ bias, T* __restrict__ y, int64_t batch,
+    int64_t in, int64_t out) {
+  using Shape = TiledShape<MF, NF>;
+  extern __shared__ uint4 smem[];
+  T* xs = reinterpret_cast<T*>(smem);              // [kStages][kBatch][kXPitch]
+  T* as = xs + Shape::kXHalves;                    // [kStages][kRows][kAPitch]
+  uint8_t* ms = reinterpret_cast<uint8_t*>(as + Shape::kAHalves);  // [kStages][kRows][8]
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * Shape::kRows;
+  const int64_t b0 = static_cast<int64_t>(blockIdx.y) * Shape::kBatch;
+  const int64_t stages = (in + kStageK - 1) / kStageK;
+  const int64_t ktiles = in / 32;
+  const int64_t half_in = in / 2, meta_row = in / 8;
+
+  auto load_stage = [&](int64_t s) {
+    const int buf = static_cast<int>(s % kStages);
+    T* xd = xs + buf * Shape::kBatch * kXPitch;
+    for (int c = threadIdx.x; c < Shape::kBatch * (kStageK / 8); c += kTiledWarps * kWarp) {
+      const int rb = c / (kStageK / 8), kc = (c % (kStageK / 8)) * 8;
+      const int64_t b = b0 + rb, k = s * kStageK + kc;
+      const bool ok = b < batch && k < in;
+      detail::cp_async16(xd + rb * kXPitch + kc, ok ? x + b * in + k : x, ok ? 16 : 0);
+    }
+    T* ad = as + buf * Shape::kRows * kAPitch;
+    for (int c = threadIdx.x; c < Shape::kRows * (kStageK / 16); c += kTiledWarps * kWarp) {
+      const int rr = c / (kStageK / 16), vc = (c % (kStageK / 16)) * 8;
+      const int64_t r = r0 + rr, v = s * (kStageK / 2) + vc;
+      const bool ok = r < out && v < half_in;
+      detail::cp_async16(ad + rr * kAPitch + vc, ok ? values + r * half_in + v : values,
+                         ok ? 16 : 0);
+    }
+    uint8_t* md = ms + buf * Shape::kRows * 8;
+    for (int c = threadIdx.x; c < Shape::kRows * 2; c += kTiledWarps * kWarp) {
+      const int rr = c / 2, mc = (c % 2) * 4;
+      const int64_t r = r0 + rr, mb = s * (kStageK / 8) + mc;
+      const bool ok = r < out && mb < meta_row;
+      detail::cp_async4(md + rr * 8 + mc, ok ? metadata + r * meta_row + mb : metadata,
+                        ok ? 4 : 0);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < stages) load_stage(s);
+    detail::cp_async_commit();
+  }
+
+  float acc[MF][NF][4] = {};
+  const int wr = warp * 16 * MF;  // this warp's first row within the CTA
+  for (int64_t s = 0; s < stages; ++s) {
+    detail::cp_async_wait<kStages - 2>();
+    __syncthreads();  // stage s landed for every thread; stage s - 1 is consumed
+    if (s + kStages - 1 < stages) load_stage(s + kStages - 1);
+    detail::cp_async_commit();
+    const int buf = static_cast<int>(s % kStages);
+    const T* xb = xs + buf * Shape::kBatch * kXPitch;
+    const T* ab = as + buf * Shape::kRows * kAPitch;
+    const uint8_t* mb = ms + buf * Shape::kRows * 8;
+#pragma unroll
+    for (int kk = 0; kk < 2; ++kk) {
+      if (s * 2 + kk >= ktiles) break;
+      uint32_t a[MF][4], e[MF];
+#pragma unroll
+      for (int i = 0; i < MF; ++i) {
+        const int row = wr + 16 * i + (lane & 7) + ((lane >> 3) & 1) * 8;
+        detail::ldmatrix_x4(a[i], ab + row * kAPitch + kk * 16 + (lane >> 4) * 8);
+        e[i] = 0u;
+        if (t < 2) {
+          const uint8_t* top = mb + (wr + 16 * i + g) * 8 + kk * 4 + 2 * t;
+          e[i] = *reinterpret_cast<const uint16_t*>(top) |
+                 (static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(top + 64)) << 16);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < NF; ++j) {
+        uint32_t b[4];
+        detail::ldmatrix_x4(b, xb + (8 * j + (lane & 7)) * kXPitch + kk * 32 + 8 * (lane >> 3));
+#pragma unroll
+        for (int i = 0; i < MF; ++i) detail::mma_sp_16832<T>(acc[i][j], a[i], b, e[i]);
+      }
+    }
+  }
+  detail::cp_async_wait<0>();
+
+#pragma unroll
+  for (int i = 0; i < MF; ++i)
+#pragma unroll
+    for (int j = 0; j < NF; ++j)
+      detail::store_tile(acc[i][j], bias, y, r0 + wr + 16 * i, b0 + 8 * j, out, batch, lane);
+}
+
+template <typename T, int MF, int NF>
+void launch_tiled(const T* values, const uint8_t* metadata, const T* x, const T* bias, T* y,
+                  int64_t batch, int64_t in, int64_t out, cudaStream_t stream) {
+  using Shape = TiledShape<MF, NF>;
+  // Needed above 48 KB; set on every launch so that every device gets it (a host-side call,
+  // no stream work). A failure resurfaces as the launch error.
+  (void)cudaFuncSetAttribute(nm24_tiled<T, MF, NF>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             Shape::kSmemBytes);
+  const dim3 grid(static_cast<unsigned>(detail::ceil_div(out, Shape::kRows)),
+                  static_cast<unsigned>(detail::ceil_div(batch, Shape::kBatch)));
+  nm24_tiled<T, MF, NF><<<grid, kTiledWarps * kWarp, Shape::kSmemBytes, stream>>>(
+      values, metadata, x, bias, y, batch, in, out);
+}
+
+template <typename T>
+void launch_tc(const Dense& d, const NM& w, cudaStream_t stream) {
+  const T* values = static_cast<const T*>(w.values);
+  const T* x = static_cast<const T*>(d.x);
+  const T* bias = static_cast<const T*>(d.bias);
+  T* y = static_cast<T*>(d.y);
+  const int64_t out = d.out_features, in = d.in_features, batch = d.batch;
+  if (batch > kTiledFrom) {
+    if (batch <= 128) {
+      launch_tiled<T, 1, 4>(values, w.metadata, x, bias, y, batch, in, out, stream);
+    } else {
+      launch_tiled<T, 2, 8>(values, w.metadata, x, bias, y, batch, in, out, stream);
+    }
+    return;
+  }
+  auto go = [&](auto mf, auto nf, auto u) {
+    constexpr int MF = decltype(mf)::value, NF = decltype(nf)::value, U = decltype(u)::value;
+    const dim3 grid(static_cast<unsigned>(detail::ceil_div(out, 16 * MF)),
+                    static_cast<unsigned>(detail::ceil_div(batch, 8 * NF)));
+    nm24_small<T, MF, NF, U><<<grid, kSmallWarps * kWarp, 0, stream>>>(values, w.metadata, x,
+                                                                       bias, y, batch, in, out);
+  };
+  using I1 = std::integral_constant<int, 1>;
+  using I2 = std::integral_constant<int, 2>;
+  using I4 = std::integral_constant<int, 4>;
+  // One 16-row strip per CTA gives the most CTAs (taller strips measured slower on an
+  // H100); at one to eight columns each warp keeps 8 steps of weights in flight.
+  if (batch <= 8) {
+    go(I1{}, I1{}, std::integral_constant<int, 8>{});
+  } else if (batch <= 16) {
+    go(I1{}, I2{}, I4{});
+  } else {
+    go(I1{}, I4{}, I4{});
+  }
+}
+
+bool tensor_core_ok(DType dtype, int64_t n, int64_t m, int64_t in_features) {
+  return dtype != DType::f32 && n == 2 && m == 4 && in_features % 32 == 0;
+}
+
+}  // namespace
+
+const char* nm_path(DType dtype, int64_t n, int64_t m, int64_t in_features) {
+  return tensor_core_ok(dtype, n, m, in_features) ? "tensor_core" : "cuda_core";
+}
+
+cudaError_t linear_nm(const Dense& d, const void* xt, const NM& w, cudaStream_t stream) {
+  return detail::by_dtype(d.dtype, [&](auto* tag) -> cudaError_t {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    if constexpr (!std::is_same_v<T, float>) {
+      if (tensor_core_ok(d.dtype, w.n, w.m, d.in_features)) {
+        launch_tc<T>(d, w, stream);
+        return cudaGetLastError();
+      }
+    }
+    const int bits = w.m <= 2 ? 1 : 32 - __builtin_clz(static_cast<unsigned>(w.m - 1));
+    const int64_t groups = detail::ceil_div(d.in_features, w.m);
+    const int64_t slots = groups * w.n;
+    const NmRows<T> rows{static_cast<const T*>(w.values), w.metadata, slots,
+                         detail::ceil_div(slots * bits, 8), d.in_features,
+                         static_cast<int>(w.n), static_cast<int>(w.m), bits};
+    return detail::launch_rows<T>(d, xt, rows, stream);
+  });
+}
+
+}  // namespace cuda
+}  // namespace sparseprune
