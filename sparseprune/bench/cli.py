@@ -77,6 +77,14 @@ def add_parsers(sub) -> None:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(handler=run_bench)
 
+    from . import cuda
+
+    c = sub.add_parser("bench-cuda", help="time the CUDA kernels against dense cuBLAS and "
+                       "torch's semi-structured 2:4 on a GPU; JSON + Markdown",
+                       description=cuda.__doc__.split("\n\n")[0])
+    cuda.add_arguments(c)
+    c.set_defaults(handler=lambda args, parser=None: cuda.run_cli(args, c))
+
     r = sub.add_parser("report", help="re-render the Markdown table and PNG plots of a "
                        "bench results.json")
     r.add_argument("results", help="results.json written by `sparseprune bench`")

@@ -6,7 +6,7 @@ microsecond kernels. Each candidate cycles through enough copies of its weight t
 twice the GPU's L2, so weights stream from memory as they would in a model that does not
 fit in L2 (an H100's 50 MB L2 holds a whole 4096x4096 fp16 layer otherwise).
 
-    python -m sparseprune.bench.cuda --out results/   # JSON + Markdown, table on stdout
+    sparseprune bench-cuda --out results/   # or python -m sparseprune.bench.cuda
 """
 
 from __future__ import annotations
@@ -206,22 +206,31 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/cuda"))
-    ap.add_argument("--shapes", default=",".join(f"{o}x{i}" for o, i in SHAPES))
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``sparseprune bench-cuda`` / ``python -m sparseprune.bench.cuda``."""
+    ap.add_argument("--out", type=Path, default=Path("bench-cuda-out"),
+                    help="output folder for cuda_bench.json and .md (bench-cuda-out)")
+    ap.add_argument("--shapes", default=",".join(f"{o}x{i}" for o, i in SHAPES),
+                    help="comma-separated OUTxIN (the Llama-7B and BERT shapes)")
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
-    ap.add_argument("--patterns", default=",".join(p[0] for p in PATTERNS))
+    ap.add_argument("--patterns", default=",".join(p[0] for p in PATTERNS),
+                    help=f"comma-separated from {', '.join(p[0] for p in PATTERNS)}"
+                    .replace("%", "%%"))
     ap.add_argument("--dtypes", default="float16,bfloat16")
     ap.add_argument("--rounds", type=int, default=15)
-    args = ap.parse_args(argv)
+
+
+def run_cli(args, parser: argparse.ArgumentParser) -> int:
     if not torch.cuda.is_available():
-        ap.error("needs a CUDA GPU")
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+        parser.error("needs a CUDA GPU (torch.cuda.is_available() is False)")
     known = {p[0]: p for p in PATTERNS}
-    patterns = [known[p] for p in args.patterns.split(",")]
-    dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
-    batches = [int(b) for b in args.batches.split(",")]
+    try:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+        patterns = [known[p] for p in args.patterns.split(",")]
+        dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+        batches = [int(b) for b in args.batches.split(",")]
+    except (ValueError, KeyError, AttributeError) as exc:
+        parser.error(f"bad selection: {exc}")
     lim = limits()
     print(f"ceilings: {lim}", flush=True)
     res = run(shapes, batches, patterns, dtypes, args.rounds)
@@ -231,6 +240,12 @@ def main(argv=None) -> int:
     (args.out / "cuda_bench.md").write_text(markdown(res))
     print(markdown(res))
     return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(ap)
+    return run_cli(ap.parse_args(argv), ap)
 
 
 if __name__ == "__main__":
