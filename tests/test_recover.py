@@ -1,0 +1,166 @@
+"""Recovery by distillation (sparseprune.recover) and the text corpus (sparseprune.corpus)."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import sparseprune as sp
+from sparseprune import corpus
+from sparseprune.recover import RecoverConfig, distill
+
+
+def mlp(seed=0, out=8):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 32), nn.GELU(),
+                         nn.Linear(32, out))
+
+
+def batches(n=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(8, 16, generator=g) for _ in range(n)]
+
+
+def pruned_student(teacher, pattern="unstructured", sparsity=0.7, schedule=None):
+    student = copy.deepcopy(teacher)
+    cfg = sp.PruneConfig(pattern=pattern, sparsity=sparsity, criterion="magnitude",
+                         schedule=schedule)
+    pruner = sp.Pruner(student, cfg)
+    if schedule is None:
+        pruner.prune()
+    return student, pruner
+
+
+def cfg(**kw):
+    base = dict(steps=40, lr=3e-3, warmup_steps=2, progress=False)
+    base.update(kw)
+    return RecoverConfig(**base)
+
+
+def test_loss_decreases_and_masked_weights_stay_zero():
+    teacher = mlp()
+    student, pruner = pruned_student(teacher)
+    res = distill(student, teacher, batches(), pruner=pruner, config=cfg(steps=60))
+    first, last = sum(res.losses[:5]) / 5, sum(res.losses[-5:]) / 5
+    assert last < 0.5 * first, (first, last)
+    for name, keep in pruner.masks.items():
+        w = pruner.layers[name].weight
+        assert torch.count_nonzero(w[~keep]) == 0
+        assert keep.float().mean() == pytest.approx(0.3, abs=0.02)
+
+
+@pytest.mark.parametrize("loss", ["cosine", "mse"])
+def test_losses_and_grad_accumulation(loss):
+    teacher = mlp()
+    student, pruner = pruned_student(teacher, pattern="2:4", sparsity=None)
+    res = distill(student, teacher, batches(), pruner=pruner,
+                  config=cfg(loss=loss, grad_accum=2, steps=30))
+    assert res.losses[-1] < res.losses[0]
+    for name, keep in pruner.masks.items():
+        assert torch.count_nonzero(pruner.layers[name].weight[~keep]) == 0
+
+
+def test_kl_on_logits():
+    class Clf(nn.Module):
+        def __init__(self, body):
+            super().__init__()
+            self.body = body
+
+        def forward(self, x):
+            return {"logits": self.body(x)}
+
+    teacher = Clf(mlp())
+    student, pruner = pruned_student(teacher)
+    res = distill(student, teacher, batches(), pruner=pruner, config=cfg(loss="kl"))
+    assert res.losses[-1] < res.losses[0]
+
+
+def test_gradual_schedule_reaches_target():
+    teacher = mlp()
+    student, pruner = pruned_student(teacher, sparsity=0.8,
+                                     schedule=sp.CubicSchedule(start=0, end=20, frequency=5))
+    distill(student, teacher, batches(), pruner=pruner, config=cfg(steps=30))
+    for name, keep in pruner.masks.items():
+        assert keep.float().mean() == pytest.approx(0.2, abs=0.02)
+        assert torch.count_nonzero(pruner.layers[name].weight[~keep]) == 0
+
+
+def test_bf16_autocast_runs():
+    teacher = mlp()
+    student, pruner = pruned_student(teacher)
+    res = distill(student, teacher, batches(4), pruner=pruner, config=cfg(steps=5, bf16=True))
+    assert len(res.losses) == 5 and all(torch.isfinite(torch.tensor(res.losses)))
+
+
+def test_resume_from_checkpoint_matches_uninterrupted(tmp_path):
+    teacher = mlp()
+    sched = sp.CubicSchedule(start=0, end=10, frequency=2)
+
+    student_a, pruner_a = pruned_student(teacher, schedule=sched)
+    full = distill(student_a, teacher, batches(), pruner=pruner_a, config=cfg(steps=24))
+
+    ckpt = tmp_path / "run.pt"
+    student_b, pruner_b = pruned_student(teacher, schedule=sched)
+
+    def crash(step, loss):
+        if step == 13:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(student_b, teacher, batches(), pruner=pruner_b,
+                config=cfg(steps=24, checkpoint=ckpt, checkpoint_every=5), on_step=crash)
+    # A restart: fresh modules and pruner, the same checkpoint file, the full step count.
+    student_c, pruner_c = pruned_student(teacher, schedule=sched)
+    resumed = distill(student_c, teacher, batches(), pruner=pruner_c,
+                      config=cfg(steps=24, checkpoint=ckpt, checkpoint_every=5))
+    assert resumed.resumed_from == 10
+    assert resumed.losses == full.losses
+    for (na, pa), (nc, pc) in zip(student_a.state_dict().items(),
+                                  student_c.state_dict().items()):
+        assert na == nc and torch.equal(pa, pc), na
+
+
+def test_bad_inputs():
+    teacher = mlp()
+    student, pruner = pruned_student(teacher)
+    with pytest.raises(ValueError, match="empty corpus"):
+        distill(student, teacher, [], pruner=pruner, config=cfg())
+    with pytest.raises(ValueError, match="shapes differ"):
+        distill(student, mlp(out=5), batches(), pruner=pruner, config=cfg(steps=1))
+    with pytest.raises(ValueError, match="no pruning masks"):
+        distill(mlp(), teacher, batches(), config=cfg())
+    with pytest.raises(ValueError, match="same module"):
+        distill(teacher, teacher, batches(), config=cfg())
+    with pytest.raises(ValueError, match="loss must be one of"):
+        RecoverConfig(loss="l1")
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        RecoverConfig(steps=0)
+    other_student, other_pruner = pruned_student(mlp(3))
+    with pytest.raises(ValueError, match="another model"):
+        distill(student, teacher, batches(), pruner=other_pruner, config=cfg())
+
+
+def test_corpus_split_is_disjoint_and_seeded():
+    train, calib, ev = corpus.split(50, 10, seed=3, with_docstrings=False)
+    assert len(ev) == 50 and len(calib) == 10
+    assert not set(ev) & set(train) and not set(ev) & set(calib) and not set(calib) & set(train)
+    assert corpus.split(50, 10, seed=3, with_docstrings=False)[2] == ev
+    assert corpus.split(50, 10, seed=4, with_docstrings=False)[2] != ev
+    with pytest.raises(ValueError, match="asked for"):
+        corpus.split(10**6)
+
+
+def test_stdlib_docstrings_reads_sources_without_importing(tmp_path):
+    (tmp_path / "mod.py").write_text(
+        '"""A module docstring that is long enough to count as one real paragraph of '
+        'text here.\n\nshort."""\n'
+        'raise SystemExit("never executed")\n'
+        'def f():\n    """A function docstring with enough words to pass the minimum '
+        'length filter too."""\n')
+    (tmp_path / "broken.py").write_text("def (:\n")
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "t.py").write_text('"""Tests are skipped even when they have many '
+                                            'words in their docstring paragraphs."""\n')
+    docs = corpus.stdlib_docstrings(min_words=10, root=tmp_path)
+    assert len(docs) == 2 and docs[0].startswith("A module docstring")
