@@ -49,7 +49,7 @@ VALUE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # Row-chunked helpers keep their temporaries near this many elements, so packing and
 # validating a large layer does not peak at several times its size.
-_CHUNK_ELEMS = 1 << 22
+_CHUNK_ELEMS = 1 << 20
 
 
 class FormatError(ValueError):
@@ -77,6 +77,14 @@ def _row_chunks(rows: int, row_elems: int) -> Iterator[slice]:
     step = max(1, _CHUNK_ELEMS // max(1, row_elems))
     for start in range(0, rows, step):
         yield slice(start, min(rows, start + step))
+
+
+def _row_counts(keep: torch.Tensor) -> torch.Tensor:
+    """Kept entries per row, int64, without the full-size int64 copy ``keep.sum(1)`` makes."""
+    counts = torch.empty(keep.shape[0], dtype=torch.int64, device=keep.device)
+    for rows in _row_chunks(keep.shape[0], keep.shape[1]):
+        counts[rows] = keep[rows].sum(1)
+    return counts
 
 
 # --------------------------------------------------------------------------- validation
@@ -172,8 +180,10 @@ def _check_sorted_rows(owner, field, idx: torch.Tensor, offsets: torch.Tensor):
 
 
 def _check_finite(owner, field, values: torch.Tensor):
-    if values.numel() and not bool(torch.isfinite(values).all()):
-        _fail(owner, field, "contains NaN or Inf")
+    flat = values.reshape(-1)
+    for start in range(0, flat.numel(), _CHUNK_ELEMS):  # isfinite's temporaries are large
+        if not bool(torch.isfinite(flat[start:start + _CHUNK_ELEMS]).all()):
+            _fail(owner, field, "contains NaN or Inf")
 
 
 def _check_dense_input(weight, mask):
@@ -402,7 +412,7 @@ class CSRWeight(PackedWeight):
         keep = _check_dense_input(weight, mask)
         out_f, in_f = weight.shape
         row_offsets = torch.zeros(out_f + 1, dtype=torch.int64, device=weight.device)
-        torch.cumsum(keep.sum(1), 0, out=row_offsets[1:])
+        torch.cumsum(_row_counts(keep), 0, out=row_offsets[1:])
         flat = keep.reshape(-1).nonzero().squeeze(1)
         col_indices = (flat % max(in_f, 1)).to(csr_index_dtype(in_f))
         values = weight.reshape(-1)[flat]
@@ -474,15 +484,21 @@ class BSRWeight(PackedWeight):
         bh, bw = block
         out_f, in_f = weight.shape
         rows_b, cols_b = -(-out_f // bh), -(-in_f // bw)
-        grid = weight.new_zeros(rows_b * bh, cols_b * bw)
-        grid[:out_f, :in_f] = torch.where(keep, weight, 0)
-        kept = torch.zeros(rows_b * bh, cols_b * bw, dtype=torch.bool, device=weight.device)
-        kept[:out_f, :in_f] = keep
+        if (rows_b * bh, cols_b * bw) == (out_f, in_f):
+            grid, kept = weight, keep  # views only: packing copies just the kept tiles
+        else:
+            grid = weight.new_zeros(rows_b * bh, cols_b * bw)
+            grid[:out_f, :in_f] = weight
+            kept = torch.zeros(rows_b * bh, cols_b * bw, dtype=torch.bool,
+                               device=weight.device)
+            kept[:out_f, :in_f] = keep
         tiles = kept.view(rows_b, bh, cols_b, bw).any(dim=3).any(dim=1)  # [rows_b, cols_b]
         offsets = torch.zeros(rows_b + 1, dtype=torch.int64, device=weight.device)
         torch.cumsum(tiles.sum(1), 0, out=offsets[1:])
         where = tiles.nonzero()
-        blocks = grid.view(rows_b, bh, cols_b, bw).permute(0, 2, 1, 3)[where[:, 0], where[:, 1]]
+        pick = (where[:, 0], where[:, 1])
+        blocks = grid.view(rows_b, bh, cols_b, bw).permute(0, 2, 1, 3)[pick]
+        blocks.mul_(kept.view(rows_b, bh, cols_b, bw).permute(0, 2, 1, 3)[pick])
         return cls(offsets, where[:, 1].to(torch.int32), blocks.contiguous(), (out_f, in_f))
 
     def to_dense(self) -> torch.Tensor:
@@ -561,18 +577,20 @@ class NMWeight(PackedWeight):
         if not 1 <= n < m <= 32:
             raise ValueError(f"need 1 <= n < m <= 32, got n={n}, m={m}")
         out_f, in_f = weight.shape
-        groups, slots, _ = _nm_sizes(in_f, n, m)
+        groups, slots, row_bytes = _nm_sizes(in_f, n, m)
         padded = groups * m
-        pad_w = weight.new_zeros(out_f, padded)
-        pad_w[:, :in_f] = torch.where(keep, weight, 0)
-        pad_k = torch.zeros(out_f, padded, dtype=torch.bool, device=weight.device)
-        pad_k[:, :in_f] = keep
         valid = torch.arange(padded, device=weight.device) < in_f
-
-        indices = torch.empty(out_f, slots, dtype=torch.int64, device=weight.device)
+        values = weight.new_empty(out_f, slots)
+        metadata = torch.empty(out_f, row_bytes, dtype=torch.uint8, device=weight.device)
+        # Row chunks end to end, so no temporary is the size of the whole weight.
         for rows in _row_chunks(out_f, padded):
             count = rows.stop - rows.start
-            k = pad_k[rows].view(count, groups, m)
+            pad_w = weight.new_zeros(count, padded)
+            pad_w[:, :in_f] = weight[rows]
+            pad_k = torch.zeros(count, padded, dtype=torch.bool, device=weight.device)
+            pad_k[:, :in_f] = keep[rows]
+            pad_w.mul_(pad_k)
+            k = pad_k.view(count, groups, m)
             counts = k.sum(-1)
             if bool((counts > n).any()):
                 r, g = (int(v) for v in (counts > n).nonzero()[0])
@@ -583,14 +601,15 @@ class NMWeight(PackedWeight):
             # Kept positions first, then real columns, then padding; ties by position.
             key = k.to(torch.int8) * 2 + valid.view(groups, m).to(torch.int8)
             chosen = key.sort(dim=-1, descending=True, stable=True).indices[..., :n]
-            indices[rows] = chosen.sort(dim=-1).values.reshape(count, slots)
-        cols = nm_columns(indices, n, m)
-        # Slots of a short last group that have no real column point at its first column.
-        pad_slot = cols >= in_f
-        indices = torch.where(pad_slot, 0, indices)
-        cols = torch.where(pad_slot, nm_columns(indices, n, m), cols)
-        values = torch.where(pad_slot, 0, pad_w.gather(1, cols))
-        return cls(values, nm_encode(indices, in_f, n, m), n, m, (out_f, in_f))
+            indices = chosen.sort(dim=-1).values.reshape(count, slots)
+            cols = nm_columns(indices, n, m)
+            # Slots of a short last group that have no real column point at its first column.
+            pad_slot = cols >= in_f
+            indices = torch.where(pad_slot, 0, indices)
+            cols = torch.where(pad_slot, nm_columns(indices, n, m), cols)
+            values[rows] = torch.where(pad_slot, 0, pad_w.gather(1, cols))
+            metadata[rows] = nm_encode(indices, in_f, n, m)
+        return cls(values, metadata, n, m, (out_f, in_f))
 
     def indices(self) -> torch.Tensor:
         """In-group index of every slot, int64 ``[out, slots]``."""
