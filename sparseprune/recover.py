@@ -51,6 +51,7 @@ class RecoverConfig:
     max_grad_norm: float | None = 1.0
     loss: str = "cosine"
     token_weight: float = 1.0    # sentence-transformers: MSE of token embeddings
+    layer_weight: float = 0.0    # MSE of every layer's hidden states, where outputs have them
     temperature: float = 2.0     # "kl" only
     task_weight: float = 0.0     # with task_loss
     bf16: bool = False           # torch.autocast("cpu", bfloat16) for the forward passes
@@ -92,6 +93,9 @@ def default_outputs(output: Any) -> dict[str, torch.Tensor]:
         out = {"embedding": output["sentence_embedding"]}
         if "token_embeddings" in output and "attention_mask" in output:
             out["tokens"], out["mask"] = output["token_embeddings"], output["attention_mask"]
+            layers = output.get("all_layer_embeddings")
+            if layers is not None and len(layers) > 1:  # with config.output_hidden_states
+                out["layers"] = torch.stack(list(layers[1:]))  # after each encoder layer
         return out
     logits = getattr(output, "logits", None)
     if logits is None and isinstance(output, dict):
@@ -135,6 +139,11 @@ def distill_loss(student: dict, teacher: dict, config: RecoverConfig) -> torch.T
         keep = student["mask"].bool().unsqueeze(-1)
         diff = (student["tokens"].float() - teacher["tokens"].float()) * keep
         loss = loss + config.token_weight * diff.square().sum() / (keep.sum() * diff.shape[-1])
+    if "layers" in student and config.layer_weight:
+        keep = student["mask"].bool()[None, ..., None]
+        diff = (student["layers"].float() - teacher["layers"].float()) * keep
+        loss = loss + config.layer_weight * diff.square().sum() / (
+            keep.sum() * diff.shape[0] * diff.shape[-1])
     return loss
 
 

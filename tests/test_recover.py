@@ -164,3 +164,26 @@ def test_stdlib_docstrings_reads_sources_without_importing(tmp_path):
                                             'words in their docstring paragraphs."""\n')
     docs = corpus.stdlib_docstrings(min_words=10, root=tmp_path)
     assert len(docs) == 2 and docs[0].startswith("A module docstring")
+
+
+def test_sentence_transformer_outputs_with_layers():
+    from sparseprune.recover import default_outputs, distill_loss
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+
+    def out(shift):
+        layers = tuple(torch.randn(2, 4, 6, generator=g) + shift for _ in range(3))
+        return {"sentence_embedding": torch.randn(2, 6, generator=g),
+                "token_embeddings": layers[-1], "attention_mask": mask,
+                "all_layer_embeddings": layers}
+
+    s, t = default_outputs(out(0.0)), default_outputs(out(0.0))
+    assert s["layers"].shape == (2, 2, 4, 6)  # the embedding layer's output is left out
+    base = distill_loss(s, t, RecoverConfig(layer_weight=0.0))
+    with_layers = distill_loss(s, t, RecoverConfig(layer_weight=1.0))
+    assert with_layers > base
+    # Padding positions do not count.
+    s2 = dict(s, layers=s["layers"].clone())
+    s2["layers"][:, 1, 2:] += 100.0
+    assert distill_loss(s2, t, RecoverConfig(layer_weight=1.0)) == with_layers

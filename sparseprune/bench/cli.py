@@ -85,7 +85,7 @@ def add_parsers(sub) -> None:
     cuda.add_arguments(c)
     c.set_defaults(handler=lambda args, parser=None: cuda.run_cli(args, c))
 
-    from .recovery import SETTINGS
+    from .recovery import DEFAULT_SETTINGS, SETTINGS
 
     rc = sub.add_parser("recover", help="prune MiniLM and recover it by distillation from the "
                         "dense model; held-out quality, training time, sparse speed",
@@ -93,7 +93,7 @@ def add_parsers(sub) -> None:
                         "recovery.py): Wanda pruning, then distillation with masks locked on "
                         "pydoc_data + stdlib docstrings, evaluated on held-out pydoc_data "
                         "paragraphs.")
-    rc.add_argument("--settings", default=",".join(SETTINGS),
+    rc.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
                     help=f"comma-separated from {', '.join(SETTINGS)}".replace("%", "%%"))
     rc.add_argument("--steps", type=int, default=700,
                     help="optimizer steps per setting (x1.3 for the gradual 90%%) (700)")
@@ -102,6 +102,8 @@ def add_parsers(sub) -> None:
     rc.add_argument("--eval", type=int, default=500, help="held-out paragraphs (500)")
     rc.add_argument("--seed", type=int, default=0)
     rc.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    rc.add_argument("--layer-weight", type=float, default=0.0,
+                    help="also match every encoder layer's hidden states, with this weight")
     rc.add_argument("--resume", action="store_true",
                     help="checkpoint every 50 steps in --out and resume from there")
     rc.add_argument("--out", default="recover-out")
@@ -207,7 +209,8 @@ def run_recover(args, parser=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     run(tuple(s for s in args.settings.split(",") if s), steps=args.steps, lr=args.lr,
         batch_size=args.batch_size, n_eval=args.eval, seed=args.seed, out=args.out,
-        resume=args.resume, progress=not args.no_progress, bf16=not args.fp32)
+        resume=args.resume, progress=not args.no_progress, bf16=not args.fp32,
+        layer_weight=args.layer_weight)
     return 0
 
 

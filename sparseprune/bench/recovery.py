@@ -36,6 +36,7 @@ class Setting:
     pattern: str
     sparsity: float | None
     gradual: bool = False   # prune along a cubic schedule during the first part of training
+    criterion: str = "wanda"
 
 
 SETTINGS = {
@@ -43,7 +44,11 @@ SETTINGS = {
     "70%": Setting("70%", "unstructured", 0.7),
     "90%": Setting("90%", "unstructured", 0.9, gradual=True),
     "16x16@50%": Setting("16x16@50%", "block:16x16", 0.5),
+    # SparseGPT starts from a better one-shot model (it also updates the kept weights).
+    "2:4/sparsegpt": Setting("2:4/sparsegpt", "2:4", None, criterion="sparsegpt"),
+    "70%/sparsegpt": Setting("70%/sparsegpt", "unstructured", 0.7, criterion="sparsegpt"),
 }
+DEFAULT_SETTINGS = ("2:4", "70%", "90%", "16x16@50%")
 
 
 def _encode(st, texts, batch=32):
@@ -70,7 +75,8 @@ def train_batches(tokenizer, texts, batch_size: int, max_tokens: int) -> list[di
 
 def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, dense_emb,
                 *, steps: int, lr: float, seed: int, checkpoint_dir: Path | None,
-                time_rounds: int, progress: bool, bf16: bool = True) -> dict:
+                time_rounds: int, progress: bool, bf16: bool = True,
+                layer_weight: float = 0.0) -> dict:
     if setting.gradual:  # the schedule takes the first 60%: give recovery the same as others
         steps = int(steps * 1.3)
     st = copy.deepcopy(dense_st)
@@ -78,7 +84,8 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
     schedule = (CubicSchedule(start=0, end=max(1, int(steps * 0.6)),
                               frequency=max(1, steps // 40)) if setting.gradual else None)
     pruner = Pruner(model, PruneConfig(pattern=setting.pattern, sparsity=setting.sparsity,
-                                       criterion="wanda", include=ENCODER, schedule=schedule))
+                                       criterion=setting.criterion, include=ENCODER,
+                                       schedule=schedule))
     model.eval()
     t0 = time.perf_counter()
     pruner.calibrate(calib_batches)
@@ -86,7 +93,7 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
         one_shot_model = copy.deepcopy(st)
         p2 = Pruner(one_shot_model[0].auto_model,
                     PruneConfig(pattern=setting.pattern, sparsity=setting.sparsity,
-                                criterion="wanda", include=ENCODER))
+                                criterion=setting.criterion, include=ENCODER))
         p2.stats = pruner.stats
         p2.prune().finalize()
         one_shot = quality(dense_emb, _encode(one_shot_model, eval_texts))
@@ -96,9 +103,17 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
         one_shot = quality(dense_emb, _encode(st, eval_texts))
     ckpt = checkpoint_dir / f"recover-{setting.name.replace(':', '_').replace('%', 'pct')}.pt" \
         if checkpoint_dir else None
-    res = distill(st, dense_st, batches, pruner=pruner,
-                  config=RecoverConfig(steps=steps, lr=lr, seed=seed, checkpoint=ckpt,
-                                       checkpoint_every=50, progress=progress, bf16=bf16))
+    # Hidden states of every layer are returned only while distilling with layer_weight.
+    for m in (st, dense_st):
+        m[0].auto_model.config.output_hidden_states = layer_weight > 0
+    try:
+        res = distill(st, dense_st, batches, pruner=pruner,
+                      config=RecoverConfig(steps=steps, lr=lr, seed=seed, checkpoint=ckpt,
+                                           checkpoint_every=50, progress=progress, bf16=bf16,
+                                           layer_weight=layer_weight))
+    finally:
+        for m in (st, dense_st):
+            m[0].auto_model.config.output_hidden_states = False
     train_s = time.perf_counter() - t0
     rows = pruner.report()
     achieved = sum(r.zeros for r in rows) / sum(r.numel for r in rows)
@@ -115,6 +130,7 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
         t = interleaved({"dense": lambda: dense_st(dict(feats)),
                          "sparse": lambda: st(dict(feats))}, rounds=time_rounds, warmup=2)
     return {"setting": setting.name, "pattern": setting.pattern, "gradual": setting.gradual,
+            "criterion": setting.criterion, "layer_weight": layer_weight,
             "sparsity_of_pruned_layers": achieved, "steps": steps, "lr": lr,
             "one_shot": one_shot, "recovered": recovered, "recovered_on_sparse_kernels": sparse_q,
             "train_seconds": train_s, "final_loss": res.losses[-1], "first_loss": res.losses[0],
@@ -123,10 +139,11 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
             "speedup_b32x128": t["dense"].median / t["sparse"].median}
 
 
-def run(settings=("2:4", "70%", "90%", "16x16@50%"), *, steps: int = 700, lr: float = 2e-4,
+def run(settings=DEFAULT_SETTINGS, *, steps: int = 700, lr: float = 2e-4,
         batch_size: int = 16, max_tokens: int = 128, n_eval: int = 500, n_calib: int = 64,
         seed: int = 0, out: str | os.PathLike = "recover-out", resume: bool = False,
-        time_rounds: int = 9, progress: bool = True, bf16: bool = True) -> list[dict]:
+        time_rounds: int = 9, progress: bool = True, bf16: bool = True,
+        layer_weight: float = 0.0) -> list[dict]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -146,7 +163,7 @@ def run(settings=("2:4", "70%", "90%", "16x16@50%"), *, steps: int = 700, lr: fl
         r = run_setting(SETTINGS[name], dense_st, calib_batches, batches, evaluation,
                         dense_emb, steps=steps, lr=lr, seed=seed,
                         checkpoint_dir=out if resume else None, time_rounds=time_rounds,
-                        progress=progress, bf16=bf16)
+                        progress=progress, bf16=bf16, layer_weight=layer_weight)
         results.append(r)
         print(_line(r), flush=True)
         (out / "recover.json").write_text(json.dumps(results, indent=1))
@@ -163,13 +180,15 @@ def _line(r):
 
 
 def table(results) -> str:
-    lines = ["| setting | sparsity | one-shot mean cos | recovered mean cos | min cos | "
+    lines = ["| setting | criterion, distillation | sparsity | one-shot mean cos | recovered mean cos | min cos | "
              "top-10 agreement | on sparse kernels | train time | steps | speed vs dense "
-             "(b32 x 128) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "(b32 x 128) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         rec = r["recovered"]
         lines.append(
             f"| {r['setting']}{' (gradual)' if r['gradual'] else ''} | "
+            f"{r.get('criterion', 'wanda')}, "
+            f"{'+ layers' if r.get('layer_weight') else 'embedding + tokens'} | "
             f"{r['sparsity_of_pruned_layers']:.1%} | {r['one_shot']['mean_cosine']:.3f} | "
             f"{rec['mean_cosine']:.3f} | {rec['min_cosine']:.3f} | "
             f"{rec['top10_agreement']:.3f} | "
