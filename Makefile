@@ -10,7 +10,7 @@ DEPS := numpy pybind11 ninja "setuptools>=64" wheel pytest hypothesis safetensor
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*.h csrc/cpu/*.txt csrc/cuda/*)
 CMAKE_BUILD ?= build/cmake
 
-.PHONY: demo test pytest ctest build clean bench fuzz
+.PHONY: demo test pytest ctest build clean bench fuzz sanitize
 
 demo: $(VENV)/.built
 	$(PY) -m sparseprune demo
@@ -24,6 +24,23 @@ pytest: $(VENV)/.built
 # `make test` runs 3 x 40 of them.
 fuzz: $(VENV)/.built
 	SPARSEPRUNE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-4000} $(PY) -m pytest -q tests/test_fuzz.py
+
+# AddressSanitizer + UBSan: the C++ core and its tests (ctest), then the Python kernel and
+# fuzz tests against a separately built sanitized extension (build/asan; the normal build is
+# untouched), with the runtimes preloaded into Python.
+ASAN_LIBS = $(shell $(CXX) -print-file-name=libasan.so):$(shell $(CXX) -print-file-name=libubsan.so)
+sanitize: $(VENV)/.built
+	cmake -S . -B build/cmake-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+		-DCMAKE_CXX_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" >/dev/null
+	cmake --build build/cmake-asan -j 2 --target test_kernels
+	ctest --test-dir build/cmake-asan --output-on-failure
+	SPARSEPRUNE_SANITIZE=1 SPARSEPRUNE_CUDA=0 $(PY) setup.py -q build_ext \
+		--build-lib build/asan/lib --build-temp build/asan/tmp
+	cp -r sparseprune/*.py sparseprune/pruning sparseprune/bench build/asan/lib/sparseprune/
+	LD_PRELOAD=$(ASAN_LIBS) ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 \
+		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=build/asan/lib \
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_fuzz.py \
+		tests/test_formats.py tests/test_threads.py
 
 # The kernel core and its C++ tests without Python; .cu files compile-checked when nvcc exists.
 ctest:

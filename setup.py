@@ -23,6 +23,10 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 ROOT = Path(__file__).parent.resolve()
 CSRC = ROOT / "csrc"
 CXX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-Wall"]
+# `make sanitize` builds a separate copy with AddressSanitizer + UBSan (SPARSEPRUNE_SANITIZE=1).
+SANITIZE = os.environ.get("SPARSEPRUNE_SANITIZE") == "1"
+SAN_FLAGS = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"] if SANITIZE else []
+CXX_FLAGS += SAN_FLAGS
 NVCC_FLAGS = [
     "-O3", "-std=c++17", "-lineinfo",
     "-gencode=arch=compute_80,code=sm_80",
@@ -106,7 +110,7 @@ setup(
             # at::parallel_for is a header template over OpenMP in torch's CPU builds: without
             # -fopenmp here it would silently run every op on one thread.
             extra_compile_args={"cxx": _cxx, "nvcc": NVCC_FLAGS} if WITH_CUDA else {"cxx": _cxx},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=["-fopenmp", *SAN_FLAGS],
             depends=[str(p) for p in CSRC.rglob("*")
                      if p.suffix in {".h", ".cpp", ".txt", ".cu", ".cuh"}],
         )
