@@ -38,8 +38,8 @@ sanitize: $(VENV)/.built
 		--build-lib build/asan/lib --build-temp build/asan/tmp
 	cp -r sparseprune/*.py sparseprune/pruning sparseprune/bench build/asan/lib/sparseprune/
 	LD_PRELOAD=$(ASAN_LIBS) ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 \
-		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=build/asan/lib \
-		$(PY) -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_fuzz.py \
+		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		$(PY) benchmarks/run_sanitized.py tests/test_ops.py tests/test_fuzz.py \
 		tests/test_formats.py tests/test_threads.py
 
 # The kernel core and its C++ tests without Python; .cu files compile-checked when nvcc exists.
