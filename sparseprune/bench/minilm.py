@@ -13,6 +13,8 @@ import random
 
 import torch
 
+from ..corpus import pydoc_paragraphs
+
 
 def load_minilm(max_tokens: int = 256, device: str = "cpu"):
     """The dense SentenceTransformer, offline."""
@@ -27,19 +29,8 @@ def load_minilm(max_tokens: int = 256, device: str = "cpu"):
     return model
 
 
-def paragraphs(min_words: int) -> list[str]:
-    """Distinct paragraphs of ``pydoc_data.topics`` with at least ``min_words`` words, in a
-    fixed order (whitespace normalised)."""
-    from pydoc_data import topics
-
-    seen, out = set(), []
-    for text in topics.topics.values():
-        for p in text.split("\n\n"):
-            p = " ".join(p.split())
-            if len(p.split()) >= min_words and p not in seen:
-                seen.add(p)
-                out.append(p)
-    return out
+# The pydoc_data paragraphs live in sparseprune.corpus (with the stdlib docstrings).
+paragraphs = pydoc_paragraphs
 
 
 def split_corpus(n_calib: int, n_eval: int, *, min_words: int, seed: int):
