@@ -85,6 +85,13 @@ class PruneConfig:
     per_row: rank unstructured scores within each output row; None = only for Wanda, as in
         the Wanda paper. Not with ``scope="global"``.
     schedule: :class:`CubicSchedule` for :meth:`Pruner.step`.
+    structured: prune dependency groups instead of single weights (patterns ``"channel"``
+        and ``"head"`` only): a removed output channel, FFN neuron or attention head is
+        masked in every layer that produces or reads it, and :meth:`Pruner.shrink` then
+        removes it for real. Overrides and include/exclude globs match group names (the
+        first producer, e.g. ``"*.intermediate.dense"``, ``"*.attention.self"``, ``"conv1"``).
+    round_to: with ``structured=True``, channel groups keep a multiple of this many channels
+        (e.g. 8 or 16, for fast dense kernels); heads are not rounded.
     """
 
     pattern: str | Callable = "unstructured"
@@ -98,6 +105,8 @@ class PruneConfig:
     max_density: float = 1.0
     per_row: bool | None = None
     schedule: CubicSchedule | None = None
+    structured: bool = False
+    round_to: int = 1
 
     def __post_init__(self):
         pattern = parse_pattern(self.pattern)
@@ -136,6 +145,28 @@ class PruneConfig:
                                  f"valid: {_OVERRIDE_KEYS}")
             self._settings_from(spec, f"override {glob!r}")
         object.__setattr__(self, "overrides", overrides)
+        self._check_structured(pattern)
+
+    def _check_structured(self, pattern: Pattern) -> None:
+        if self.structured not in (True, False):
+            raise TypeError(f"structured must be True or False, got {self.structured!r}")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or \
+                self.round_to < 1:
+            raise ValueError(f"round_to must be a positive int, got {self.round_to!r}")
+        names = [pattern.name] + [parse_pattern(spec["pattern"]).name
+                                  for spec in self.overrides.values() if "pattern" in spec]
+        if not self.structured:
+            if "head" in names:
+                raise ValueError('pattern "head" removes whole attention heads; it needs '
+                                 'PruneConfig(..., structured=True)')
+            return
+        bad = sorted({n for n in names if n not in ("channel", "head")})
+        if bad:
+            raise ValueError(f"structured=True prunes dependency groups: patterns must be "
+                             f'"channel" or "head", got {bad}')
+        if self.criterion == "sparsegpt":
+            raise ValueError("criterion 'sparsegpt' updates single weights; structured pruning "
+                             "takes 'magnitude', 'wanda', 'taylor' or a callable")
 
     def _settings_from(self, spec: Mapping, where: str) -> LayerSettings:
         pattern = parse_pattern(spec.get("pattern", self.pattern))

@@ -15,12 +15,13 @@ import torch
 
 from .. import masks
 
-__all__ = ["Pattern", "Unstructured", "NM", "Block", "Channel", "Custom", "parse_pattern",
-           "PATTERN_HELP"]
+__all__ = ["Pattern", "Unstructured", "NM", "Block", "Channel", "Head", "Custom",
+           "parse_pattern", "PATTERN_HELP"]
 
 PATTERN_HELP = ('"unstructured", "N:M" with 1 <= N < M <= 32 (e.g. "2:4", "1:4", "2:8"), '
                 '"block:BHxBW" (e.g. "block:16x16"), "channel" (output rows) or "channel:in" '
-                '(input columns), or a callable (scores, sparsity) -> bool mask')
+                '(input columns), "head" (attention heads; structured=True only), or a callable '
+                '(scores, sparsity) -> bool mask')
 
 
 class Pattern:
@@ -117,6 +118,17 @@ class Channel(Pattern):
         return masks.channel_expand(keep_units, shape, self.dim)
 
 
+class Head(Pattern):
+    """Whole attention heads: only meaningful on dependency groups (``structured=True``),
+    where the Pruner removes heads with their query/key/value rows and output columns."""
+
+    name = "head"
+
+    def mask(self, scores, sparsity, *, per_row=False):
+        raise ValueError('pattern "head" removes attention heads across several layers; use '
+                         'PruneConfig(pattern="head", structured=True)')
+
+
 class Custom(Pattern):
     """A user callable ``(scores, sparsity) -> bool mask``; its output is validated."""
 
@@ -157,6 +169,8 @@ def parse_pattern(pattern) -> Pattern:
         return Channel(0)
     if p == "channel:in":
         return Channel(1)
+    if p == "head":
+        return Head()
     if mt := _NM.match(p):
         n, m = int(mt.group(1)), int(mt.group(2))
         if not 1 <= n < m <= masks.MAX_M:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 
 import torch
@@ -14,6 +15,7 @@ from .config import LayerSettings, PruneConfig
 from .locking import apply_mask, attach_mask, lock_optimizer, remove_masks, zero_optimizer_state
 from .report import LayerReport, format_table, layer_report
 from .sparsegpt import sparsegpt_prune
+from .structured import global_group_keep, group_masks, group_scores, layer_keep
 
 __all__ = ["Pruner", "PRUNABLE"]
 
@@ -31,17 +33,27 @@ class Pruner:
         pruner.prune()                  # one shot; or pruner.step() every training step
         pruner.lock(optimizer)          # pruned weights stay exactly zero while fine-tuning
         model = pruner.finalize()       # masks baked in, hooks gone
+
+    Structured (``PruneConfig(pattern="channel" | "head", structured=True)``): the units are
+    dependency groups (:func:`sparseprune.structured.find_groups`; ``example_inputs`` is
+    needed for models traced with torch.fx), masks cover every layer of a group, and
+    :meth:`shrink` removes the pruned units for real.
     """
 
-    def __init__(self, model: nn.Module, config: PruneConfig):
+    def __init__(self, model: nn.Module, config: PruneConfig, example_inputs=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(config, PruneConfig):
             raise TypeError(f"config must be a PruneConfig, got {type(config).__name__}")
         self.model, self.config = model, config
-        self.layers: dict[str, nn.Module] = {
-            name: m for name, m in model.named_modules()
-            if isinstance(m, PRUNABLE) and config.selects(name)}
+        self.groups = None
+        self.group_keep: dict[str, torch.Tensor] = {}
+        self.plan: dict | None = None
+        if config.structured:
+            self._select_groups(example_inputs)
+        else:
+            self.layers = {name: m for name, m in model.named_modules()
+                           if isinstance(m, PRUNABLE) and config.selects(name)}
         if not self.layers:
             candidates = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
             raise ValueError(f"no nn.Linear/nn.Conv2d module matches include={config.include} "
@@ -55,6 +67,30 @@ class Pruner:
         self.steps_taken = 0
         self._locks: list[tuple[torch.optim.Optimizer, object]] = []
         self._finalized = False
+
+    def _select_groups(self, example_inputs) -> None:
+        from ..structured import find_groups
+
+        found = find_groups(self.model, example_inputs)
+        cfg = self.config
+        self.all_groups = found
+        self.groups = {}
+        self.group_settings: dict[str, LayerSettings] = {}
+        for g in found.groups:
+            if not cfg.selects(g.name):
+                continue
+            st = cfg.settings(g.name)
+            if st.pattern.name == g.kind:
+                self.groups[g.name] = g
+                self.group_settings[g.name] = st
+        if not self.groups:
+            raise ValueError(f"no dependency group matches pattern {cfg.pattern!r} with "
+                             f"include={cfg.include} exclude={cfg.exclude}; groups: "
+                             f"{[(g.name, g.kind) for g in found.groups][:20]}; not followed: "
+                             f"{[(b.module, b.reason) for b in found.blocked][:10]}")
+        modules = dict(self.model.named_modules())
+        self.layers = {m.module: modules[m.module] for g in self.groups.values()
+                       for m in g.members if m.role in ("out", "in")}
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, batches: Iterable, loss_fn: Callable | None = None) -> Pruner:
@@ -73,7 +109,10 @@ class Pruner:
     def prune(self) -> Pruner:
         """One shot: every layer to its final sparsity."""
         self._check_live()
-        self._apply({n: s.sparsity for n, s in self.settings.items()})
+        if self.groups is not None:
+            self._apply_structured(lambda final: final)
+        else:
+            self._apply({n: s.sparsity for n, s in self.settings.items()})
         return self
 
     def step(self) -> bool:
@@ -88,6 +127,9 @@ class Pruner:
         self.steps_taken += 1
         if not schedule.is_update(t):
             return False
+        if self.groups is not None:
+            self._apply_structured(lambda final: schedule.sparsity(t, final))
+            return True
         self._apply({n: schedule.sparsity(t, s.sparsity) for n, s in self.settings.items()})
         return True
 
@@ -110,6 +152,45 @@ class Pruner:
             remove_masks(module)
         self._finalized = True
         return self.model
+
+    def shrink(self, inplace: bool = True) -> nn.Module:
+        """Removes the pruned units of every group for real (rows, columns, BatchNorm
+        entries, head counts): the result is plain torch modules, smaller and dense.
+        In place by default (this Pruner is then finalized); ``inplace=False`` shrinks a
+        deep copy and leaves the model and this Pruner as they were. The record of what was
+        kept is :attr:`plan` (see :func:`sparseprune.structured.apply_plan`); the per-group
+        numbers are :meth:`shrink_table`. Optimizers built before must be built again."""
+        from ..structured import make_plan, shrink
+
+        self._check_live()
+        if self.groups is None:
+            raise ValueError("shrink() needs dependency groups: PruneConfig(pattern='channel' "
+                             "| 'head', structured=True)")
+        target = self.model if inplace else copy.deepcopy(self.model)
+        modules = dict(target.named_modules())
+        if inplace:
+            for _, handle in self._locks:
+                handle.remove()
+            self._locks.clear()
+        for name in self.layers:
+            remove_masks(modules[name])
+        keeps = {n: k for n, k in self.group_keep.items() if not k.all()}
+        self.plan = make_plan(list(self.groups.values()), keeps)
+        self._shrunk = [(n, g.kind, g.size, int(keeps[n].sum()) if n in keeps else g.size)
+                        for n, g in self.groups.items()]
+        shrink(target, list(self.groups.values()), keeps)
+        if inplace:
+            self._finalized = True
+        return target
+
+    def shrink_table(self) -> str:
+        """Markdown table: each group's units before and after :meth:`shrink`."""
+        if not getattr(self, "_shrunk", None):
+            raise RuntimeError("call shrink() first")
+        lines = ["| group | kind | before | after | removed |", "|---|---|---|---|---|"]
+        for name, kind, before, after in self._shrunk:
+            lines.append(f"| {name} | {kind} | {before} | {after} | {1 - after / before:.1%} |")
+        return "\n".join(lines)
 
     # ------------------------------------------------------------------ inspection
     @property
@@ -206,6 +287,42 @@ class Pruner:
         for n, keep in keeps.items():
             apply_mask(self.layers[n], keep)
             self.targets[n] = sparsity[n]
+        self._clear_locked_state()
+
+    def _apply_structured(self, target) -> None:
+        cfg = self.config
+        for m in self.layers.values():
+            apply_mask(m, m.weight_mask)
+        modules = dict(self.model.named_modules())
+        magnitude = cfg.criterion == "magnitude"
+        cache: dict[str, torch.Tensor] = {}
+
+        def entry_scores(name):
+            if name not in cache:
+                cache[name] = self.layer_scores(name)
+            return cache[name]
+
+        scores = {n: group_scores(g, modules, entry_scores, magnitude)
+                  for n, g in self.groups.items()}
+        keeps: dict[str, torch.Tensor] = {}
+        ranked: dict[str, list[str]] = {}
+        for n, st in self.group_settings.items():
+            round_to = cfg.round_to if self.groups[n].kind == "channel" else 1
+            if cfg.scope == "global" and not st.sparsity_overridden:
+                ranked.setdefault(self.groups[n].kind, []).append(n)
+            else:
+                keeps[n] = layer_keep(scores[n], target(st.sparsity), round_to, n)
+        for kind, names in ranked.items():
+            sts = [self.group_settings[n] for n in names]
+            found = global_group_keep([scores[n] for n in names], target(sts[0].sparsity),
+                                      [s.min_density for s in sts], [s.max_density for s in sts],
+                                      [cfg.round_to if kind == "channel" else 1] * len(names))
+            keeps.update(zip(names, found))
+        for name, mask in group_masks(list(self.groups.values()), keeps, modules).items():
+            apply_mask(self.layers[name], mask.to(self.layers[name].weight.device))
+        for n in self.layers:
+            self.targets[n] = None
+        self.group_keep = keeps
         self._clear_locked_state()
 
     def _apply_sparsegpt(self, sparsity: dict[str, float]) -> None:

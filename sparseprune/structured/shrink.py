@@ -1,0 +1,185 @@
+"""Removing channels for real: parameters sliced, module attributes updated, plain modules.
+
+:func:`shrink` takes the groups of a model and a keep-mask per group and slices every member
+(rows, columns, BatchNorm statistics, head counts). The kept indices form a *plan*, a small
+JSON document: a fresh model built from its original config, shrunk with the same plan
+(:func:`apply_plan`), takes the shrunk model's ``state_dict`` as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .groups import Group
+
+__all__ = ["shrink", "make_plan", "apply_plan", "save_plan", "load_plan", "PLAN_VERSION"]
+
+PLAN_VERSION = 1
+
+
+def _check_keeps(groups: Sequence[Group], keeps: Mapping[str, torch.Tensor]) -> dict:
+    by_name = {g.name: g for g in groups}
+    out = {}
+    for name, keep in keeps.items():
+        if name not in by_name:
+            raise ValueError(f"no group {name!r}; groups: {list(by_name)[:20]}")
+        g = by_name[name]
+        if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or \
+                keep.shape != (g.size,):
+            raise ValueError(f"group {name!r}: keep must be a bool tensor of shape ({g.size},), "
+                             f"got {getattr(keep, 'dtype', type(keep).__name__)} "
+                             f"{tuple(getattr(keep, 'shape', ()))}")
+        if not keep.any():
+            raise ValueError(f"group {name!r}: removing all {g.size} {g.kind}s would cut the "
+                             f"model in two; keep at least one")
+        out[name] = keep.cpu()
+    return out
+
+
+def _slice_param(module: nn.Module, pname: str, dim: int, idx: torch.Tensor) -> None:
+    t = getattr(module, pname, None)
+    if t is None:
+        return
+    new = t.detach().index_select(dim, idx.to(t.device)).clone()
+    if isinstance(t, nn.Parameter):
+        setattr(module, pname, nn.Parameter(new, requires_grad=t.requires_grad))
+    else:
+        module._buffers[pname] = new
+
+
+def _apply(module: nn.Module, name: str, role: str, keep_idx: torch.Tensor) -> None:
+    n = keep_idx.numel()
+    if role == "heads":
+        head = module.attention_head_size
+        module.num_attention_heads = n // head
+        module.all_head_size = n
+        return
+    if isinstance(module, nn.Linear):
+        dim = 0 if role == "out" else 1
+        _slice_param(module, "weight", dim, keep_idx)
+        _slice_param(module, "weight_mask", dim, keep_idx)
+        if role == "out":
+            _slice_param(module, "bias", 0, keep_idx)
+            module.out_features = n
+        else:
+            module.in_features = n
+    elif isinstance(module, nn.Conv2d):
+        if role == "through":  # depthwise: one filter per channel
+            for p in ("weight", "weight_mask", "bias"):
+                _slice_param(module, p, 0, keep_idx)
+            module.in_channels = module.out_channels = module.groups = n
+        else:
+            dim = 0 if role == "out" else 1
+            _slice_param(module, "weight", dim, keep_idx)
+            _slice_param(module, "weight_mask", dim, keep_idx)
+            if role == "out":
+                _slice_param(module, "bias", 0, keep_idx)
+                module.out_channels = n
+            else:
+                module.in_channels = n
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        for p in ("weight", "bias", "running_mean", "running_var"):
+            _slice_param(module, p, 0, keep_idx)
+        module.num_features = n
+    else:
+        raise ValueError(f"cannot shrink {type(module).__name__} {name!r} as {role!r}")
+
+
+def _dim_size(module: nn.Module, role: str) -> int:
+    if role == "heads":
+        return module.all_head_size
+    w = module.weight if getattr(module, "weight", None) is not None else module.running_mean
+    return w.shape[1] if role == "in" else w.shape[0]
+
+
+def shrink(model: nn.Module, groups: Sequence[Group], keeps: Mapping[str, torch.Tensor]) -> None:
+    """Removes, in place, the units of each group that ``keeps[group.name]`` (bool
+    ``[size]``) marks False; groups not in ``keeps`` stay whole. Optimizers built before
+    hold the old parameters: build them again."""
+    keeps = _check_keeps(groups, keeps)
+    modules = dict(model.named_modules())
+    masks: dict[tuple[str, str], torch.Tensor] = {}
+    for g in groups:
+        keep = keeps.get(g.name)
+        if keep is None or keep.all():
+            continue
+        for m in g.members:
+            if m.module not in modules:
+                raise ValueError(f"group {g.name!r} names module {m.module!r}, which the model "
+                                 f"does not have")
+            key = (m.module, m.role)
+            if key not in masks:
+                masks[key] = torch.ones(_dim_size(modules[m.module], m.role), dtype=torch.bool)
+            mask = masks[key]
+            removed = m.indices(~keep)
+            if removed.numel() and int(removed.max()) >= mask.numel():
+                raise ValueError(f"group {g.name!r} reaches index {int(removed.max())} of "
+                                 f"{m.module!r}, which has {mask.numel()}")
+            mask[removed] = False
+    for (name, role), mask in masks.items():
+        _apply(modules[name], name, role, mask.nonzero().flatten())
+
+
+def make_plan(groups: Sequence[Group], keeps: Mapping[str, torch.Tensor]) -> dict:
+    """The JSON-able record of what :func:`shrink` removed."""
+    keeps = _check_keeps(groups, keeps)
+    sizes = {g.name: g for g in groups}
+    return {"version": PLAN_VERSION, "groups": {
+        n: {"kind": sizes[n].kind, "size": sizes[n].size,
+            "keep": keep.nonzero().flatten().tolist()} for n, keep in keeps.items()}}
+
+
+def _keeps_from_plan(plan, groups: Sequence[Group]) -> dict[str, torch.Tensor]:
+    """Validates an untrusted plan against the model's groups."""
+    if not isinstance(plan, Mapping) or plan.get("version") != PLAN_VERSION or \
+            not isinstance(plan.get("groups"), Mapping):
+        raise ValueError(f"not a structured pruning plan (version {PLAN_VERSION} with a "
+                         f"'groups' mapping)")
+    by_name = {g.name: g for g in groups}
+    keeps = {}
+    for name, spec in plan["groups"].items():
+        g = by_name.get(name)
+        if g is None:
+            raise ValueError(f"plan group {name!r} is not a group of this model; its groups: "
+                             f"{list(by_name)[:20]}")
+        if not isinstance(spec, Mapping) or spec.get("size") != g.size or \
+                spec.get("kind") != g.kind:
+            raise ValueError(f"plan group {name!r}: expected kind {g.kind!r} and size {g.size}, "
+                             f"got {spec!r:.200}")
+        idx = spec.get("keep")
+        if not isinstance(idx, list) or not idx or not all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < g.size for i in idx) \
+                or len(set(idx)) != len(idx):
+            raise ValueError(f"plan group {name!r}: 'keep' must be a non-empty list of distinct "
+                             f"indices in [0, {g.size})")
+        keep = torch.zeros(g.size, dtype=torch.bool)
+        keep[torch.tensor(idx)] = True
+        keeps[name] = keep
+    return keeps
+
+
+def apply_plan(model: nn.Module, plan: Mapping, groups: Sequence[Group]) -> None:
+    """Shrinks ``model`` (built fresh from its config) the way ``plan`` says, so that the
+    shrunk model's ``state_dict`` loads into it."""
+    shrink(model, groups, _keeps_from_plan(plan, groups))
+
+
+def save_plan(plan: Mapping, path: str | os.PathLike) -> None:
+    with open(path, "w") as f:
+        json.dump(plan, f)
+
+
+def load_plan(path: str | os.PathLike) -> dict:
+    with open(path) as f:
+        try:
+            plan = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(plan, dict):
+        raise ValueError(f"{path}: not a structured pruning plan")
+    return plan
