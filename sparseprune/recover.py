@@ -180,7 +180,8 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, *,
             config: RecoverConfig | None = None,
             outputs: Callable[[Any], dict] = default_outputs,
             task_loss: Callable[[Any, Any], torch.Tensor] | None = None,
-            on_step: Callable[[int, float], None] | None = None) -> RecoverResult:
+            on_step: Callable[[int, float], None] | None = None,
+            require_masks: bool = True) -> RecoverResult:
     """Fine-tunes ``student`` towards ``teacher`` on ``batches`` (a sequence, cycled in a
     seeded order; each item fed as ``model(**b)`` / ``model(dict)`` / ``model(*b)`` /
     ``model(b)``), keeping the pruned weights of ``pruner`` (or, without one, every weight
@@ -189,7 +190,9 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, *,
     ``optimizer`` defaults to AdamW over the student's trainable parameters. With
     ``config.checkpoint`` set, state is saved every ``checkpoint_every`` steps and a run
     finding that file resumes from it (same result as an uninterrupted run). ``on_step(step,
-    loss)`` is called after every optimizer step (and its checkpoint)."""
+    loss)`` is called after every optimizer step (and its checkpoint). ``require_masks=False``
+    fine-tunes a student that has no masks, such as a model shrunk by structured pruning
+    (its removed units are gone, there is nothing to keep zero)."""
     config = config or RecoverConfig()
     if not isinstance(student, nn.Module) or not isinstance(teacher, nn.Module):
         raise TypeError("student and teacher must be nn.Modules")
@@ -198,9 +201,10 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, *,
     batches = list(batches)
     if not batches:
         raise ValueError("no training batches (empty corpus)")
-    if pruner is None and not any(has_mask(m) for m in student.modules()):
+    if require_masks and pruner is None and not any(has_mask(m) for m in student.modules()):
         raise ValueError("the student has no pruning masks: prune it with a Pruner (and pass "
-                         "pruner=...) first, or there is nothing to keep locked")
+                         "pruner=...) first, or pass require_masks=False to fine-tune it "
+                         "without masks (a shrunk model)")
     if pruner is not None and pruner.model is not student and not any(
             m is pruner.model for m in student.modules()):
         raise ValueError("pruner= was made for another model than the student")
