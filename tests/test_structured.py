@@ -411,3 +411,23 @@ def test_shrink_needs_structured_mode():
     pruner = sp.Pruner(model, sp.PruneConfig(pattern="channel", sparsity=0.5)).prune()
     with pytest.raises(ValueError, match="structured=True"):
         pruner.shrink()
+
+
+# ---------------------------------------------------------------------------- real data
+def test_digits_resnet_half_the_filters_removed_then_fine_tuned():
+    pytest.importorskip("sklearn")
+    from sparseprune.bench.digits import run, table
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = run(epochs=12, finetune_epochs=8, criterion="magnitude", time_rounds=0)
+    finally:
+        torch.set_num_threads(before)
+    assert r["dense_accuracy"] > 0.97
+    assert r["finetuned_accuracy"] > r["dense_accuracy"] - 0.02
+    # 50% of every group's filters: each conv keeps half its inputs and half its outputs
+    assert r["flops_shrunk"] < 0.3 * r["flops_dense"]
+    assert r["params_shrunk"] < 0.3 * r["params_dense"]
+    assert "| stage2.0 | channel | 64 | 32 | 50.0% |" in r["groups"]
+    assert "| - | - |" in table([r])

@@ -110,6 +110,33 @@ def add_parsers(sub) -> None:
     rc.add_argument("--no-progress", action="store_true")
     rc.set_defaults(handler=run_recover)
 
+    sh = sub.add_parser("shrink", help="structured pruning of MiniLM: remove FFN neurons and "
+                        "attention heads, distil, measure quality, size and dense speed",
+                        description="The MiniLM structured-pruning experiment "
+                        "(sparseprune/bench/structured.py).")
+    sh.add_argument("--ffn", type=float, default=0.5, help="share of FFN neurons removed (0.5)")
+    sh.add_argument("--heads", type=float, default=0.25,
+                    help="share of attention heads removed (0.25)")
+    sh.add_argument("--criterion", default="wanda", choices=("magnitude", "wanda"))
+    sh.add_argument("--steps", type=int, default=1200, help="distillation steps (1200)")
+    sh.add_argument("--lr", type=float, default=3e-4)
+    sh.add_argument("--layer-weight", type=float, default=1.0)
+    sh.add_argument("--round-to", type=int, default=16)
+    sh.add_argument("--seed", type=int, default=0)
+    sh.add_argument("--out", default="shrink-out")
+    sh.add_argument("--no-progress", action="store_true")
+    sh.set_defaults(handler=run_shrink)
+
+    sd = sub.add_parser("shrink-digits", help="structured pruning of a residual CNN trained on "
+                        "sklearn digits: accuracy, FLOPs, latency")
+    sd.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (0,1,2)")
+    sd.add_argument("--sparsity", type=float, default=0.5, help="share of filters removed")
+    sd.add_argument("--criterion", default="taylor", choices=("magnitude", "wanda", "taylor"))
+    sd.add_argument("--epochs", type=int, default=30)
+    sd.add_argument("--finetune-epochs", type=int, default=15)
+    sd.add_argument("--out", default="shrink-digits-out")
+    sd.set_defaults(handler=run_shrink_digits)
+
     r = sub.add_parser("report", help="re-render the Markdown table and PNG plots of a "
                        "bench results.json")
     r.add_argument("results", help="results.json written by `sparseprune bench`")
@@ -211,6 +238,36 @@ def run_recover(args, parser=None) -> int:
         batch_size=args.batch_size, n_eval=args.eval, seed=args.seed, out=args.out,
         resume=args.resume, progress=not args.no_progress, bf16=not args.fp32,
         layer_weight=args.layer_weight)
+    return 0
+
+
+def run_shrink(args, parser=None) -> int:
+    import os
+
+    from .structured import run
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    run(ffn=args.ffn, heads=args.heads, criterion=args.criterion, steps=args.steps, lr=args.lr,
+        layer_weight=args.layer_weight, round_to=args.round_to, seed=args.seed, out=args.out,
+        progress=not args.no_progress)
+    return 0
+
+
+def run_shrink_digits(args, parser=None) -> int:
+    import json
+
+    from .digits import run, table
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for seed in (int(s) for s in args.seeds.split(",") if s.strip()):
+        results.append(run(epochs=args.epochs, finetune_epochs=args.finetune_epochs,
+                           sparsity=args.sparsity, criterion=args.criterion, seed=seed))
+        print(table(results[-1:]), flush=True)
+    (out / "shrink_digits.json").write_text(json.dumps(results, indent=1))
+    (out / "shrink_digits.md").write_text(table(results))
+    print(table(results))
     return 0
 
 
