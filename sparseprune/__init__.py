@@ -6,7 +6,7 @@ The chain: importance scores -> masks (:mod:`sparseprune.masks`) -> packed weigh
 """
 
 from . import _ext  # noqa: F401  (loads the extension: the ops exist from here on)
-from . import formats, io, masks, nn, ops, pruning, scores
+from . import formats, io, masks, nn, ops, pruning, scores, structured
 from ._ext import available_isas, cpu_capability, set_isa, use_isa
 from .formats import BSRWeight, CSRWeight, FormatError, NMWeight, PackedWeight, pack
 from .io import load, save
@@ -40,5 +40,6 @@ __all__ = [
     "scores",
     "set_isa",
     "sparsify",
+    "structured",
     "use_isa",
 ]

@@ -9,6 +9,8 @@ from .calibration import LayerStats
 from .config import LayerSettings, PruneConfig
 from .locking import lock_optimizer, remove_masks
 from .patterns import parse_pattern
+from .permutation import (GroupPermutation, PermutationResult, permute_for_nm,
+                          search_permutation)
 from .pruner import PRUNABLE, Pruner
 from .report import LayerReport, format_table
 from .schedule import CubicSchedule
@@ -16,6 +18,8 @@ from .sparsegpt import sparsegpt_prune
 
 __all__ = [
     "CubicSchedule",
+    "GroupPermutation",
+    "PermutationResult",
     "LayerReport",
     "LayerSettings",
     "LayerStats",
@@ -26,6 +30,8 @@ __all__ = [
     "global_keep",
     "lock_optimizer",
     "parse_pattern",
+    "permute_for_nm",
+    "search_permutation",
     "remove_masks",
     "sparsegpt_prune",
 ]

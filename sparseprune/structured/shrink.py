@@ -17,7 +17,8 @@ from torch import nn
 
 from .groups import Group
 
-__all__ = ["shrink", "make_plan", "apply_plan", "save_plan", "load_plan", "PLAN_VERSION"]
+__all__ = ["shrink", "permute", "make_plan", "apply_plan", "save_plan", "load_plan",
+           "PLAN_VERSION"]
 
 PLAN_VERSION = 1
 
@@ -183,3 +184,22 @@ def load_plan(path: str | os.PathLike) -> dict:
     if not isinstance(plan, dict):
         raise ValueError(f"{path}: not a structured pruning plan")
     return plan
+
+
+def permute(model: nn.Module, group: Group, perm: torch.Tensor) -> None:
+    """Reorders, in place, the units of ``group`` in every member: new unit ``j`` is old unit
+    ``perm[j]``. The model's function is unchanged."""
+    perm = torch.as_tensor(perm, dtype=torch.long).cpu()
+    if perm.shape != (group.size,) or not torch.equal(perm.sort().values,
+                                                      torch.arange(group.size)):
+        raise ValueError(f"group {group.name!r}: perm must be a permutation of "
+                         f"range({group.size})")
+    modules = dict(model.named_modules())
+    for m in group.members:
+        if m.role == "heads":
+            continue  # head order lives in the q/k/v rows and output columns
+        mod = modules[m.module]
+        full = torch.arange(_dim_size(mod, m.role))
+        full[m.offset:m.offset + group.size * m.unit] = \
+            (m.offset + perm[:, None] * m.unit + torch.arange(m.unit)).flatten()
+        _apply(mod, m.module, m.role, full)
