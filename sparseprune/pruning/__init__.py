@@ -6,7 +6,8 @@ prunes one-shot or on a :class:`CubicSchedule`, locks optimizers and finalizes.
 
 from .allocate import global_keep
 from .calibration import LayerStats
-from .config import LayerSettings, PruneConfig
+from .config import (LayerSettings, PruneConfig, config_from_dict, config_to_dict,
+                     load_config, save_config)
 from .locking import lock_optimizer, remove_masks
 from .patterns import parse_pattern
 from .permutation import (GroupPermutation, PermutationResult, permute_for_nm,
@@ -14,9 +15,22 @@ from .permutation import (GroupPermutation, PermutationResult, permute_for_nm,
 from .pruner import PRUNABLE, Pruner
 from .report import LayerReport, format_table
 from .schedule import CubicSchedule
+from .sensitivity import (DEFAULT_CANDIDATES, Candidate, Sensitivity, auto_plan, fit_plan,
+                          plan_config, sensitivity)
 from .sparsegpt import sparsegpt_prune
 
 __all__ = [
+    "Candidate",
+    "DEFAULT_CANDIDATES",
+    "Sensitivity",
+    "auto_plan",
+    "config_from_dict",
+    "config_to_dict",
+    "fit_plan",
+    "load_config",
+    "plan_config",
+    "save_config",
+    "sensitivity",
     "CubicSchedule",
     "GroupPermutation",
     "PermutationResult",

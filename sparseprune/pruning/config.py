@@ -12,7 +12,8 @@ from .. import scores
 from .patterns import Pattern, parse_pattern
 from .schedule import CubicSchedule
 
-__all__ = ["PruneConfig", "LayerSettings", "CRITERIA_HELP"]
+__all__ = ["PruneConfig", "LayerSettings", "CRITERIA_HELP", "config_to_dict", "config_from_dict",
+           "save_config", "load_config"]
 
 CRITERIA_HELP = (", ".join(f'"{c}"' for c in scores.CRITERIA)
                  + ", or a callable (module, stats) -> scores")
@@ -203,3 +204,58 @@ class PruneConfig:
         if self.scope == "global" or pattern.name != "unstructured":
             return False
         return self.criterion == "wanda" if self.per_row is None else self.per_row
+
+
+_FIELDS = ("pattern", "sparsity", "criterion", "scope", "include", "exclude", "overrides",
+           "min_density", "max_density", "per_row", "schedule", "structured", "round_to")
+
+
+def config_to_dict(config: PruneConfig) -> dict:
+    """Plain data (for YAML/JSON); callables cannot be written."""
+    if callable(config.pattern) or callable(config.criterion):
+        raise ValueError("a PruneConfig with a callable pattern or criterion cannot be saved")
+    out = {}
+    for f in _FIELDS:
+        v = getattr(config, f)
+        if f == "schedule" and v is not None:
+            v = dataclasses.asdict(v)
+        elif f in ("include", "exclude") and v is not None:
+            v = list(v)
+        elif f == "overrides":
+            v = {k: dict(s) for k, s in v.items()}
+        out[f] = v
+    return out
+
+
+def config_from_dict(data: Mapping) -> PruneConfig:
+    """Inverse of :func:`config_to_dict`; unknown keys are an error (untrusted files)."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a prune config must be a mapping, got {type(data).__name__}")
+    unknown = set(data) - set(_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown prune config keys {sorted(unknown)}; valid: {_FIELDS}")
+    kw = dict(data)
+    if kw.get("schedule") is not None:
+        if not isinstance(kw["schedule"], Mapping):
+            raise ValueError("schedule must be a mapping of CubicSchedule fields")
+        kw["schedule"] = CubicSchedule(**kw["schedule"])
+    return PruneConfig(**kw)
+
+
+def save_config(config: PruneConfig, path) -> None:
+    """Writes ``config`` as YAML (``sparseprune prune --config`` reads it)."""
+    import yaml
+
+    with open(path, "w") as f:
+        yaml.safe_dump(config_to_dict(config), f, sort_keys=False)
+
+
+def load_config(path) -> PruneConfig:
+    import yaml
+
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not YAML ({exc})") from None
+    return config_from_dict(data)
