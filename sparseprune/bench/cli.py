@@ -137,6 +137,32 @@ def add_parsers(sub) -> None:
     sd.add_argument("--out", default="shrink-digits-out")
     sd.set_defaults(handler=run_shrink_digits)
 
+    pl = sub.add_parser("plan", help="MiniLM: per-layer sensitivity and kernel speed, then the "
+                        "fastest per-layer plan within a quality budget (YAML), compared with "
+                        "uniform settings", description="sparseprune/bench/autoplan.py")
+    pl.add_argument("--min-cosine", type=float, default=0.95,
+                    help="budget: held-out mean cosine to dense (0.95)")
+    pl.add_argument("--batch", type=int, default=1, help="timed batch (1)")
+    pl.add_argument("--seq", type=int, default=128, help="timed tokens per sentence (128)")
+    pl.add_argument("--layers", default="encoder.layer.*", help="glob of the Linears to plan")
+    pl.add_argument("--plan-paragraphs", type=int, default=96)
+    pl.add_argument("--eval", type=int, default=500)
+    pl.add_argument("--rounds", type=int, default=15)
+    pl.add_argument("--out", default="plan-out")
+    pl.add_argument("--no-progress", action="store_true")
+    pl.set_defaults(handler=run_plan)
+
+    pr = sub.add_parser("prune", help="MiniLM: prune the encoder with a YAML PruneConfig (e.g. "
+                        "from `sparseprune plan`), measure held-out quality and speed, save "
+                        "the sparse checkpoint")
+    pr.add_argument("--config", required=True, help="YAML written by `sparseprune plan` or "
+                    "sparseprune.pruning.save_config")
+    pr.add_argument("--batch", type=int, default=1)
+    pr.add_argument("--seq", type=int, default=128)
+    pr.add_argument("--eval", type=int, default=500)
+    pr.add_argument("--out", default="prune-out")
+    pr.set_defaults(handler=run_prune)
+
     r = sub.add_parser("report", help="re-render the Markdown table and PNG plots of a "
                        "bench results.json")
     r.add_argument("results", help="results.json written by `sparseprune bench`")
@@ -268,6 +294,32 @@ def run_shrink_digits(args, parser=None) -> int:
     (out / "shrink_digits.json").write_text(json.dumps(results, indent=1))
     (out / "shrink_digits.md").write_text(table(results))
     print(table(results))
+    return 0
+
+
+def run_plan(args, parser=None) -> int:
+    import os
+
+    from .autoplan import run
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    run(min_cosine=args.min_cosine, batch=args.batch, seq=args.seq, layers=args.layers,
+        n_plan=args.plan_paragraphs, n_eval=args.eval, rounds=args.rounds, out=args.out,
+        progress=not args.no_progress)
+    return 0
+
+
+def run_prune(args, parser=None) -> int:
+    import os
+
+    from .autoplan import prune_cli
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        prune_cli(args.config, out=args.out, n_eval=args.eval, batch=args.batch, seq=args.seq)
+    except (OSError, ValueError) as e:
+        print(f"sparseprune prune: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
