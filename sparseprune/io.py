@@ -46,6 +46,8 @@ def _layer_meta(module) -> dict:
         meta["n"], meta["m"] = module.nm
     if module.format == "bsr":
         meta["block"] = list(module.blocks.shape[1:])
+    if getattr(module, "input_perm", None) is not None:
+        meta["input_perm"] = True
     if isinstance(module, SparseConv2d):
         meta.update(in_channels=module.in_channels, kernel_size=list(module.kernel_size),
                     stride=list(module.stride), dilation=list(module.dilation),
@@ -123,7 +125,10 @@ class Checkpoint:
             if bias is not None:
                 bias = bias.to(device=packed.device, dtype=packed.dtype)
             if meta["class"] == "SparseLinear":
-                new = SparseLinear(packed, bias, pattern=meta["pattern"])
+                perm = self.state_dict.get(_key(name, "input_perm")) \
+                    if meta.get("input_perm") else None
+                new = SparseLinear(packed, bias, pattern=meta["pattern"],
+                                   input_perm=None if perm is None else perm.to(packed.device))
             else:
                 new = SparseConv2d(packed, bias, in_channels=meta["in_channels"],
                                    kernel_size=meta["kernel_size"], stride=meta["stride"],
@@ -245,6 +250,17 @@ def load(path_or_model, path: str | os.PathLike | None = None, *,
             if meta["in_channels"] * ks[0] * ks[1] != meta["shape"][1]:
                 raise ValueError(f"checkpoint layer {name!r}: in_channels * kernel_size "
                                  f"does not equal the weight's {meta['shape'][1]} columns")
+        if meta.get("input_perm") is not None:
+            if meta["input_perm"] is not True or meta["class"] != "SparseLinear":
+                raise ValueError(f"checkpoint layer {name!r}: input_perm must be true on a "
+                                 f"SparseLinear when present")
+            from .nn import check_permutation
+
+            key = _key(name, "input_perm")
+            if key not in state:
+                raise FormatError(f"checkpoint layer {name!r}: tensor {key!r} is missing")
+            check_permutation(state[key], meta["shape"][1], f"checkpoint layer {name!r}: "
+                                                             f"input_perm")
         bias = state.get(_key(name, "bias"))
         if meta["bias"] and (bias is None or bias.shape != (meta["shape"][0],)
                              or bias.dtype != packed[name].dtype):

@@ -318,13 +318,20 @@ class SparseLinear(_PackedModule):
     """
 
     def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None, *,
-                 pattern: str | None = None, requires_grad: bool = True):
+                 pattern: str | None = None, requires_grad: bool = True,
+                 input_perm: torch.Tensor | None = None):
         super().__init__()
         if not isinstance(packed, PackedWeight):
             raise TypeError(f"packed must be a CSRWeight, BSRWeight or NMWeight, got "
                             f"{type(packed).__name__}")
         self.out_features, self.in_features = packed.shape
         self._set_packed(packed, pattern or _format_pattern(packed), requires_grad)
+        if input_perm is not None:
+            input_perm = check_permutation(input_perm, self.in_features, "input_perm")
+            input_perm = input_perm.to(packed.device)
+        # The packed columns are in this order: x[..., input_perm] is what they multiply
+        # (an N:M channel permutation carried into the layer).
+        self.register_buffer("input_perm", input_perm)
         if bias is not None:
             if not isinstance(bias, torch.Tensor) or bias.shape != (self.out_features,):
                 raise ValueError(f"bias must be a tensor of shape [{self.out_features}]")
@@ -351,17 +358,35 @@ class SparseLinear(_PackedModule):
         packed, pattern = _pack_weight(weight, format, block, n, m, mask)
         bias = None if linear.bias is None else linear.bias.detach()
         return cls(packed, bias, pattern=str(pattern),
-                   requires_grad=linear.weight.requires_grad)
+                   requires_grad=linear.weight.requires_grad,
+                   input_perm=getattr(linear, "input_perm", None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear expects input [..., {self.in_features}], got "
                              f"{tuple(x.shape)}")
+        if self.input_perm is not None:
+            x = x.index_select(-1, self.input_perm)
         return self._sparse_linear(x, self.bias)
 
     def extra_repr(self) -> str:
+        perm = ", input_perm" if self.input_perm is not None else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, {self._sparse_repr()}")
+                f"bias={self.bias is not None}, {self._sparse_repr()}{perm}")
+
+
+def check_permutation(perm, size: int, what: str) -> torch.Tensor:
+    """``perm`` as an int64 tensor if it is a permutation of ``range(size)``, else ValueError
+    (it may come from a file)."""
+    if not isinstance(perm, torch.Tensor) or perm.dtype not in (torch.int64, torch.int32) or \
+            perm.shape != (size,):
+        raise ValueError(f"{what} must be an int64 tensor of shape [{size}], got "
+                         f"{getattr(perm, 'dtype', type(perm).__name__)} "
+                         f"{tuple(getattr(perm, 'shape', ()))}")
+    perm = perm.long()
+    if not torch.equal(perm.sort().values.cpu(), torch.arange(size)):
+        raise ValueError(f"{what} is not a permutation of range({size})")
+    return perm
 
 
 def _pair(v) -> tuple[int, int]:

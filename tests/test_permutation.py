@@ -78,7 +78,8 @@ def test_permute_for_nm_keeps_the_function_and_raises_what_2_4_keeps():
     x = torch.randn(16, 24)
     ref = model(x)
     plain = copy.deepcopy(model)
-    done, skipped = sp.pruning.permute_for_nm(model, 2, 4, example_inputs=x, time_budget=600)
+    done, skipped = sp.pruning.permute_for_nm(model, 2, 4, example_inputs=x, time_budget=600,
+                                              carry=False)
     assert {d.group for d in done} == {"fc1", "fc2"} and all(d.applied for d in done)
     assert dict(skipped).keys() == {"fc1"}  # reads the model's input
     torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
@@ -89,6 +90,10 @@ def test_permute_for_nm_keeps_the_function_and_raises_what_2_4_keeps():
 
 
 def test_permute_for_nm_on_bert_permutes_ffn_neurons_only():
+    _bert_permuted_pruned_sparsified()
+
+
+def _bert_permuted_pruned_sparsified():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.BertConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64,
@@ -96,13 +101,50 @@ def test_permute_for_nm_on_bert_permutes_ffn_neurons_only():
     model = transformers.BertModel(cfg).eval()
     ids = torch.randint(0, 50, (2, 7))
     ref = model(input_ids=ids).last_hidden_state
-    done, skipped = sp.pruning.permute_for_nm(model, 2, 4, include="encoder.*", time_budget=1)
+    done, skipped = sp.pruning.permute_for_nm(model, 2, 4, include="encoder.*", time_budget=1,
+                                              carry=False)
     assert [d.consumers for d in done] == [("encoder.layer.0.output.dense",)]
     why = dict(skipped)
     assert "across heads" in why["encoder.layer.0.attention.output.dense"]
     assert "encoder.layer.0.attention.self.query" in why
     torch.testing.assert_close(model(input_ids=ids).last_hidden_state, ref, atol=1e-5,
                                rtol=1e-5)
+    # carried into the layers: every encoder Linear is permuted, the function still holds,
+    # and it survives 2:4 pruning, sparsify, save and load
+    done, skipped = sp.pruning.permute_for_nm(model, 2, 4, include="encoder.*", time_budget=1)
+    assert skipped == [] and len(done) == 6
+    carried = [d.group for d in done if d.consumers == (d.group,)]
+    assert "encoder.layer.0.attention.self.query" in carried
+    torch.testing.assert_close(model(input_ids=ids).last_hidden_state, ref, atol=1e-5,
+                               rtol=1e-5)
+    sp.Pruner(model, sp.PruneConfig(pattern="2:4", include="encoder.*")).prune().finalize()
+    pruned = model(input_ids=ids).last_hidden_state
+    sp.sparsify(model, include="encoder.*")
+    q = model.encoder.layer[0].attention.self.query
+    assert isinstance(q, sp.SparseLinear) and q.input_perm is not None
+    torch.testing.assert_close(model(input_ids=ids).last_hidden_state, pruned, atol=1e-4,
+                               rtol=1e-4)
+    return model, pruned, ids
+
+
+def test_carried_permutation_saves_and_loads(tmp_path):
+    model, pruned, ids = _bert_permuted_pruned_sparsified()
+    sp.save(model, tmp_path / "m.safetensors")
+    transformers = pytest.importorskip("transformers")
+    fresh = transformers.BertModel(model.config).eval()
+    sp.load(fresh, tmp_path / "m.safetensors")
+    torch.testing.assert_close(fresh(input_ids=ids).last_hidden_state, pruned, atol=1e-4,
+                               rtol=1e-4)
+
+
+def test_bad_input_perm_is_rejected():
+    lin = nn.Linear(8, 4)
+    with pytest.raises(ValueError, match="not a permutation"):
+        sp.pruning.carry_permutation(lin, torch.zeros(8, dtype=torch.long))
+    with pytest.raises(ValueError, match="shape \\[8\\]"):
+        sp.pruning.carry_permutation(lin, torch.arange(4))
+    with pytest.raises(ValueError, match="input_perm is not a permutation"):
+        sp.SparseLinear(sp.pack(lin.weight.detach(), "csr"), input_perm=torch.ones(8).long())
 
 
 def test_structured_permute_rejects_non_permutations():

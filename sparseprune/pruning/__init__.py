@@ -10,8 +10,8 @@ from .config import (LayerSettings, PruneConfig, config_from_dict, config_to_dic
                      load_config, save_config)
 from .locking import lock_optimizer, remove_masks
 from .patterns import parse_pattern
-from .permutation import (GroupPermutation, PermutationResult, permute_for_nm,
-                          search_permutation)
+from .permutation import (GroupPermutation, PermutationResult, carry_permutation,
+                          permute_for_nm, search_permutation)
 from .pruner import PRUNABLE, Pruner
 from .report import LayerReport, format_table
 from .schedule import CubicSchedule
@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_CANDIDATES",
     "Sensitivity",
     "auto_plan",
+    "carry_permutation",
     "config_from_dict",
     "config_to_dict",
     "fit_plan",

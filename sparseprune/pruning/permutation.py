@@ -23,8 +23,8 @@ import time
 
 import torch
 
-__all__ = ["GroupPermutation", "PermutationResult", "permute_for_nm", "search_permutation",
-           "nm_kept", "unstructured_kept"]
+__all__ = ["GroupPermutation", "PermutationResult", "carry_permutation", "permute_for_nm",
+           "search_permutation", "nm_kept", "unstructured_kept"]
 
 _CHUNK = 32 * 2**20  # values in one candidate tensor (x4 bytes)
 
@@ -203,18 +203,48 @@ def _linear_consumers(group, modules, m: int):
     return cons, None
 
 
+def _permute_input(module, args):
+    perm = module._buffers.get("input_perm")
+    if perm is None or not args:
+        return None
+    return (args[0].index_select(-1, perm), *args[1:])
+
+
+def carry_permutation(linear, perm: torch.Tensor) -> None:
+    """Reorders the columns of ``linear`` (new column j = old column perm[j]) and makes it
+    gather its input the same way (buffer ``input_perm`` + a forward pre-hook), so its
+    output is unchanged. :class:`~sparseprune.SparseLinear` ``.from_linear`` keeps the
+    gather; ``sp.save``/``sp.load`` store it."""
+    from torch import nn
+
+    from ..nn import check_permutation
+
+    if not isinstance(linear, nn.Linear):
+        raise TypeError(f"carry_permutation needs an nn.Linear, got {type(linear).__name__}")
+    perm = check_permutation(perm, linear.in_features, "perm").to(linear.weight.device)
+    with torch.no_grad():
+        linear.weight.copy_(linear.weight[:, perm])
+    old = linear._buffers.get("input_perm")
+    linear.register_buffer("input_perm", perm if old is None else old[perm])
+    if _permute_input not in linear._forward_pre_hooks.values():
+        linear.register_forward_pre_hook(_permute_input)
+
+
 def permute_for_nm(model, n: int, m: int, *, example_inputs=None, include=None,
-                   exclude=None, scores=None, time_budget: float = 10.0,
+                   exclude=None, scores=None, time_budget: float = 10.0, carry: bool = True,
                    seed: int = 0) -> tuple[list[GroupPermutation], list[tuple[str, str]]]:
     """Reorders the channels between layers so that N:M pruning of the layers that read them
     keeps more: for every channel group (:func:`sparseprune.structured.find_groups`) read by
     Linear layers, a permutation is searched on the readers' stacked weights (or on
     ``scores(name, module)`` -> ``[out, in]``, e.g. Wanda scores) and applied to the producers'
     rows, BatchNorms and the readers' columns, so the model computes exactly what it did.
-    ``include``/``exclude`` are globs on the reading layers' names. Returns what was done per
-    group, and the (layer, reason) of selected Linear layers whose inputs could not be
-    permuted (e.g. they read a LayerNorm output or the model's input). Run it before
-    :class:`~sparseprune.Pruner` with an N:M pattern."""
+    ``include``/``exclude`` are globs on the reading layers' names. Selected Linear layers
+    whose inputs are no such group (they read a LayerNorm output, the model's input, or
+    attention heads) get their own permutation carried into the layer when ``carry`` is
+    True (:func:`carry_permutation`: one gather of the input per call); else they are
+    skipped. Returns what was done (groups and carried layers; a carried layer's entry has
+    ``group`` = its name and ``consumers`` = (its name,)), and the (layer, reason) of
+    skipped layers. Run it before :class:`~sparseprune.Pruner` with an N:M pattern."""
     import fnmatch
 
     from torch import nn
@@ -254,8 +284,20 @@ def permute_for_nm(model, n: int, m: int, *, example_inputs=None, include=None,
                 permute(model, g, res.perm)
         done.append(GroupPermutation(g.name, tuple(names), g.size, res, applied))
         covered.update(names)
-    skipped = [(name, reasons.get(name, "its input channels are not a permutable group "
-                                        "(normalized, the model's input, or not followed)"))
-               for name, mod in model.named_modules()
-               if isinstance(mod, nn.Linear) and selected(name) and name not in covered]
+    skipped = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Linear) or not selected(name) or name in covered:
+            continue
+        if carry and mod.in_features % m == 0 and mod.in_features >= 2 * m:
+            s = scores(name, mod) if scores is not None else mod.weight
+            res = search_permutation(s.detach().abs().float(), n, m, time_budget=time_budget,
+                                     seed=seed)
+            applied = res.permuted > res.plain
+            if applied:
+                carry_permutation(mod, res.perm)
+            done.append(GroupPermutation(name, (name,), mod.in_features, res, applied))
+            continue
+        skipped.append((name, reasons.get(name, "its input channels are not a permutable "
+                                                "group (normalized, the model's input, or "
+                                                "not followed)")))
     return done, skipped
