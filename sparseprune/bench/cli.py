@@ -125,6 +125,9 @@ def add_parsers(sub) -> None:
     sh.add_argument("--seed", type=int, default=0)
     sh.add_argument("--out", default="shrink-out")
     sh.add_argument("--no-progress", action="store_true")
+    sh.add_argument("--time-plan", metavar="PLAN_JSON",
+                    help="only time dense vs a MiniLM shrunk with this saved plan (31 rounds "
+                         "at batch 32, 8, 1 x 128 tokens)")
     sh.set_defaults(handler=run_shrink)
 
     sd = sub.add_parser("shrink-digits", help="structured pruning of a residual CNN trained on "
@@ -270,9 +273,16 @@ def run_recover(args, parser=None) -> int:
 def run_shrink(args, parser=None) -> int:
     import os
 
-    from .structured import run
+    from .structured import run, time_plan
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.time_plan:
+        import json
+
+        rows = time_plan(args.time_plan)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "timing.json").write_text(json.dumps(rows, indent=1))
+        return 0
     run(ffn=args.ffn, heads=args.heads, criterion=args.criterion, steps=args.steps, lr=args.lr,
         layer_weight=args.layer_weight, round_to=args.round_to, seed=args.seed, out=args.out,
         progress=not args.no_progress)

@@ -28,7 +28,7 @@ from .minilm import calibration_batches, load_minilm
 from .recovery import _encode, quality, train_batches
 from .timing import interleaved
 
-__all__ = ["run", "table"]
+__all__ = ["run", "table", "time_plan"]
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -107,6 +107,34 @@ def run(*, ffn: float = 0.5, heads: float = 0.25, criterion: str = "wanda", step
     (out / "shrink.md").write_text(table(result))
     print(table(result))
     return result
+
+
+def time_plan(plan_path: str | os.PathLike, *, shapes=((32, 128), (8, 128), (1, 128)),
+              rounds: int = 31) -> list[dict]:
+    """Speed of a shrunk MiniLM vs dense from its saved plan alone (weights do not change
+    the time): a fresh MiniLM is shrunk with :func:`sparseprune.structured.apply_plan`, and
+    both are timed interleaved at each (batch, tokens) in ``shapes``."""
+    from ..structured import apply_plan, load_plan
+
+    dense_st = load_minilm(128)
+    dense_st.eval()
+    st = copy.deepcopy(dense_st)
+    apply_plan(st[0].auto_model, load_plan(plan_path))
+    texts = corpus.pydoc_paragraphs()[:max(b for b, _ in shapes)]
+    rows = []
+    for batch, seq in shapes:
+        feats = dict(st.tokenizer(texts[:batch], return_tensors="pt", padding="max_length",
+                                  truncation=True, max_length=seq))
+        with torch.inference_mode():
+            t = interleaved({"dense": lambda: dense_st(dict(feats)),
+                             "shrunk": lambda: st(dict(feats))}, rounds=rounds, warmup=3)
+        rows.append({"batch": batch, "seq": seq, "dense_ms": t["dense"].median * 1e3,
+                     "shrunk_ms": t["shrunk"].median * 1e3,
+                     "speedup": t["dense"].median / t["shrunk"].median,
+                     "threads": torch.get_num_threads()})
+        print(f"batch {batch} x {seq}: {rows[-1]['speedup']:.2f}x dense "
+              f"({rows[-1]['dense_ms']:.1f} -> {rows[-1]['shrunk_ms']:.1f} ms)", flush=True)
+    return rows
 
 
 def table(r: dict) -> str:
