@@ -119,3 +119,52 @@ def test_sparsegpt_on_conv_uses_im2col_inputs():
         masked.weight.mul_(conv.weight != 0)
         x = torch.cat(batches)
         assert (conv(x) - ref(x)).pow(2).mean() < (masked(x) - ref(x)).pow(2).mean()
+
+
+class Deep(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(32, 48)
+        self.fc2 = nn.Linear(48, 48)
+        self.fc3 = nn.Linear(48, 8)
+
+    def forward(self, x):
+        return self.fc3(torch.tanh(self.fc2(torch.tanh(self.fc1(x)))))
+
+
+@pytest.mark.parametrize("criterion,pattern,sparsity", [("sparsegpt", "2:4", None),
+                                                        ("sparsegpt", "unstructured", 0.6),
+                                                        ("wanda", "unstructured", 0.5)])
+def test_sequential_calibrates_each_layer_on_the_pruned_layers_before_it(criterion, pattern,
+                                                                         sparsity):
+    torch.manual_seed(0)
+    model = Deep()
+    batches = [torch.randn(64, 32) for _ in range(3)]
+    ref = Deep()
+    ref.load_state_dict(model.state_dict())
+    cfg = sp.PruneConfig(pattern=pattern, sparsity=sparsity, criterion=criterion)
+    pruner = sp.Pruner(model, cfg).prune_sequential(batches)
+    assert all(pruner.stats[n].gram is None for n in pruner.layers)  # Hessians freed
+    assert pruner.stats["fc2"].tokens == 192
+
+    # the same, by hand: layer k is pruned from inputs through the pruned layers 1..k-1
+    for name in ("fc1", "fc2", "fc3"):
+        one = sp.Pruner(ref, sp.PruneConfig(pattern=pattern, sparsity=sparsity,
+                                            criterion=criterion, include=name))
+        one.calibrate(batches).prune()
+        sp.pruning.remove_masks(ref)
+    for name in ("fc1", "fc2", "fc3"):
+        torch.testing.assert_close(getattr(model, name).weight, getattr(ref, name).weight,
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_sequential_rejects_what_it_cannot_do():
+    model = Deep()
+    with pytest.raises(ValueError, match="scope='layer'"):
+        sp.Pruner(model, sp.PruneConfig(sparsity=0.5, scope="global")).prune_sequential(
+            [torch.randn(2, 32)])
+    with pytest.raises(ValueError, match="'sparsegpt', 'wanda'"):
+        sp.Pruner(model, sp.PruneConfig(sparsity=0.5, criterion="taylor")).prune_sequential(
+            [torch.randn(2, 32)])
+    with pytest.raises(ValueError, match="no batches"):
+        sp.Pruner(model, sp.PruneConfig(sparsity=0.5)).prune_sequential([])

@@ -271,6 +271,9 @@ def test_pruner_bert_heads_and_neurons_inplace_false():
     torch.testing.assert_close(bert_out(small, IDS), masked, atol=1e-5, rtol=1e-5)
     layer = small.encoder.layer[1]
     assert layer.attention.self.num_attention_heads == 3
+    labels = {r.name: r.pattern for r in pruner.report()}
+    assert labels["encoder.layer.1.attention.self.query"] == "structured head"
+    assert labels["encoder.layer.1.output.dense"] == "structured channel"
     assert layer.intermediate.dense.out_features == 24
     # magnitude: the lowest-norm neuron of the group (both layers' slices) went
     w1 = ref.encoder.layer[1].intermediate.dense

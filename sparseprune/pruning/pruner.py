@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import scores as criteria
 from .allocate import global_keep
-from .calibration import LayerStats, calibrate
+from .calibration import LayerStats, _Recorder, calibrate, feed
 from .config import LayerSettings, PruneConfig
 from .locking import apply_mask, attach_mask, lock_optimizer, remove_masks, zero_optimizer_state
 from .report import LayerReport, format_table, layer_report
@@ -21,6 +21,10 @@ __all__ = ["Pruner", "PRUNABLE"]
 
 #: module types the pruner selects (subclasses included).
 PRUNABLE = (nn.Linear, nn.Conv2d)
+
+
+class _Reached(Exception):
+    """Stops a calibration forward at the layer being calibrated."""
 
 
 class Pruner:
@@ -133,6 +137,81 @@ class Pruner:
         self._apply({n: schedule.sparsity(t, s.sparsity) for n, s in self.settings.items()})
         return True
 
+    def prune_sequential(self, batches: Iterable, progress: bool = False) -> Pruner:
+        """One shot, layer by layer in the order the model runs them: each layer is
+        calibrated on ``batches`` flowing through the layers before it *as already pruned*
+        (SparseGPT's sequential pass; also for Wanda), and only that layer's statistics (its
+        Hessian, for SparseGPT) are held at a time. Each forward stops at the layer being
+        calibrated. Criteria "sparsegpt", "wanda" or "magnitude"; scope "layer"."""
+        self._check_live()
+        crit = self.config.criterion
+        if crit not in ("sparsegpt", "wanda", "magnitude") or self.groups is not None:
+            raise ValueError("prune_sequential() takes criterion 'sparsegpt', 'wanda' or "
+                             "'magnitude' on single weights (not structured groups)")
+        if self.config.scope != "layer":
+            raise ValueError("prune_sequential() prunes each layer on its own: scope='layer'")
+        batches = list(batches)
+        if not batches:
+            raise ValueError("prune_sequential() got no batches")
+        order = self._execution_order(batches[0])
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(order), desc="sequential", unit="layer")
+        for name in order:
+            module = self.layers[name]
+            stats = self.stats[name] = LayerStats()
+            if crit != "magnitude":
+                recorder = _Recorder(stats, crit == "sparsegpt")
+
+                def stop_after(mod, args, recorder=recorder):
+                    recorder(mod, args)
+                    raise _Reached
+
+                handle = module.register_forward_pre_hook(stop_after)
+                try:
+                    for batch in batches:
+                        try:
+                            with torch.no_grad():
+                                feed(self.model, batch)
+                        except _Reached:
+                            pass
+                        stats.batches += 1
+                finally:
+                    handle.remove()
+            target = {name: self.settings[name].sparsity}
+            if crit == "sparsegpt":
+                self._apply_sparsegpt(target)
+            else:
+                apply_mask(module, module.weight_mask)
+                st = self.settings[name]
+                apply_mask(module, st.pattern.mask(self.layer_scores(name), target[name],
+                                                   per_row=self.config.uses_per_row(
+                                                       st.pattern)))
+                self.targets[name] = target[name]
+            stats.gram = None  # one layer's Hessian at a time
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        self._clear_locked_state()
+        return self
+
+    def _execution_order(self, batch) -> list[str]:
+        """Selected layers in the order one forward pass reaches them (unreached ones
+        last)."""
+        seen: list[str] = []
+        handles = [m.register_forward_pre_hook(
+            lambda mod, args, n=n: seen.append(n) if n not in seen else None)
+            for n, m in self.layers.items()]
+        try:
+            with torch.no_grad():
+                feed(self.model, batch)
+        finally:
+            for h in handles:
+                h.remove()
+        return seen + [n for n in self.layers if n not in seen]
+
     def lock(self, *optimizers: torch.optim.Optimizer) -> Pruner:
         """Keeps pruned weights exactly zero across each optimizer's ``step()`` (and zeroes
         their momentum / Adam state), for any ``torch.optim.Optimizer``."""
@@ -204,6 +283,10 @@ class Pruner:
                 for n, m in self.layers.items()]
 
     def _pattern_label(self, name: str) -> str:
+        if self.groups is not None:
+            kinds = sorted({g.kind for g in self.groups.values()
+                            if any(m.module == name for m in g.members)})
+            return "structured " + "+".join(kinds)
         st = self.settings[name]
         ranked = (self.config.scope == "global" and st.pattern.rankable
                   and not st.sparsity_overridden)
@@ -326,7 +409,8 @@ class Pruner:
         self._clear_locked_state()
 
     def _apply_sparsegpt(self, sparsity: dict[str, float]) -> None:
-        for n, m in self.layers.items():
+        for n in sparsity:
+            m = self.layers[n]
             stats = self.stats.get(n)
             if stats is None or stats.gram is None:
                 raise ValueError(f"criterion 'sparsegpt' needs input statistics: call "
