@@ -118,10 +118,12 @@ def add_parsers(sub) -> None:
     sh.add_argument("--heads", type=float, default=0.25,
                     help="share of attention heads removed (0.25)")
     sh.add_argument("--criterion", default="wanda", choices=("magnitude", "wanda"))
-    sh.add_argument("--steps", type=int, default=1200, help="distillation steps (1200)")
+    sh.add_argument("--steps", type=int, default=1500, help="distillation steps (1500)")
     sh.add_argument("--lr", type=float, default=3e-4)
     sh.add_argument("--layer-weight", type=float, default=1.0)
     sh.add_argument("--round-to", type=int, default=16)
+    sh.add_argument("--no-refit", action="store_true",
+                    help="do not refit the readers of removed units (least squares)")
     sh.add_argument("--seed", type=int, default=0)
     sh.add_argument("--out", default="shrink-out")
     sh.add_argument("--no-progress", action="store_true")
@@ -284,7 +286,8 @@ def run_shrink(args, parser=None) -> int:
         (Path(args.out) / "timing.json").write_text(json.dumps(rows, indent=1))
         return 0
     run(ffn=args.ffn, heads=args.heads, criterion=args.criterion, steps=args.steps, lr=args.lr,
-        layer_weight=args.layer_weight, round_to=args.round_to, seed=args.seed, out=args.out,
+        layer_weight=args.layer_weight, round_to=args.round_to, refit=not args.no_refit,
+        seed=args.seed, out=args.out,
         progress=not args.no_progress)
     return 0
 

@@ -2,7 +2,8 @@
 
 FFN neurons and attention heads of every encoder layer are scored (Wanda-style: weights
 times the activation norms of calibration paragraphs, summed over the whole group), the
-lowest removed, and the model shrunk: a smaller dense MiniLM with plain torch modules. It is
+lowest removed (with ``refit``, the layers reading them first refitted by least squares on
+the calibration inputs), and the model shrunk: a smaller dense MiniLM with plain torch modules. It is
 then distilled from the dense model on the training part of :mod:`sparseprune.corpus`
 (the same recipe as :mod:`sparseprune.bench.recovery`) and measured on held-out pydoc_data
 paragraphs. Speed: dense vs shrunk at batch 32 x 128 tokens with torch's own dense kernels,
@@ -45,8 +46,8 @@ def _checkpoint_bytes(model: torch.nn.Module) -> int:
 def run(*, ffn: float = 0.5, heads: float = 0.25, criterion: str = "wanda", steps: int = 600,
         lr: float = 2e-4, layer_weight: float = 1.0, batch_size: int = 16,
         max_tokens: int = 128, n_eval: int = 500, n_calib: int = 64, seed: int = 0,
-        round_to: int = 16, out: str | os.PathLike = "shrink-out", time_rounds: int = 15,
-        progress: bool = True, bf16: bool = True) -> dict:
+        round_to: int = 16, refit: bool = True, out: str | os.PathLike = "shrink-out",
+        time_rounds: int = 15, progress: bool = True, bf16: bool = True) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -60,11 +61,11 @@ def run(*, ffn: float = 0.5, heads: float = 0.25, criterion: str = "wanda", step
     st = copy.deepcopy(dense_st)
     model = st[0].auto_model
     cfg = PruneConfig(pattern="channel", sparsity=ffn, criterion=criterion, structured=True,
-                      round_to=round_to,
+                      round_to=round_to, refit=refit,
                       overrides={"*.attention.self": {"pattern": "head", "sparsity": heads}})
     t0 = time.perf_counter()
     pruner = Pruner(model, cfg)
-    pruner.calibrate(calib_batches)
+    pruner.calibrate(calib_batches, hessian=refit)
     pruner.prune()
     one_shot = quality(dense_emb, _encode(st, evaluation))
     pruner.shrink()
@@ -93,7 +94,7 @@ def run(*, ffn: float = 0.5, heads: float = 0.25, criterion: str = "wanda", step
     dense_model = dense_st[0].auto_model
     result = {
         "ffn_removed": ffn, "heads_removed": heads, "criterion": criterion,
-        "round_to": round_to, "steps": steps, "lr": lr, "layer_weight": layer_weight,
+        "round_to": round_to, "refit": refit, "steps": steps, "lr": lr, "layer_weight": layer_weight,
         "one_shot_masked": one_shot, "one_shot_shrunk": shrunk_check, "recovered": recovered,
         "train_seconds": train_s, "first_loss": res.losses[0], "final_loss": res.losses[-1],
         "params_dense": _params(dense_model), "params_shrunk": _params(model),
@@ -144,7 +145,8 @@ def table(r: dict) -> str:
         "agreement | params | checkpoint | train time | steps | speed vs dense (b32 x 128) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         f"| {r['ffn_removed']:.0%} FFN neurons, {r['heads_removed']:.0%} heads "
-        f"(round_to {r['round_to']}) | {r['criterion']} | "
+        f"(round_to {r['round_to']}) | {r['criterion']}"
+        f"{' + refit' if r.get('refit') else ''} | "
         f"{r['one_shot_shrunk']['mean_cosine']:.3f} | {rec['mean_cosine']:.3f} | "
         f"{rec['min_cosine']:.3f} | {rec['top10_agreement']:.3f} | "
         f"{r['params_shrunk'] / 1e6:.2f} M of {r['params_dense'] / 1e6:.2f} M | "

@@ -93,6 +93,10 @@ class PruneConfig:
         first producer, e.g. ``"*.intermediate.dense"``, ``"*.attention.self"``, ``"conv1"``).
     round_to: with ``structured=True``, channel groups keep a multiple of this many channels
         (e.g. 8 or 16, for fast dense kernels); heads are not rounded.
+    refit: with ``structured=True``, when units are removed, the layers that read them get
+        their kept columns refitted by least squares on the calibration inputs
+        (:func:`sparseprune.structured.refit_readers`), compensating for what the removed
+        units contributed; needs ``Pruner.calibrate(batches, hessian=True)``.
     """
 
     pattern: str | Callable = "unstructured"
@@ -108,6 +112,7 @@ class PruneConfig:
     schedule: CubicSchedule | None = None
     structured: bool = False
     round_to: int = 1
+    refit: bool = False
 
     def __post_init__(self):
         pattern = parse_pattern(self.pattern)
@@ -154,6 +159,11 @@ class PruneConfig:
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or \
                 self.round_to < 1:
             raise ValueError(f"round_to must be a positive int, got {self.round_to!r}")
+        if self.refit not in (True, False):
+            raise TypeError(f"refit must be True or False, got {self.refit!r}")
+        if self.refit and not self.structured:
+            raise ValueError("refit=True rewrites the readers of removed channels; it needs "
+                             "structured=True (SparseGPT does the same for single weights)")
         names = [pattern.name] + [parse_pattern(spec["pattern"]).name
                                   for spec in self.overrides.values() if "pattern" in spec]
         if not self.structured:
@@ -207,7 +217,8 @@ class PruneConfig:
 
 
 _FIELDS = ("pattern", "sparsity", "criterion", "scope", "include", "exclude", "overrides",
-           "min_density", "max_density", "per_row", "schedule", "structured", "round_to")
+           "min_density", "max_density", "per_row", "schedule", "structured", "round_to",
+           "refit")
 
 
 def config_to_dict(config: PruneConfig) -> dict:

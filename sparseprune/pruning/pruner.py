@@ -97,16 +97,19 @@ class Pruner:
                        for m in g.members if m.role in ("out", "in")}
 
     # ------------------------------------------------------------------ calibration
-    def calibrate(self, batches: Iterable, loss_fn: Callable | None = None) -> Pruner:
+    def calibrate(self, batches: Iterable, loss_fn: Callable | None = None, *,
+                  hessian: bool = False) -> Pruner:
         """Feeds ``batches`` (``model(**b)`` for dicts, ``model(*b)`` for tuples/lists, else
         ``model(b)``) and records input activation norms; with the Taylor criterion (or a
-        ``loss_fn``), also gradients of ``loss_fn(output, batch)``. Statistics accumulate
-        over calls. Run it in the mode you want (``model.eval()`` for frozen norms)."""
+        ``loss_fn``), also gradients of ``loss_fn(output, batch)``; with SparseGPT (or
+        ``hessian=True``, for ``PruneConfig(refit=True)``) the inputs' Gram matrices. Statistics
+        accumulate over calls. Run it in the mode you want (``model.eval()`` for frozen
+        norms)."""
         self._check_live()
         crit = self.config.criterion
         calibrate(self.model, self.layers, batches, self.stats,
-                  gradients=crit == "taylor" or loss_fn is not None, gram=crit == "sparsegpt",
-                  loss_fn=loss_fn)
+                  gradients=crit == "taylor" or loss_fn is not None,
+                  gram=crit == "sparsegpt" or hessian, loss_fn=loss_fn)
         return self
 
     # ------------------------------------------------------------------ pruning
@@ -401,6 +404,12 @@ class Pruner:
                                       [s.min_density for s in sts], [s.max_density for s in sts],
                                       [cfg.round_to if kind == "channel" else 1] * len(names))
             keeps.update(zip(names, found))
+        if cfg.refit:
+            from ..structured import refit_readers
+
+            grams = {n: st.gram for n, st in self.stats.items() if st.gram is not None}
+            refit_readers(self.model, list(self.groups.values()),
+                          {n: k for n, k in keeps.items() if not k.all()}, grams)
         for name, mask in group_masks(list(self.groups.values()), keeps, modules).items():
             apply_mask(self.layers[name], mask.to(self.layers[name].weight.device))
         for n in self.layers:

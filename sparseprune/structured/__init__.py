@@ -17,12 +17,14 @@ from torch import nn
 
 from .groups import Blocked, Group, Member
 from .rules import bert_groups
-from .shrink import PLAN_VERSION, load_plan, make_plan, permute, save_plan, shrink
+from .shrink import (PLAN_VERSION, load_plan, make_plan, permute, refit_readers, save_plan,
+                     shrink)
 from .shrink import apply_plan as _apply_plan
 from .trace import traced_groups
 
 __all__ = ["Blocked", "Group", "GroupSet", "Member", "PLAN_VERSION", "apply_plan",
-           "find_groups", "load_plan", "make_plan", "permute", "save_plan", "shrink"]
+           "find_groups", "load_plan", "make_plan", "permute", "refit_readers", "save_plan",
+           "shrink"]
 
 
 @dataclasses.dataclass(frozen=True)

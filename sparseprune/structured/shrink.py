@@ -17,7 +17,7 @@ from torch import nn
 
 from .groups import Group
 
-__all__ = ["shrink", "permute", "make_plan", "apply_plan", "save_plan", "load_plan",
+__all__ = ["shrink", "permute", "refit_readers", "make_plan", "apply_plan", "save_plan", "load_plan",
            "PLAN_VERSION"]
 
 PLAN_VERSION = 1
@@ -203,3 +203,52 @@ def permute(model: nn.Module, group: Group, perm: torch.Tensor) -> None:
         full[m.offset:m.offset + group.size * m.unit] = \
             (m.offset + perm[:, None] * m.unit + torch.arange(m.unit)).flatten()
         _apply(mod, m.module, m.role, full)
+
+
+def refit_readers(model: nn.Module, groups: Sequence[Group], keeps: Mapping[str, torch.Tensor],
+                  grams: Mapping[str, torch.Tensor], *, damp: float = 0.01) -> list[str]:
+    """Before the removed units are masked or shrunk away: rewrites the kept columns of
+    every Linear/Conv2d that reads a removed unit so that it best reproduces, on the calibration inputs, what it computed
+    with all of them: ``W_K += W_R G_RK (G_KK + damp * mean(diag G) I)^-1`` with ``G`` the
+    Gram matrix of its inputs (``grams[name]``, ``[in, in]``; for Conv2d over the unfolded
+    ``in * kh * kw`` features). Returns the layers refitted."""
+    keeps = _check_keeps(groups, keeps)
+    modules = dict(model.named_modules())
+    removed: dict[str, torch.Tensor] = {}
+    for g in groups:
+        keep = keeps.get(g.name)
+        if keep is None or keep.all():
+            continue
+        for m in g.consumers:
+            mod = modules[m.module]
+            if not isinstance(mod, (nn.Linear, nn.Conv2d)) or getattr(mod, "groups", 1) != 1:
+                continue
+            cols = removed.setdefault(m.module, torch.zeros(mod.weight[0].numel(),
+                                                            dtype=torch.bool))
+            per = mod.weight[0, 0].numel()  # kh * kw for a conv, 1 for a Linear
+            idx = m.indices(~keep)
+            cols[(idx[:, None] * per + torch.arange(per)).flatten()] = True
+    done = []
+    for name, r in removed.items():
+        gram = grams.get(name)
+        mod = modules[name]
+        if gram is None:
+            raise ValueError(f"refit needs the input Gram matrix of {name!r}: call "
+                             f"Pruner.calibrate(batches, hessian=True) first")
+        w = mod.weight.detach()
+        w2 = w.reshape(w.shape[0], -1).to(torch.float64)
+        g = gram.to(torch.float64).cpu()
+        if g.shape != (w2.shape[1], w2.shape[1]):
+            raise ValueError(f"Gram of {name!r} is {tuple(g.shape)}, its weight has "
+                             f"{w2.shape[1]} columns")
+        k = ~r
+        gkk = g[k][:, k]
+        gkk = gkk + damp * gkk.diagonal().mean().clamp(min=1e-12) * torch.eye(int(k.sum()),
+                                                                              dtype=g.dtype)
+        a = torch.linalg.solve(gkk, g[k][:, r])                       # [K, R]
+        new = w2.cpu().clone()
+        new[:, k] += new[:, r] @ a.T
+        with torch.no_grad():
+            mod.weight.copy_(new.reshape(w.shape).to(w.dtype))
+        done.append(name)
+    return done
