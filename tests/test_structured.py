@@ -434,3 +434,59 @@ def test_digits_resnet_half_the_filters_removed_then_fine_tuned():
     assert r["params_shrunk"] < 0.3 * r["params_dense"]
     assert "| stage2.0 | channel | 64 | 32 | 50.0% |" in r["groups"]
     assert "| - | - |" in table([r])
+
+
+# ---------------------------------------------------------------------------- refit
+class TwoLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(10, 24)
+        self.fc2 = nn.Linear(24, 6)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_refit_readers_is_the_least_squares_solution():
+    torch.manual_seed(0)
+    model = TwoLayer().double()
+    x = torch.randn(200, 10, dtype=torch.float64)
+    h = torch.relu(model.fc1(x)).detach()
+    gs = structured.find_groups(model, x)
+    keep = torch.arange(24) % 3 != 0
+    w = model.fc2.weight.detach().clone()
+    done = structured.refit_readers(model, gs.groups, {"fc1": keep}, {"fc2": h.T @ h},
+                                    damp=0.0)
+    assert done == ["fc2"]
+    want = torch.linalg.lstsq(h[:, keep], h @ w.T).solution.T
+    torch.testing.assert_close(model.fc2.weight.detach()[:, keep], want)
+    with pytest.raises(ValueError, match="hessian=True"):
+        structured.refit_readers(model, gs.groups, {"fc1": keep}, {})
+
+
+def test_pruner_refit_lowers_the_error_and_masked_still_equals_shrunk():
+    ids = [{"input_ids": torch.randint(0, 50, (4, 12), generator=torch.Generator()
+                                       .manual_seed(i))} for i in range(6)]
+    base, _ = tiny_bert()
+    ref = [base(**b).last_hidden_state for b in ids]
+    errs = {}
+    for refit in (False, True):
+        model = copy.deepcopy(base)
+        cfg = sp.PruneConfig(pattern="channel", sparsity=0.5, structured=True, refit=refit,
+                             criterion="wanda",
+                             overrides={"*.attention.self": {"pattern": "head",
+                                                             "sparsity": 0.25}})
+        pruner = sp.Pruner(model, cfg).calibrate(ids, hessian=True).prune()
+        masked = [model(**b).last_hidden_state for b in ids]
+        pruner.shrink()
+        outs = [model(**b).last_hidden_state for b in ids]
+        for a, b in zip(outs, masked):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        errs[refit] = sum(((o - r) ** 2).mean().item() for o, r in zip(outs, ref))
+    assert errs[True] < 0.5 * errs[False]
+    with pytest.raises(ValueError, match="hessian=True"):
+        model = copy.deepcopy(base)
+        sp.Pruner(model, sp.PruneConfig(pattern="channel", sparsity=0.5, structured=True,
+                                        refit=True, criterion="wanda")).calibrate(ids).prune()
+    with pytest.raises(ValueError, match="structured=True"):
+        sp.PruneConfig(pattern="channel", sparsity=0.5, refit=True)
