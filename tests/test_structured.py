@@ -490,3 +490,34 @@ def test_pruner_refit_lowers_the_error_and_masked_still_equals_shrunk():
                                         refit=True, criterion="wanda")).calibrate(ids).prune()
     with pytest.raises(ValueError, match="structured=True"):
         sp.PruneConfig(pattern="channel", sparsity=0.5, refit=True)
+
+
+class SqueezeExcite(nn.Module):
+    """A gate multiplied onto the channels (joins the gate's producer), and a flatten
+    written as view(size(0), -1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.squeeze = nn.Linear(16, 4)
+        self.excite = nn.Linear(4, 16)
+        self.head = nn.Linear(16 * 8 * 8, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        gate = torch.sigmoid(self.excite(torch.relu(self.squeeze(y.mean((2, 3))))))
+        y = y * gate.view(y.size(0), -1, 1, 1)
+        return self.head(y.view(y.size(0), -1))
+
+
+def test_gates_and_view_flatten():
+    model = SqueezeExcite().eval()
+    gs = structured.find_groups(model, X)
+    g = gs["conv"]
+    assert {(m.module, m.role, m.unit) for m in g.members} == {
+        ("conv", "out", 1), ("squeeze", "in", 1), ("excite", "out", 1), ("head", "in", 64)}
+    assert {(m.module, m.role) for m in gs["squeeze"].members} == {("squeeze", "out"),
+                                                                   ("excite", "in")}
+    keeps = {"conv": torch.arange(16) % 4 != 1, "squeeze": torch.tensor([1, 0, 1, 1]).bool()}
+    structured.shrink(model, gs.groups, keeps)
+    assert model.head.in_features == 12 * 64 and model(X).shape == (3, 3)
