@@ -158,10 +158,34 @@ def test_fit_plan_tightens_until_the_real_drop_fits():
     cfg, value, log = sp.pruning.fit_plan(
         model, sens, metric, budget,
         lambda m, c: sp.Pruner(m, c).prune().finalize())
-    assert 1 - value <= budget and log[-1]["metric"] == value
+    assert 1 - value <= budget and any(t["metric"] == value for t in log)
+    fitting = [t for t in log if 1 - t["metric"] <= budget]
+    assert min(t["planned_latency_s"] for t in fitting) == pytest.approx(
+        next(t["planned_latency_s"] for t in log if t["metric"] == value))
     with pytest.raises(ValueError, match="keeps every layer dense"):
         sp.pruning.fit_plan(model, sens, metric, 0.5 * min(r.drop for r in sens.rows),
                             lambda m, c: sp.Pruner(m, c).prune().finalize())
+
+
+def test_sparsegpt_sensitivity_beats_magnitude_per_layer():
+    torch.manual_seed(0)
+    model = MLP().eval()
+    mix = torch.randn(32, 32) / 32 ** 0.5 + torch.eye(32)
+    x = torch.randn(256, 32) @ mix
+    ref = model(x).detach()
+
+    def metric(m):
+        with torch.no_grad():
+            return nn.functional.cosine_similarity(m(x), ref, dim=1).mean().item()
+
+    kw = dict(batch_rows=8, time_rounds=1, progress=False, calib_batches=[x])
+    mag = sp.pruning.sensitivity(model, metric, [Candidate("unstructured", 0.7)], **kw)
+    gpt = sp.pruning.sensitivity(model, metric, [Candidate("unstructured", 0.7)],
+                                 criterion="sparsegpt", **kw)
+    assert torch.equal(model(x), ref)
+    # SparseGPT's update of the kept weights pays off summed over the layers (measured:
+    # 0.34 vs 0.20 cosine drop summed)
+    assert sum(r.drop for r in gpt.rows) < 0.75 * sum(r.drop for r in mag.rows)
 
 
 @pytest.mark.parametrize("text,match", [

@@ -1,7 +1,8 @@
 """Per-layer plan for all-MiniLM-L6-v2 from measured sensitivity and measured kernel speed
 (``sparseprune plan``, benchmarks/autoplan_minilm.py), and ``sparseprune prune``.
 
-The 36 encoder Linears are scored with Wanda (calibration paragraphs). Sensitivity: each
+The 36 encoder Linears are scored with Wanda or SparseGPT (calibration paragraphs; SparseGPT
+plans are applied with the sequential pass, :meth:`~sparseprune.Pruner.prune_sequential`). Sensitivity: each
 layer alone x each candidate, metric = mean cosine of the sentence embeddings to the dense
 ones on a *planning* set of paragraphs (from the training split). Kernel speed: each layer
 shape x candidate at the timed batch (rows = batch x tokens). :func:`~sparseprune.pruning.
@@ -41,10 +42,14 @@ def prune_minilm(st, config: PruneConfig, calib_batches) -> None:
     """Prunes the SentenceTransformer ``st`` in place with ``config`` (on its BERT model)."""
     model = st[0].auto_model
     pruner = Pruner(model, config)
-    if config.criterion in ("wanda", "taylor", "sparsegpt"):
-        model.eval()
-        pruner.calibrate(calib_batches)
-    pruner.prune().finalize()
+    model.eval()
+    if config.criterion == "sparsegpt":
+        pruner.prune_sequential(calib_batches)
+    else:
+        if config.criterion in ("wanda", "taylor"):
+            pruner.calibrate(calib_batches)
+        pruner.prune()
+    pruner.finalize()
 
 
 def measure(dense_st, st, evaluation, dense_emb, feats, rounds: int) -> dict:
@@ -66,7 +71,8 @@ def _setup(seed: int, n_eval: int, n_plan: int, max_tokens: int = 128):
     return dense_st, train[:n_plan], calib_batches, evaluation
 
 
-def run(*, min_cosine: float = 0.95, candidates=DEFAULT_CANDIDATES, batch: int = 1,
+def run(*, min_cosine: float = 0.95, criterion: str = "wanda",
+        candidates=DEFAULT_CANDIDATES, batch: int = 1,
         seq: int = 128, n_eval: int = 500, n_plan: int = 96, seed: int = 0,
         layers: str = ENCODER, out: str | os.PathLike = "plan-out", rounds: int = 15,
         progress: bool = True) -> dict:
@@ -84,7 +90,7 @@ def run(*, min_cosine: float = 0.95, candidates=DEFAULT_CANDIDATES, batch: int =
         emb = _encode(st, plan_texts)
         return torch.nn.functional.cosine_similarity(plan_dense, emb, dim=1).mean().item()
 
-    sens = sensitivity(st[0].auto_model, metric, candidates, include=layers, criterion="wanda",
+    sens = sensitivity(st[0].auto_model, metric, candidates, include=layers, criterion=criterion,
                        calib_batches=calib_batches, batch_rows=batch * seq,
                        time_rounds=rounds, progress=progress)
     (out / "sensitivity.json").write_text(json.dumps(sens.to_json()))
@@ -102,10 +108,10 @@ def run(*, min_cosine: float = 0.95, candidates=DEFAULT_CANDIDATES, batch: int =
         return torch.nn.functional.cosine_similarity(plan_dense, emb, dim=1).mean().item()
 
     cfg, plan_metric, tries = fit_plan(dense_st[0].auto_model, sens, st_metric,
-                                       1.0 - min_cosine, prune, criterion="wanda")
+                                       1.0 - min_cosine, prune, criterion=criterion)
     save_config(cfg, out / "plan.yaml")
 
-    results = {"min_cosine": min_cosine, "batch": batch, "seq": seq,
+    results = {"min_cosine": min_cosine, "criterion": criterion, "batch": batch, "seq": seq,
                "threads": torch.get_num_threads(), "plan_tries": tries,
                "plan_layers": {k: v for k, v in config_to_dict(cfg)["overrides"].items()},
                "uniform": {}}
@@ -116,7 +122,7 @@ def run(*, min_cosine: float = 0.95, candidates=DEFAULT_CANDIDATES, batch: int =
     for c in candidates:
         uni = copy.deepcopy(dense_st)
         prune_minilm(uni, PruneConfig(pattern=c.pattern, sparsity=c.sparsity,
-                                      criterion="wanda", include=layers), calib_batches)
+                                      criterion=criterion, include=layers), calib_batches)
         results["uniform"][c.label] = measure(dense_st, uni, evaluation, eval_dense, feats,
                                               rounds)
         del uni
@@ -133,7 +139,8 @@ def run(*, min_cosine: float = 0.95, candidates=DEFAULT_CANDIDATES, batch: int =
 
 
 def table(r: dict) -> str:
-    lines = [f"Budget: held-out mean cosine >= {r['min_cosine']}; end-to-end at batch "
+    lines = [f"Criterion {r.get('criterion', 'wanda')} (one-shot). "
+             f"Budget: held-out mean cosine >= {r['min_cosine']}; end-to-end at batch "
              f"{r['batch']} x {r['seq']} tokens, {r['threads']} threads.", "",
              "| setting | held-out mean cos | min cos | top-10 agreement | meets budget | "
              "speed vs dense |", "|---|---|---|---|---|---|"]

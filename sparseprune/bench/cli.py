@@ -147,6 +147,7 @@ def add_parsers(sub) -> None:
                         "uniform settings", description="sparseprune/bench/autoplan.py")
     pl.add_argument("--min-cosine", type=float, default=0.95,
                     help="budget: held-out mean cosine to dense (0.95)")
+    pl.add_argument("--criterion", default="wanda", choices=("magnitude", "wanda", "sparsegpt"))
     pl.add_argument("--batch", type=int, default=1, help="timed batch (1)")
     pl.add_argument("--seq", type=int, default=128, help="timed tokens per sentence (128)")
     pl.add_argument("--layers", default="encoder.layer.*", help="glob of the Linears to plan")
@@ -316,7 +317,7 @@ def run_plan(args, parser=None) -> int:
     from .autoplan import run
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    run(min_cosine=args.min_cosine, batch=args.batch, seq=args.seq, layers=args.layers,
+    run(min_cosine=args.min_cosine, criterion=args.criterion, batch=args.batch, seq=args.seq, layers=args.layers,
         n_plan=args.plan_paragraphs, n_eval=args.eval, rounds=args.rounds, out=args.out,
         progress=not args.no_progress)
     return 0

@@ -159,7 +159,9 @@ def sensitivity(model: nn.Module, metric: Callable[[nn.Module], float],
                 progress: bool = True) -> Sensitivity:
     """Metric drop and kernel speed for every selected Linear x candidate. ``metric(model)``
     is higher-is-better (e.g. mean cosine to the dense outputs); it is called once on the
-    dense model and once per (layer, candidate) with only that layer pruned."""
+    dense model and once per (layer, candidate) with only that layer pruned. With
+    ``criterion="sparsegpt"`` each case also has SparseGPT's update of the kept weights
+    (from the dense model's calibration inputs)."""
     from .pruner import Pruner
 
     cands = [c if isinstance(c, Candidate) else Candidate(*c) for c in candidates]
@@ -169,11 +171,12 @@ def sensitivity(model: nn.Module, metric: Callable[[nn.Module], float],
                       include=include, exclude=exclude)
     pruner = Pruner(model, cfg)
     layers = {n: m for n, m in pruner.layers.items() if isinstance(m, nn.Linear)}
-    if criterion in ("wanda", "taylor"):
+    if criterion in ("wanda", "taylor", "sparsegpt"):
         if calib_batches is None:
             raise ValueError(f"criterion {criterion!r} needs calib_batches")
         pruner.calibrate(calib_batches)
-    scores = {n: pruner.layer_scores(n) for n in layers}
+    grams = {n: pruner.stats[n].gram for n in layers} if criterion == "sparsegpt" else {}
+    scores = {n: pruner.layer_scores(n) for n in layers} if criterion != "sparsegpt" else {}
     pruner.finalize()  # all-True masks: the weights are unchanged
     base = float(metric(model))
     timed: dict[tuple, tuple[float, float]] = {}
@@ -185,12 +188,19 @@ def sensitivity(model: nn.Module, metric: Callable[[nn.Module], float],
         bar = tqdm(total=len(todo), desc="sensitivity", unit="case")
     for name, c in todo:
         mod = layers[name]
-        keep = parse_pattern(c.pattern).mask(
-            scores[name], _sparsity(c),
-            per_row=criterion == "wanda" and c.pattern == "unstructured")
         saved = mod.weight.detach().clone()
+        if criterion == "sparsegpt":
+            from .sparsegpt import sparsegpt_prune
+
+            new_w, _ = sparsegpt_prune(saved, grams[name], parse_pattern(c.pattern),
+                                       _sparsity(c))
+        else:
+            keep = parse_pattern(c.pattern).mask(
+                scores[name], _sparsity(c),
+                per_row=criterion == "wanda" and c.pattern == "unstructured")
+            new_w = saved * keep
         with torch.no_grad():
-            mod.weight.mul_(keep)
+            mod.weight.copy_(new_w)
         try:
             value = float(metric(model))
         finally:
@@ -292,12 +302,13 @@ def fit_plan(model: nn.Module, sens: Sensitivity, metric: Callable[[nn.Module], 
              criterion: str = "magnitude", tries: int = 6,
              shrink: float = 0.7) -> tuple[PruneConfig, float, list[dict]]:
     """Plans with ``max_drop``, prunes a copy with ``prune(copy, config)`` and measures the
-    real drop; while it exceeds ``max_drop`` the planning budget shrinks by ``shrink``.
-    Returns the config that fits, its measured metric, and the log of tries."""
+    real drop. While it exceeds ``max_drop`` the planning budget shrinks by ``shrink``; once
+    one fits, the remaining tries bisect between the fitting and the failing budget, to
+    spend as much of the real budget as possible. Returns the fastest config that fits (by
+    the table's latencies), its measured metric, and the log of tries."""
     import copy
 
-    budget, log = max_drop, []
-    for _ in range(tries):
+    def attempt(budget):
         plan = auto_plan(sens, max_drop=budget)
         if all(c is None for c in plan.values()):
             raise ValueError(f"the fastest plan within a metric drop of {budget:.4g} keeps "
@@ -305,11 +316,34 @@ def fit_plan(model: nn.Module, sens: Sensitivity, metric: Callable[[nn.Module], 
                              f"dense; the least sensitive layer alone drops "
                              f"{min(r.drop for r in sens.rows):.4g}); tries: {log}")
         cfg = plan_config(plan, criterion=criterion)
-        pruned = prune(copy.deepcopy(model), cfg)
-        value = float(metric(pruned))
-        log.append({"planning_budget": budget, "metric": value,
+        value = float(metric(prune(copy.deepcopy(model), cfg)))
+        latency = sum(next(r.sparse_s for r in sens.rows if r.layer == n and r.candidate == c)
+                      if c is not None else next(r.dense_s for r in sens.rows if r.layer == n)
+                      for n, c in plan.items())
+        log.append({"planning_budget": budget, "metric": value, "planned_latency_s": latency,
                     "layers_pruned": sum(c is not None for c in plan.values())})
-        if sens.base - value <= max_drop:
-            return cfg, value, log
-        budget *= shrink
-    raise ValueError(f"no plan within {tries} tries keeps the drop <= {max_drop}: {log}")
+        return cfg, value, latency, sens.base - value <= max_drop
+
+    log: list[dict] = []
+    best = None
+    lo, hi = None, max_drop
+    budget = max_drop
+    for _ in range(tries):
+        cfg, value, latency, fits = attempt(budget)
+        if fits:
+            if best is None or latency < best[2]:
+                best = (cfg, value, latency)
+            lo = budget
+        else:
+            hi = budget
+        if lo is None:
+            budget *= shrink
+        elif hi <= lo or (hi - lo) < 0.02 * max_drop:
+            break
+        else:
+            budget = (lo + hi) / 2
+        if lo is not None and lo == max_drop:
+            break  # the full budget fits
+    if best is None:
+        raise ValueError(f"no plan within {tries} tries keeps the drop <= {max_drop}: {log}")
+    return best[0], best[1], log
