@@ -521,3 +521,13 @@ def test_gates_and_view_flatten():
     keeps = {"conv": torch.arange(16) % 4 != 1, "squeeze": torch.tensor([1, 0, 1, 1]).bool()}
     structured.shrink(model, gs.groups, keeps)
     assert model.head.in_features == 12 * 64 and model(X).shape == (3, 3)
+
+
+def test_batchnorm_without_affine_or_running_stats_shrinks():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, affine=False,
+                                                             track_running_stats=False),
+                          nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4 * 36, 2))
+    gs = structured.find_groups(model, X)
+    structured.shrink(model, gs.groups, {"0": torch.arange(8) < 5})
+    assert model[1].num_features == 5 and model[3].in_channels == 5
+    assert model(X).shape == (3, 2)

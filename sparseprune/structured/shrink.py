@@ -94,8 +94,9 @@ def _apply(module: nn.Module, name: str, role: str, keep_idx: torch.Tensor) -> N
 def _dim_size(module: nn.Module, role: str) -> int:
     if role == "heads":
         return module.all_head_size
-    w = module.weight if getattr(module, "weight", None) is not None else module.running_mean
-    return w.shape[1] if role == "in" else w.shape[0]
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.num_features  # may have neither affine weights nor running stats
+    return module.weight.shape[1] if role == "in" else module.weight.shape[0]
 
 
 def shrink(model: nn.Module, groups: Sequence[Group], keeps: Mapping[str, torch.Tensor]) -> None:
