@@ -531,3 +531,24 @@ def test_batchnorm_without_affine_or_running_stats_shrinks():
     structured.shrink(model, gs.groups, {"0": torch.arange(8) < 5})
     assert model[1].num_features == 5 and model[3].in_channels == 5
     assert model(X).shape == (3, 2)
+
+
+def test_gradual_structured_removal_during_distillation_then_shrink():
+    base, _ = tiny_bert()
+    model = copy.deepcopy(base)
+    batches = [{"input_ids": torch.randint(0, 50, (4, 8), generator=torch.Generator()
+                                           .manual_seed(i))} for i in range(4)]
+    cfg = sp.PruneConfig(pattern="channel", sparsity=0.5, structured=True, refit=True,
+                         criterion="wanda", schedule=sp.CubicSchedule(start=0, end=6,
+                                                                       frequency=2),
+                         overrides={"*.attention.self": {"pattern": "head", "sparsity": 0.25}})
+    pruner = sp.Pruner(model, cfg).calibrate(batches, hessian=True)
+    distill(model, base, batches, pruner=pruner,
+            config=RecoverConfig(steps=10, lr=1e-3, warmup_steps=0, progress=False))
+    assert {n: int(k.sum()) for n, k in pruner.group_keep.items()} == {
+        "encoder.layer.0.intermediate.dense": 24, "encoder.layer.0.attention.self": 3,
+        "encoder.layer.1.intermediate.dense": 24, "encoder.layer.1.attention.self": 3}
+    masked = bert_out(model, IDS)
+    pruner.shrink()
+    torch.testing.assert_close(bert_out(model, IDS), masked, atol=1e-5, rtol=1e-5)
+    assert model.encoder.layer[0].intermediate.dense.out_features == 24

@@ -122,6 +122,9 @@ def add_parsers(sub) -> None:
     sh.add_argument("--lr", type=float, default=3e-4)
     sh.add_argument("--layer-weight", type=float, default=1.0)
     sh.add_argument("--round-to", type=int, default=16)
+    sh.add_argument("--gradual", action="store_true",
+                    help="remove the units along a cubic schedule during the first half of "
+                         "distillation (masks, then shrink) instead of one shot")
     sh.add_argument("--no-refit", action="store_true",
                     help="do not refit the readers of removed units (least squares)")
     sh.add_argument("--seed", type=int, default=0)
@@ -288,6 +291,7 @@ def run_shrink(args, parser=None) -> int:
         return 0
     run(ffn=args.ffn, heads=args.heads, criterion=args.criterion, steps=args.steps, lr=args.lr,
         layer_weight=args.layer_weight, round_to=args.round_to, refit=not args.no_refit,
+        gradual=args.gradual,
         seed=args.seed, out=args.out,
         progress=not args.no_progress)
     return 0

@@ -13,6 +13,7 @@ interleaved in the same process. Size: parameters and safetensors checkpoint byt
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import tempfile
@@ -23,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from .. import corpus
-from ..pruning import PruneConfig, Pruner
+from ..pruning import CubicSchedule, PruneConfig, Pruner
 from ..recover import RecoverConfig, distill
 from .minilm import calibration_batches, load_minilm
 from .recovery import _encode, quality, train_batches
@@ -46,7 +47,8 @@ def _checkpoint_bytes(model: torch.nn.Module) -> int:
 def run(*, ffn: float = 0.5, heads: float = 0.25, criterion: str = "wanda", steps: int = 600,
         lr: float = 2e-4, layer_weight: float = 1.0, batch_size: int = 16,
         max_tokens: int = 128, n_eval: int = 500, n_calib: int = 64, seed: int = 0,
-        round_to: int = 16, refit: bool = True, out: str | os.PathLike = "shrink-out",
+        round_to: int = 16, refit: bool = True, gradual: bool = False,
+        out: str | os.PathLike = "shrink-out",
         time_rounds: int = 15, progress: bool = True, bf16: bool = True) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,28 +62,40 @@ def run(*, ffn: float = 0.5, heads: float = 0.25, criterion: str = "wanda", step
 
     st = copy.deepcopy(dense_st)
     model = st[0].auto_model
+    overrides = {"*.attention.self": {"pattern": "head", "sparsity": heads}}
     cfg = PruneConfig(pattern="channel", sparsity=ffn, criterion=criterion, structured=True,
-                      round_to=round_to, refit=refit,
-                      overrides={"*.attention.self": {"pattern": "head", "sparsity": heads}})
+                      round_to=round_to, refit=refit, overrides=overrides)
     t0 = time.perf_counter()
+    if gradual:  # remove units along a cubic schedule over the first half of distillation
+        schedule = CubicSchedule(start=0, end=max(1, steps // 2),
+                                 frequency=max(1, steps // 25))
+        probe = copy.deepcopy(st)
+        Pruner(probe[0].auto_model, cfg).calibrate(calib_batches, hessian=refit).prune()
+        one_shot = quality(dense_emb, _encode(probe, evaluation))  # for reference
+        del probe
+        cfg = dataclasses.replace(cfg, schedule=schedule)
     pruner = Pruner(model, cfg)
     pruner.calibrate(calib_batches, hessian=refit)
-    pruner.prune()
-    one_shot = quality(dense_emb, _encode(st, evaluation))
-    pruner.shrink()
-    shrunk_check = quality(dense_emb, _encode(st, evaluation))
-    groups = pruner.shrink_table()
-    (out / "plan.json").write_text(json.dumps(pruner.plan))
+    if not gradual:
+        pruner.prune()
+        one_shot = quality(dense_emb, _encode(st, evaluation))
+        pruner.shrink()
+    shrunk_check = quality(dense_emb, _encode(st, evaluation)) if not gradual else one_shot
 
     for m in (st, dense_st):
         m[0].auto_model.config.output_hidden_states = layer_weight > 0
     try:
-        res = distill(st, dense_st, batches, require_masks=False,
+        res = distill(st, dense_st, batches, pruner=pruner if gradual else None,
+                      require_masks=False,
                       config=RecoverConfig(steps=steps, lr=lr, seed=seed, progress=progress,
                                            bf16=bf16, layer_weight=layer_weight))
     finally:
         for m in (st, dense_st):
             m[0].auto_model.config.output_hidden_states = False
+    if gradual:
+        pruner.shrink()
+    groups = pruner.shrink_table()
+    (out / "plan.json").write_text(json.dumps(pruner.plan))
     train_s = time.perf_counter() - t0
     st.eval()
     recovered = quality(dense_emb, _encode(st, evaluation))
@@ -94,7 +108,7 @@ def run(*, ffn: float = 0.5, heads: float = 0.25, criterion: str = "wanda", step
     dense_model = dense_st[0].auto_model
     result = {
         "ffn_removed": ffn, "heads_removed": heads, "criterion": criterion,
-        "round_to": round_to, "refit": refit, "steps": steps, "lr": lr, "layer_weight": layer_weight,
+        "round_to": round_to, "refit": refit, "gradual": gradual, "steps": steps, "lr": lr, "layer_weight": layer_weight,
         "one_shot_masked": one_shot, "one_shot_shrunk": shrunk_check, "recovered": recovered,
         "train_seconds": train_s, "first_loss": res.losses[0], "final_loss": res.losses[-1],
         "params_dense": _params(dense_model), "params_shrunk": _params(model),
