@@ -21,13 +21,11 @@ from pathlib import Path
 
 import torch
 
-from .. import corpus
 from ..nn import sparsify
-from ..pruning import (DEFAULT_CANDIDATES, Candidate, PruneConfig, Pruner, Sensitivity,
-                       fit_plan, load_config, save_config, sensitivity)
+from ..pruning import (DEFAULT_CANDIDATES, PruneConfig, Pruner, fit_plan, load_config,
+                       save_config, sensitivity)
 from ..pruning.config import config_to_dict
-from .minilm import calibration_batches, load_minilm
-from .recovery import _encode, quality
+from .recovery import _encode, load_split, quality
 from .timing import interleaved
 
 ENCODER = "encoder.layer.*"
@@ -63,14 +61,6 @@ def measure(dense_st, st, evaluation, dense_emb, feats, rounds: int) -> dict:
             "speedup": t["dense"].median / t["sparse"].median}
 
 
-def _setup(seed: int, n_eval: int, n_plan: int, max_tokens: int = 128):
-    dense_st = load_minilm(max_tokens)
-    dense_st.eval()
-    train, calib, evaluation = corpus.split(n_eval, 64, seed=seed)
-    calib_batches = calibration_batches(dense_st.tokenizer, calib, max_tokens)
-    return dense_st, train[:n_plan], calib_batches, evaluation
-
-
 def run(*, min_cosine: float = 0.95, criterion: str = "wanda",
         candidates=DEFAULT_CANDIDATES, batch: int = 1,
         seq: int = 128, n_eval: int = 500, n_plan: int = 96, seed: int = 0,
@@ -79,36 +69,32 @@ def run(*, min_cosine: float = 0.95, criterion: str = "wanda",
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    dense_st, plan_texts, calib_batches, evaluation = _setup(seed, n_eval, n_plan)
+    dense_st, train, calib_batches, evaluation = load_split(n_eval, 64, seed=seed)
+    plan_texts = train[:n_plan]
     plan_dense = _encode(dense_st, plan_texts)
     eval_dense = _encode(dense_st, evaluation)
     feats = _feats(dense_st, evaluation, batch, seq)
 
     st = copy.deepcopy(dense_st)
 
-    def metric(_model) -> float:
-        emb = _encode(st, plan_texts)
+    def plan_cosine(model_st) -> float:
+        emb = _encode(model_st, plan_texts)
         return torch.nn.functional.cosine_similarity(plan_dense, emb, dim=1).mean().item()
 
-    sens = sensitivity(st[0].auto_model, metric, candidates, include=layers, criterion=criterion,
+    # the metric reads st, whose BERT model sensitivity() prunes layer by layer
+    sens = sensitivity(st[0].auto_model, lambda _model: plan_cosine(st), candidates, include=layers, criterion=criterion,
                        calib_batches=calib_batches, batch_rows=batch * seq,
                        time_rounds=rounds, progress=progress)
     (out / "sensitivity.json").write_text(json.dumps(sens.to_json()))
     (out / "sensitivity.md").write_text(sens.table())
     sens.plot(out / "sensitivity.png")
 
-    def prune(st_copy_model, cfg):  # fit_plan hands us a copy of the BERT model
-        holder = copy.deepcopy(dense_st)
-        holder[0].auto_model = st_copy_model
-        prune_minilm(holder, cfg, calib_batches)
-        return holder
+    def prune(st_copy, cfg):  # fit_plan hands us a deep copy of the dense model
+        prune_minilm(st_copy, cfg, calib_batches)
+        return st_copy
 
-    def st_metric(holder) -> float:
-        emb = _encode(holder, plan_texts)
-        return torch.nn.functional.cosine_similarity(plan_dense, emb, dim=1).mean().item()
-
-    cfg, plan_metric, tries = fit_plan(dense_st[0].auto_model, sens, st_metric,
-                                       1.0 - min_cosine, prune, criterion=criterion)
+    cfg, plan_metric, tries = fit_plan(dense_st, sens, plan_cosine, 1.0 - min_cosine, prune,
+                                       criterion=criterion)
     save_config(cfg, out / "plan.yaml")
 
     results = {"min_cosine": min_cosine, "criterion": criterion, "batch": batch, "seq": seq,
@@ -168,7 +154,7 @@ def prune_cli(config_path: str, *, out: str | os.PathLike = "prune-out", n_eval:
     cfg = load_config(config_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dense_st, _, calib_batches, evaluation = _setup(seed, n_eval, 0)
+    dense_st, _, calib_batches, evaluation = load_split(n_eval, 64, seed=seed)
     st = copy.deepcopy(dense_st)
     prune_minilm(st, cfg, calib_batches)
     result = measure(dense_st, st, evaluation, _encode(dense_st, evaluation),
@@ -183,4 +169,4 @@ def prune_cli(config_path: str, *, out: str | os.PathLike = "prune-out", n_eval:
     return result
 
 
-__all__ = ["run", "table", "prune_cli", "prune_minilm", "Candidate", "Sensitivity"]
+__all__ = ["run", "table", "prune_cli", "prune_minilm"]

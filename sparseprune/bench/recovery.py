@@ -139,6 +139,17 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
             "speedup_b32x128": t["dense"].median / t["sparse"].median}
 
 
+def load_split(n_eval: int, n_calib: int, *, seed: int, max_tokens: int = 128):
+    """The dense MiniLM (eval mode), the seeded :func:`sparseprune.corpus.split` (training
+    texts, calibration batches, held-out evaluation paragraphs) shared by the MiniLM
+    experiments."""
+    dense_st = load_minilm(max_tokens)
+    dense_st.eval()
+    train, calib, evaluation = corpus.split(n_eval, n_calib, seed=seed)
+    calib_batches = calibration_batches(dense_st.tokenizer, calib, max_tokens)
+    return dense_st, train, calib_batches, evaluation
+
+
 def run(settings=DEFAULT_SETTINGS, *, steps: int = 700, lr: float = 2e-4,
         batch_size: int = 16, max_tokens: int = 128, n_eval: int = 500, n_calib: int = 64,
         seed: int = 0, out: str | os.PathLike = "recover-out", resume: bool = False,
@@ -147,14 +158,12 @@ def run(settings=DEFAULT_SETTINGS, *, steps: int = 700, lr: float = 2e-4,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    dense_st = load_minilm(max_tokens)
-    dense_st.eval()
-    train, calib, evaluation = corpus.split(n_eval, n_calib, seed=seed)
-    calib_batches = calibration_batches(dense_st.tokenizer, calib, max_tokens)
+    dense_st, train, calib_batches, evaluation = load_split(n_eval, n_calib, seed=seed,
+                                                            max_tokens=max_tokens)
     batches = train_batches(dense_st.tokenizer, train, batch_size, max_tokens)
     dense_emb = _encode(dense_st, evaluation)
     print(f"# MiniLM recovery: {len(train)} training texts ({len(batches)} batches of "
-          f"{batch_size}), {len(calib)} calibration, {len(evaluation)} held-out evaluation "
+          f"{batch_size}), {len(calib_batches)} calibration, {len(evaluation)} held-out evaluation "
           f"paragraphs; {torch.get_num_threads()} threads", flush=True)
     results = []
     for name in settings:

@@ -26,8 +26,8 @@ from safetensors.torch import save_file
 from .. import corpus
 from ..pruning import CubicSchedule, PruneConfig, Pruner
 from ..recover import RecoverConfig, distill
-from .minilm import calibration_batches, load_minilm
-from .recovery import _encode, quality, train_batches
+from .minilm import load_minilm
+from .recovery import _encode, load_split, quality, train_batches
 from .timing import interleaved
 
 __all__ = ["run", "table", "time_plan"]
@@ -53,10 +53,8 @@ def run(*, ffn: float = 0.5, heads: float = 0.25, criterion: str = "wanda", step
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    dense_st = load_minilm(max_tokens)
-    dense_st.eval()
-    train, calib, evaluation = corpus.split(n_eval, n_calib, seed=seed)
-    calib_batches = calibration_batches(dense_st.tokenizer, calib, max_tokens)
+    dense_st, train, calib_batches, evaluation = load_split(n_eval, n_calib, seed=seed,
+                                                            max_tokens=max_tokens)
     batches = train_batches(dense_st.tokenizer, train, batch_size, max_tokens)
     dense_emb = _encode(dense_st, evaluation)
 

@@ -54,6 +54,15 @@ def _globs(name, v) -> tuple[str, ...] | None:
     raise TypeError(f"{name} must be a glob string, a sequence of them, or None; got {v!r}")
 
 
+def selects(name: str, include, exclude) -> bool:
+    """Whether ``name`` matches some ``include`` glob (or include is None) and no
+    ``exclude`` glob; each a glob string, a sequence of them, or None."""
+    include, exclude = _globs("include", include), _globs("exclude", exclude)
+    if include is not None and not any(fnmatch.fnmatchcase(name, g) for g in include):
+        return False
+    return not any(fnmatch.fnmatchcase(name, g) for g in exclude or ())
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerSettings:
     """What one selected layer gets after overrides are applied."""
@@ -198,10 +207,7 @@ class PruneConfig:
 
     def selects(self, name: str) -> bool:
         """Whether the module called ``name`` is pruned (include/exclude globs)."""
-        if self.include is not None and not any(fnmatch.fnmatchcase(name, g)
-                                                for g in self.include):
-            return False
-        return not any(fnmatch.fnmatchcase(name, g) for g in self.exclude or ())
+        return selects(name, self.include, self.exclude)
 
     def settings(self, name: str) -> LayerSettings:
         """Pattern, sparsity and density bounds of the layer ``name``."""

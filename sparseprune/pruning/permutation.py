@@ -245,17 +245,13 @@ def permute_for_nm(model, n: int, m: int, *, example_inputs=None, include=None,
     skipped. Returns what was done (groups and carried layers; a carried layer's entry has
     ``group`` = its name and ``consumers`` = (its name,)), and the (layer, reason) of
     skipped layers. Run it before :class:`~sparseprune.Pruner` with an N:M pattern."""
-    import fnmatch
-
     from torch import nn
 
     from ..structured import find_groups, permute
+    from .config import selects
 
     def selected(name: str) -> bool:
-        globs = (include,) if isinstance(include, str) else include
-        ex = (exclude,) if isinstance(exclude, str) else (exclude or ())
-        return (globs is None or any(fnmatch.fnmatchcase(name, g) for g in globs)) and \
-            not any(fnmatch.fnmatchcase(name, g) for g in ex)
+        return selects(name, include, exclude)
 
     if not 1 <= n < m:
         raise ValueError(f"need 1 <= n < m, got {n}:{m}")

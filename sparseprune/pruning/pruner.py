@@ -182,22 +182,12 @@ class Pruner:
                         stats.batches += 1
                 finally:
                     handle.remove()
-            target = {name: self.settings[name].sparsity}
-            if crit == "sparsegpt":
-                self._apply_sparsegpt(target)
-            else:
-                apply_mask(module, module.weight_mask)
-                st = self.settings[name]
-                apply_mask(module, st.pattern.mask(self.layer_scores(name), target[name],
-                                                   per_row=self.config.uses_per_row(
-                                                       st.pattern)))
-                self.targets[name] = target[name]
+            self._apply({name: self.settings[name].sparsity})
             stats.gram = None  # one layer's Hessian at a time
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
-        self._clear_locked_state()
         return self
 
     def _execution_order(self, batch) -> list[str]:
@@ -345,6 +335,7 @@ class Pruner:
         raise ValueError(f"criterion {crit!r} has no separate scores")
 
     def _apply(self, sparsity: dict[str, float]) -> None:
+        """Prunes the layers named in ``sparsity`` to their given sparsity."""
         cfg = self.config
         for m in self.layers.values():
             # Score what the model computes with: weights moved off zero since the last
@@ -353,10 +344,11 @@ class Pruner:
         if cfg.criterion == "sparsegpt":
             self._apply_sparsegpt(sparsity)
             return
-        scores = {n: self.layer_scores(n) for n in self.layers}
+        scores = {n: self.layer_scores(n) for n in sparsity}
         keeps: dict[str, torch.Tensor] = {}
         groups: dict[str, list[str]] = {}
-        for n, st in self.settings.items():
+        for n in sparsity:
+            st = self.settings[n]
             if cfg.scope == "global" and st.pattern.rankable and not st.sparsity_overridden:
                 groups.setdefault(st.pattern.name, []).append(n)
             else:

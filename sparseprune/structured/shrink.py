@@ -60,29 +60,19 @@ def _apply(module: nn.Module, name: str, role: str, keep_idx: torch.Tensor) -> N
         module.num_attention_heads = n // head
         module.all_head_size = n
         return
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Conv2d) and role == "through":  # depthwise: a filter per channel
+        for p in ("weight", "weight_mask", "bias"):
+            _slice_param(module, p, 0, keep_idx)
+        module.in_channels = module.out_channels = module.groups = n
+    elif isinstance(module, (nn.Linear, nn.Conv2d)):
+        out_attr, in_attr = (("out_features", "in_features") if isinstance(module, nn.Linear)
+                             else ("out_channels", "in_channels"))
         dim = 0 if role == "out" else 1
         _slice_param(module, "weight", dim, keep_idx)
         _slice_param(module, "weight_mask", dim, keep_idx)
         if role == "out":
             _slice_param(module, "bias", 0, keep_idx)
-            module.out_features = n
-        else:
-            module.in_features = n
-    elif isinstance(module, nn.Conv2d):
-        if role == "through":  # depthwise: one filter per channel
-            for p in ("weight", "weight_mask", "bias"):
-                _slice_param(module, p, 0, keep_idx)
-            module.in_channels = module.out_channels = module.groups = n
-        else:
-            dim = 0 if role == "out" else 1
-            _slice_param(module, "weight", dim, keep_idx)
-            _slice_param(module, "weight_mask", dim, keep_idx)
-            if role == "out":
-                _slice_param(module, "bias", 0, keep_idx)
-                module.out_channels = n
-            else:
-                module.in_channels = n
+        setattr(module, out_attr if role == "out" else in_attr, n)
     elif isinstance(module, nn.modules.batchnorm._BatchNorm):
         for p in ("weight", "bias", "running_mean", "running_var"):
             _slice_param(module, p, 0, keep_idx)
