@@ -10,6 +10,11 @@ entries set to zero:
 * :func:`lock_optimizer` adds an ``Optimizer.register_step_post_hook`` that zeroes pruned
   weights and their optimizer state (momentum, Adam moments) after every step, so they are
   exactly zero between steps too, whatever the optimizer.
+
+Under FSDP2 (``torch.distributed.fsdp.fully_shard``) the weights are sharded DTensors while
+the masks stay whole on every rank: :func:`mask_` zeroes each rank's shard with the part of
+the mask that covers it, and :func:`full_weight` gathers a weight where a criterion needs
+all of it.
 """
 
 from __future__ import annotations
@@ -20,9 +25,40 @@ import torch
 from torch import nn
 
 __all__ = ["MASK_NAME", "attach_mask", "apply_mask", "has_mask", "remove_masks",
-           "lock_optimizer"]
+           "lock_optimizer", "mask_", "full_weight"]
 
 MASK_NAME = "weight_mask"
+
+try:  # torch.distributed may be built out
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+except ImportError:  # pragma: no cover
+    DTensor = None
+
+
+def is_dtensor(t) -> bool:
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def full_weight(w: torch.Tensor) -> torch.Tensor:
+    """``w`` itself, or all of it gathered when it is a sharded DTensor (a collective: every
+    rank must call it)."""
+    return w.full_tensor() if is_dtensor(w) else w
+
+
+def mask_(t: torch.Tensor, mask: torch.Tensor) -> None:
+    """``t *= mask`` in place, where ``t`` has the mask's (global) shape and may be a DTensor
+    (each rank masks the shard it holds; no communication)."""
+    if not is_dtensor(t):
+        t.mul_(mask)
+        return
+    shape, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+    local = t.to_local()
+    if tuple(local.shape) != tuple(shape):
+        raise RuntimeError(f"sharded weight holds {tuple(local.shape)} locally where its "
+                           f"placements {t.placements} give {tuple(shape)}")
+    part = mask[tuple(slice(o, o + n) for o, n in zip(offset, shape))]
+    local.mul_(part.to(local.device))
 
 
 def has_mask(module: nn.Module) -> bool:
@@ -37,7 +73,7 @@ def _zero_pruned(module: nn.Module, args) -> None:
         # Through .data on purpose: the values only change where an optimizer moved a
         # pruned weight, and bumping the parameter's version would break a backward pass
         # that spans two forwards of this module (shared layers, gradient accumulation).
-        module.weight.data.mul_(mask)
+        mask_(module.weight.data, mask)
 
 
 def attach_mask(module: nn.Module) -> torch.Tensor:
@@ -56,7 +92,7 @@ def apply_mask(module: nn.Module, keep: torch.Tensor) -> None:
     mask = module._buffers[MASK_NAME]
     with torch.no_grad():
         mask.copy_(keep.reshape(mask.shape))
-        module.weight.mul_(mask)
+        mask_(module.weight, mask)
 
 
 def remove_masks(model: nn.Module) -> nn.Module:
@@ -69,7 +105,7 @@ def remove_masks(model: nn.Module) -> nn.Module:
                 module._forward_pre_hooks_with_kwargs.pop(key, None)
         if has_mask(module):
             with torch.no_grad():
-                module.weight.mul_(module._buffers[MASK_NAME])
+                mask_(module.weight, module._buffers[MASK_NAME])
             del module._buffers[MASK_NAME]
     return model
 
@@ -84,10 +120,10 @@ def zero_optimizer_state(optimizer: torch.optim.Optimizer, masked: dict[int, nn.
                 if module is None or not has_mask(module):
                     continue
                 mask = module._buffers[MASK_NAME]
-                p.mul_(mask)
+                mask_(p, mask)
                 for value in optimizer.state.get(p, {}).values():
                     if isinstance(value, torch.Tensor) and value.shape == p.shape:
-                        value.mul_(mask)
+                        mask_(value, mask)
 
 
 def lock_optimizer(optimizer: torch.optim.Optimizer, modules: Iterable[nn.Module]):

@@ -12,7 +12,8 @@ from .. import scores as criteria
 from .allocate import global_keep
 from .calibration import LayerStats, _Recorder, calibrate, feed
 from .config import LayerSettings, PruneConfig
-from .locking import apply_mask, attach_mask, lock_optimizer, remove_masks, zero_optimizer_state
+from .locking import (apply_mask, attach_mask, full_weight, is_dtensor, lock_optimizer,
+                      remove_masks, zero_optimizer_state)
 from .report import LayerReport, format_table, layer_report
 from .sparsegpt import sparsegpt_prune
 from .structured import global_group_keep, group_masks, group_scores, layer_keep
@@ -311,7 +312,7 @@ class Pruner:
             raise KeyError(f"no pruned layer {name!r}; layers: {list(self.layers)}")
         module = self.layers[name]
         crit = self.config.criterion
-        w = module.weight.detach()
+        w = full_weight(module.weight.detach())
         stats = self.stats.get(name)
         if callable(crit):
             s = crit(module, stats)
@@ -367,7 +368,16 @@ class Pruner:
             self.targets[n] = sparsity[n]
         self._clear_locked_state()
 
+    def _check_unsharded(self, what: str) -> None:
+        sharded = [n for n, m in self.layers.items() if is_dtensor(m.weight)]
+        if sharded:
+            raise RuntimeError(f"{what} needs whole weights, but {sharded[0]!r} is sharded "
+                               f"(FSDP): prune before fully_shard(), then lock the masks "
+                               f"(gradual magnitude, wanda and taylor pruning also run on "
+                               f"sharded weights)")
+
     def _apply_structured(self, target) -> None:
+        self._check_unsharded("structured pruning")
         cfg = self.config
         for m in self.layers.values():
             apply_mask(m, m.weight_mask)
@@ -410,6 +420,7 @@ class Pruner:
         self._clear_locked_state()
 
     def _apply_sparsegpt(self, sparsity: dict[str, float]) -> None:
+        self._check_unsharded("criterion 'sparsegpt'")
         for n in sparsity:
             m = self.layers[n]
             stats = self.stats.get(n)
