@@ -263,15 +263,24 @@ class _PackedModule(nn.Module):
         """The dense 2-D weight ``[out, in(*kh*kw)]`` the module computes with."""
         return self.packed_weight().to_dense()
 
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Input dtype and device must be the layer's (checked before any reshaping op, so
+        the error names the layer, not an im2col internal)."""
+        values = getattr(self, self._values_name)
+        if x.dtype != values.dtype:
+            raise TypeError(f"{type(self).__name__}: input is {x.dtype} but the layer is "
+                            f"{values.dtype}")
+        if x.device != values.device:
+            raise RuntimeError(f"{type(self).__name__}: input is on {x.device} but the layer "
+                               f"is on {values.device}; move one of them (.to(device))")
+
     def _sparse_linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         values = getattr(self, self._values_name)
         if values.dtype not in VALUE_DTYPES:
             raise TypeError(f"{type(self).__name__} holds {values.dtype} values; the sparse "
                             f"kernels take float32 or bfloat16, float16 too on CUDA (use .float() or "
                             f".bfloat16())")
-        if x.dtype != values.dtype:
-            raise TypeError(f"{type(self).__name__}: input is {x.dtype} but the layer is "
-                            f"{values.dtype}")
+        self._check_input(x)
         out_f = self.weight_shape[0]
         if self.format == "csr":
             return torch.ops.sparseprune.linear_csr(x, self.row_offsets, self.col_indices,
@@ -473,6 +482,7 @@ class SparseConv2d(_PackedModule):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"SparseConv2d expects input [N, {self.in_channels}, H, W] or "
                              f"[{self.in_channels}, H, W], got {tuple(x.shape)}")
+        self._check_input(x)
         pad = self._pad_amounts()
         if any(pad):
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode

@@ -46,7 +46,11 @@ def _fake_output(op, x, values, bias, out_features):
                       f"got {x.dtype} on {x.device.type}")
     torch._check_type(values.dtype == x.dtype,
                       lambda: f"{op}: weight values are {values.dtype} but x is {x.dtype}")
+    torch._check(values.device == x.device,
+                 lambda: f"{op}: x is on {x.device} but the weight is on {values.device}")
     if bias is not None:
+        torch._check(bias.device == x.device,
+                     lambda: f"{op}: x is on {x.device} but the bias is on {bias.device}")
         torch._check_type(bias.dtype == x.dtype,
                           lambda: f"{op}: bias is {bias.dtype} but x is {x.dtype}")
         torch._check_value(bias.shape == (out_features,),
