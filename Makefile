@@ -21,9 +21,13 @@ pytest: $(VENV)/.built
 	$(PY) -m pytest -q
 
 # Hypothesis fuzzing of every untrusted-input boundary (tests/test_fuzz.py): 3 x 4000 cases;
-# `make test` runs 3 x 40 of them.
+# `make test` runs 3 x 40 of them. Then coverage-guided atheris fuzzing of sp.load on whole
+# checkpoint files (tests/fuzz_atheris.py), ATHERIS_RUNS inputs.
+ATHERIS_RUNS ?= 20000
 fuzz: $(VENV)/.built
 	SPARSEPRUNE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-4000} $(PY) -m pytest -q tests/test_fuzz.py
+	$(PY) -c "import atheris" 2>/dev/null || $(PY) -m pip install -q atheris
+	cd $$(mktemp -d) && $(abspath $(PY)) $(CURDIR)/tests/fuzz_atheris.py -runs=$(ATHERIS_RUNS)
 
 # AddressSanitizer + UBSan: the C++ core and its tests (ctest), then the Python kernel and
 # fuzz tests against a separately built sanitized extension (build/asan; the normal build is
