@@ -40,11 +40,12 @@ def test_every_op_matches_float64(isa, shape, dtype):
                 assert_matches(y, reference(x, dense, b), dtype)
 
 
-@pytest.mark.parametrize("batch", [1, 3, 16, 33, 70])
+@pytest.mark.parametrize("batch", [1, 3, 16, 33, 70, 161])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_large_layers_use_threads_correctly(isa, batch, dtype):
     # big enough to be split across threads, with uneven rows (some empty, some dense);
-    # the batches cover every activation chunk width and ragged tails
+    # the batches cover every activation chunk width and ragged tails; from 128 rows
+    # (2 threads) the batch is split instead of the rows (ops.cpp, run_by_batch)
     torch.manual_seed(batch)
     w = sparse_weight(300, 700, 0.1, dtype=dtype)
     w[7] = torch.randn(700).to(dtype)
@@ -53,7 +54,7 @@ def test_large_layers_use_threads_correctly(isa, batch, dtype):
         assert_matches(packed.linear(x, bias), reference(x, dense, bias), dtype)
 
 
-@pytest.mark.parametrize("batch", [1, 37])
+@pytest.mark.parametrize("batch", [1, 37, 150])
 def test_repeated_calls_and_thread_counts_are_bitwise_identical(isa, batch):
     # every output element is summed by one thread in a fixed order, so neither a second
     # call nor another thread count may change a single bit
