@@ -10,6 +10,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "cpu/dispatch.h"
@@ -120,7 +122,8 @@ struct PackedActivations {
   cpu::XPacked xp;
 };
 
-PackedActivations pack_activations(const cpu::Dense& d, const cpu::XLayout& layout) {
+PackedActivations pack_activations(const cpu::Dense& d, const cpu::XLayout& layout,
+                                   cpu::PackFn pack) {
   PackedActivations out;
   if (layout.lanes == 0 || d.batch == 0) return out;
   out.xp.plan = cpu::plan_x(d.batch, d.in_features, layout);
@@ -132,10 +135,66 @@ PackedActivations pack_activations(const cpu::Dense& d, const cpu::XLayout& layo
   float* xt = out.buf.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(256, kMinParallelWork / std::max<int64_t>(1, d.batch));
   at::parallel_for(0, d.in_features, grain, [&](int64_t c0, int64_t c1) {
-    cpu::pack_x(d, out.xp.plan, xt, c0, c1);
+    pack(d, out.xp.plan, xt, c0, c1);
   });
   out.xp.xt = xt;
   return out;
+}
+
+// With at least one full chunk per thread, the batch is split instead of the rows: each
+// thread packs one chunk of the batch at a time into its own buffer (cache-resident) and
+// runs every row over it, so the packed activations never round-trip through DRAM and no
+// thread waits for a shared packing pass. Measured 1.05-1.5x faster than splitting the
+// rows from batch 64 to 4096 (benchmarks/bench_split.py). Chunks are whole tasks, so an
+// uneven count (3 chunks on 2 threads) would idle a thread: then only from 4 per thread.
+// SPARSEPRUNE_SPLIT=rows|batch forces a split (benchmarks only).
+constexpr int64_t kUnevenChunksPerThread = 4;
+
+// Read at every call (only for batches of two chunks or more, where it costs nothing
+// measurable), so a benchmark can compare both splits in one process.
+int split_override() {
+  const char* env = std::getenv("SPARSEPRUNE_SPLIT");
+  if (env == nullptr || *env == '\0') return 0;
+  if (std::string(env) == "rows") return 1;
+  if (std::string(env) == "batch") return 2;
+  TORCH_CHECK_VALUE(false, "SPARSEPRUNE_SPLIT must be 'rows' or 'batch', got '", env, "'");
+  return 0;
+}
+
+// Runs kernel(dense_part, packed_part, 0, rows) over chunks of the batch in parallel when
+// the batch is large enough (see above); returns false otherwise.
+template <typename Kernel>
+bool run_by_batch(const cpu::Dense& d, const cpu::XLayout& layout, cpu::PackFn pack,
+                  int64_t rows, const Kernel& kernel) {
+  if (layout.lanes == 0 || rows == 0) return false;
+  const int64_t width = layout.lanes * layout.max_vectors;
+  if (d.batch < 2 * width) return false;
+  const int64_t threads = at::get_num_threads();
+  const int mode = split_override();
+  if (mode == 1) return false;
+  const int64_t tasks = (d.batch + width - 1) / width;
+  if (mode == 0 && (threads < 2 || d.batch / width < threads ||
+                    (tasks % threads != 0 && tasks < kUnevenChunksPerThread * threads)))
+    return false;
+  const int64_t elem = d.dtype == cpu::DType::f32 ? 4 : 2;
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    // torch's allocator aligns to 64 bytes: a chunk row must not straddle cache lines.
+    const at::Tensor buf_t = at::empty({width * d.in_features}, at::kFloat);
+    float* buf = buf_t.data_ptr<float>();
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t first = t * width;
+      cpu::Dense part = d;
+      part.batch = std::min(width, d.batch - first);
+      part.x = static_cast<const char*>(d.x) + first * d.in_features * elem;
+      part.y = static_cast<char*>(d.y) + first * d.out_features * elem;
+      cpu::XPacked xp;
+      xp.plan = cpu::plan_x(part.batch, d.in_features, layout);
+      pack(part, xp.plan, buf, 0, d.in_features);
+      xp.xt = buf;
+      kernel(part, xp, 0, rows);
+    }
+  });
+  return true;
 }
 
 template <typename Fn>
@@ -180,7 +239,12 @@ at::Tensor linear_csr_cpu(const at::Tensor& x, const at::Tensor& row_offsets,
   const cpu::Csr w{ro.data_ptr<int64_t>(), ci.data_ptr(), vals.data_ptr(),
                    idx16 ? cpu::IndexType::u16 : cpu::IndexType::i32};
   const cpu::KernelTable& kernels = cpu::active_kernels();
-  const PackedActivations xa = pack_activations(p.dense, kernels.csr_x);
+  if (run_by_batch(p.dense, kernels.csr_x, kernels.pack, out_features,
+                   [&](const cpu::Dense& d, const cpu::XPacked& xp, int64_t r0, int64_t r1) {
+                     kernels.csr(d, w, xp, r0, r1);
+                   }))
+    return finish(p);
+  const PackedActivations xa = pack_activations(p.dense, kernels.csr_x, kernels.pack);
   run_ranges(w.row_offsets, out_features, nnz * p.dense.batch,
              [&](int64_t r0, int64_t r1) { kernels.csr(p.dense, w, xa.xp, r0, r1); });
   return finish(p);
@@ -205,7 +269,12 @@ at::Tensor linear_bsr_cpu(const at::Tensor& x, const at::Tensor& block_row_offse
 
   const cpu::Bsr w{bro.data_ptr<int64_t>(), bci.data_ptr<int32_t>(), blk.data_ptr(), bh, bw};
   const cpu::KernelTable& kernels = cpu::active_kernels();
-  const PackedActivations xa = pack_activations(p.dense, kernels.bsr_x);
+  if (run_by_batch(p.dense, kernels.bsr_x, kernels.pack, block_rows,
+                   [&](const cpu::Dense& d, const cpu::XPacked& xp, int64_t r0, int64_t r1) {
+                     kernels.bsr(d, w, xp, r0, r1);
+                   }))
+    return finish(p);
+  const PackedActivations xa = pack_activations(p.dense, kernels.bsr_x, kernels.pack);
   run_ranges(w.block_row_offsets, block_rows, blk.numel() * p.dense.batch,
              [&](int64_t r0, int64_t r1) { kernels.bsr(p.dense, w, xa.xp, r0, r1); });
   return finish(p);
@@ -240,7 +309,12 @@ at::Tensor linear_nm_cpu(const at::Tensor& x, const at::Tensor& values,
   const cpu::NM w{vals.data_ptr(), meta.data_ptr<uint8_t>(), n, m};
   if (out_features == 0) return finish(p);
   const cpu::KernelTable& kernels = cpu::active_kernels();
-  const PackedActivations xa = pack_activations(p.dense, kernels.nm_x);
+  if (run_by_batch(p.dense, kernels.nm_x, kernels.pack, out_features,
+                   [&](const cpu::Dense& d, const cpu::XPacked& xp, int64_t r0, int64_t r1) {
+                     kernels.nm(d, w, xp, r0, r1);
+                   }))
+    return finish(p);
+  const PackedActivations xa = pack_activations(p.dense, kernels.nm_x, kernels.pack);
   const int64_t threads =
       slots * out_features * p.dense.batch < kMinParallelWork ? 1 : at::get_num_threads();
   const int64_t grain = std::max<int64_t>(1, out_features / threads);

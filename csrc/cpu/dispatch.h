@@ -34,6 +34,7 @@ struct KernelTable {
   XLayout bsr_x;
   NMKernel nm;
   XLayout nm_x;
+  PackFn pack;  // fills the packed activations of every layout above
 };
 
 // Kernels for `isa`; patterns without a kernel for it use the scalar reference.

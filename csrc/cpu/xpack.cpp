@@ -45,18 +45,21 @@ XPlan plan_x(int64_t batch, int64_t in_features, const XLayout& layout) {
   return p;
 }
 
-void pack_x(const Dense& d, const XPlan& plan, float* xt, int64_t col_begin, int64_t col_end) {
-  for (int64_t c = 0; c < plan.chunks(); ++c) {
-    const int64_t first = plan.first_row(c);
-    float* dst = xt + plan.offset(c);
-    if (d.dtype == DType::f32) {
-      pack_chunk(static_cast<const float*>(d.x) + first * d.in_features, d.in_features,
-                 plan.rows(c), plan.width(c), dst, col_begin, col_end);
-    } else {
-      pack_chunk(static_cast<const uint16_t*>(d.x) + first * d.in_features, d.in_features,
-                 plan.rows(c), plan.width(c), dst, col_begin, col_end);
-    }
+void pack_x_chunk(const Dense& d, const XPlan& plan, int64_t c, float* xt, int64_t col_begin,
+                  int64_t col_end) {
+  const int64_t first = plan.first_row(c);
+  float* dst = xt + plan.offset(c);
+  if (d.dtype == DType::f32) {
+    pack_chunk(static_cast<const float*>(d.x) + first * d.in_features, d.in_features,
+               plan.rows(c), plan.width(c), dst, col_begin, col_end);
+  } else {
+    pack_chunk(static_cast<const uint16_t*>(d.x) + first * d.in_features, d.in_features,
+               plan.rows(c), plan.width(c), dst, col_begin, col_end);
   }
+}
+
+void pack_x(const Dense& d, const XPlan& plan, float* xt, int64_t col_begin, int64_t col_end) {
+  for (int64_t c = 0; c < plan.chunks(); ++c) pack_x_chunk(d, plan, c, xt, col_begin, col_end);
 }
 
 }  // namespace cpu

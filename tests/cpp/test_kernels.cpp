@@ -97,14 +97,15 @@ void expect_close(const char* what, Isa isa, const Case& c, const std::vector<T>
 }
 
 // Activations packed the way the kernel asks (as csrc/ops.cpp does), into buf.
-XPacked pack_for(const Dense& d, const XLayout& layout, std::vector<float>& buf) {
+XPacked pack_for(const Dense& d, const XLayout& layout, std::vector<float>& buf,
+                 PackFn pack = pack_x) {
   XPacked xp;
   if (layout.lanes == 0 || d.batch == 0) return xp;
   xp.plan = plan_x(d.batch, d.in_features, layout);
   buf.assign(static_cast<size_t>(xp.plan.floats()), -1.f);
   // two column ranges, as two threads would fill them
-  pack_x(d, xp.plan, buf.data(), 0, d.in_features / 2);
-  pack_x(d, xp.plan, buf.data(), d.in_features / 2, d.in_features);
+  pack(d, xp.plan, buf.data(), 0, d.in_features / 2);
+  pack(d, xp.plan, buf.data(), d.in_features / 2, d.in_features);
   xp.xt = buf.data();
   return xp;
 }
@@ -142,7 +143,7 @@ void run_case(Isa isa, const Case& c, DType dtype) {
                   it == IndexType::u16 ? static_cast<const void*>(c16.data()) : c32.data(),
                   vals.data(), it};
     std::fill(y.begin(), y.end(), T{});
-    const XPacked xp = pack_for(d, k.csr_x, buf);
+    const XPacked xp = pack_for(d, k.csr_x, buf, k.pack);
     k.csr(d, csr, xp, 0, c.out / 2);
     k.csr(d, csr, xp, c.out / 2, c.out);
     expect_close(it == IndexType::u16 ? "csr/u16" : "csr/i32", isa, c, y, ref);
@@ -177,7 +178,7 @@ void run_case(Isa isa, const Case& c, DType dtype) {
     }
     const Bsr bsr{offsets.data(), cols.data(), blocks.data(), bh, bw};
     std::fill(y.begin(), y.end(), T{});
-    const XPacked xp = pack_for(d, k.bsr_x, buf);
+    const XPacked xp = pack_for(d, k.bsr_x, buf, k.pack);
     k.bsr(d, bsr, xp, 0, rb / 2);
     k.bsr(d, bsr, xp, rb / 2, rb);
     expect_close("bsr", isa, c, y, ref);
@@ -221,9 +222,41 @@ void run_nm_case(Isa isa, const Case& c, int64_t n, int64_t m, DType dtype) {
   const Dense d{x.data(), bias.data(), y.data(), c.batch, c.in, c.out, dtype};
   const NM nm{vals.data(), meta.data(), n, m};
   std::vector<float> buf;
-  const XPacked xp = pack_for(d, kernels_for(isa).nm_x, buf);
+  const XPacked xp = pack_for(d, kernels_for(isa).nm_x, buf, kernels_for(isa).pack);
   kernels_for(isa).nm(d, nm, xp, 0, c.out);
   expect_close("nm", isa, c, y, ref);
+}
+
+// Every ISA's packer writes exactly what the portable one does (values and zero padding),
+// for every chunk width, ragged column ranges and both dtypes.
+void test_packers() {
+  const XLayout layouts[] = {{16, 2, 8, true}, {8, 4, 8, true}, {16, 2, 8, false}};
+  for (Isa isa : supported_isas()) {
+    const PackFn pack = kernels_for(isa).pack;
+    for (const XLayout& layout : layouts) {
+      for (int64_t batch : {1, 5, 16, 31, 32, 40, 77, 130}) {
+        for (int64_t in : {1, 15, 16, 17, 70, 300}) {
+          std::vector<float> xf(static_cast<size_t>(batch * in));
+          for (auto& v : xf) v = uniform();
+          std::vector<uint16_t> xb(xf.size());
+          for (size_t i = 0; i < xf.size(); ++i) xb[i] = f32_to_bf16(xf[i]);
+          for (int dt = 0; dt < 2; ++dt) {
+            const Dense d{dt ? static_cast<const void*>(xb.data()) : xf.data(), nullptr,
+                          nullptr, batch, in, 1, dt ? DType::bf16 : DType::f32};
+            const XPlan plan = plan_x(batch, in, layout);
+            std::vector<float> want(static_cast<size_t>(plan.floats()), -1.f), got = want;
+            pack_x(d, plan, want.data(), 0, in);
+            const int64_t mid = in / 3;  // ranges split where two threads would
+            pack(d, plan, got.data(), 0, mid);
+            pack(d, plan, got.data(), mid, in);
+            EXPECT(want == got, "pack %s batch %lld in %lld dtype %d lanes %lld",
+                   isa_name(isa), static_cast<long long>(batch), static_cast<long long>(in),
+                   dt, static_cast<long long>(layout.lanes));
+          }
+        }
+      }
+    }
+  }
 }
 
 void test_dispatch() {
@@ -248,6 +281,7 @@ void test_dispatch() {
 
 int main() {
   test_dispatch();
+  test_packers();
   // batches cover 1, one partial vector, 1/2/4-vector chunks and ragged tails
   const std::vector<Case> cases{{1, 1, 1, 1.0},     {3, 7, 13, 0.5},    {5, 13, 17, 0.3},
                                 {1, 96, 40, 0.1},   {17, 33, 129, 0.2}, {2, 64, 1000, 0.05},
