@@ -23,6 +23,7 @@ import os
 import torch
 from torch import nn
 
+from .activations import ACTIVATIONS, redo_fusion
 from .formats import BSRWeight, CSRWeight, FormatError, NMWeight, PackedWeight
 from .nn import SparseConv2d, SparseLinear
 
@@ -48,6 +49,9 @@ def _layer_meta(module) -> dict:
         meta["block"] = list(module.blocks.shape[1:])
     if getattr(module, "input_perm", None) is not None:
         meta["input_perm"] = True
+    if getattr(module, "activation", None) is not None:
+        meta["activation"] = module.activation
+        meta["fused_from"] = module.fused_from
     if isinstance(module, SparseConv2d):
         meta.update(in_channels=module.in_channels, kernel_size=list(module.kernel_size),
                     stride=list(module.stride), dilation=list(module.dilation),
@@ -128,7 +132,11 @@ class Checkpoint:
                 perm = self.state_dict.get(_key(name, "input_perm")) \
                     if meta.get("input_perm") else None
                 new = SparseLinear(packed, bias, pattern=meta["pattern"],
-                                   input_perm=None if perm is None else perm.to(packed.device))
+                                   input_perm=None if perm is None else perm.to(packed.device),
+                                   activation=meta.get("activation"))
+                if meta.get("fused_from") is not None:
+                    redo_fusion(model, name, meta["activation"], meta["fused_from"])
+                    new.fused_from = meta["fused_from"]
             else:
                 new = SparseConv2d(packed, bias, in_channels=meta["in_channels"],
                                    kernel_size=meta["kernel_size"], stride=meta["stride"],
@@ -201,6 +209,12 @@ def _check_layer_meta(name, meta):
         fail("bias must be a bool and pattern a string")
     if meta["format"] == "nm" and not all(isinstance(meta.get(k), int) for k in ("n", "m")):
         fail("an N:M layer needs int n and m")
+    if "activation" in meta:
+        if meta["class"] != "SparseLinear" or meta["activation"] not in ACTIVATIONS:
+            fail(f"activation must be one of {ACTIVATIONS} on a SparseLinear, got "
+                 f"{meta['activation']!r}")
+        if meta.get("fused_from") is not None and not isinstance(meta["fused_from"], str):
+            fail(f"fused_from must be a module name, got {meta['fused_from']!r}")
     if meta["class"] == "SparseConv2d":
         for key in ("in_channels", "kernel_size", "stride", "dilation", "padding",
                     "padding_mode"):

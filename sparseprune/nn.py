@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops  # noqa: F401  (registers fake kernels + autograd for the ops used below)
+from .activations import ACTIVATIONS, apply_activation, fuse_activations
 from .formats import (VALUE_DTYPES, BSRWeight, CSRWeight, FormatError, NMWeight, PackedWeight,
                       pack)
 
@@ -328,11 +329,18 @@ class SparseLinear(_PackedModule):
 
     def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None, *,
                  pattern: str | None = None, requires_grad: bool = True,
-                 input_perm: torch.Tensor | None = None):
+                 input_perm: torch.Tensor | None = None, activation: str | None = None):
         super().__init__()
         if not isinstance(packed, PackedWeight):
             raise TypeError(f"packed must be a CSRWeight, BSRWeight or NMWeight, got "
                             f"{type(packed).__name__}")
+        if activation is not None and activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be None or one of {ACTIVATIONS}, got "
+                             f"{activation!r}")
+        # Applied to the product's output (in place when autograd is off); fused_from names
+        # the module a fusion replaced (sparseprune.activations).
+        self.activation = activation
+        self.fused_from: str | None = None
         self.out_features, self.in_features = packed.shape
         self._set_packed(packed, pattern or _format_pattern(packed), requires_grad)
         if input_perm is not None:
@@ -376,12 +384,13 @@ class SparseLinear(_PackedModule):
                              f"{tuple(x.shape)}")
         if self.input_perm is not None:
             x = x.index_select(-1, self.input_perm)
-        return self._sparse_linear(x, self.bias)
+        return apply_activation(self._sparse_linear(x, self.bias), self.activation)
 
     def extra_repr(self) -> str:
         perm = ", input_perm" if self.input_perm is not None else ""
+        act = f", activation={self.activation}" if self.activation else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, {self._sparse_repr()}{perm}")
+                f"bias={self.bias is not None}, {self._sparse_repr()}{perm}{act}")
 
 
 def check_permutation(perm, size: int, what: str) -> torch.Tensor:
@@ -527,6 +536,7 @@ class SwapRecord:
     dense_bytes: int = 0  # the dense weight's bytes
     sparse_bytes: int = 0  # the packed tensors' bytes (equal to dense_bytes when not swapped)
     reason: str = ""  # why a layer was left dense
+    activation: str | None = None  # fused into the layer (fuse_activations=True)
 
 
 @dataclasses.dataclass
@@ -567,6 +577,8 @@ class SparsifyReport:
                  f"{self.bytes_saved:,})"]
         for r in self.layers:
             what = (f"{r.format} ({r.pattern})" if r.swapped else f"kept dense: {r.reason}")
+            if r.activation:
+                what += f" + fused {r.activation}"
             lines.append(f"  {r.name}: {r.kind} {r.shape}, {r.sparsity:.1%} zeros, {what}")
         return "\n".join(lines)
 
@@ -581,13 +593,21 @@ def _matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+_fuse = fuse_activations  # sparsify's keyword of the same name shadows it
+
+
 def sparsify(model: nn.Module, format: str = "auto", *, min_sparsity: float = 0.5,
              include: str | Iterable[str] | None = None,
              exclude: str | Iterable[str] | None = None,
              on_layer: Callable[[SwapRecord], None] | None = None,
-             **format_kwargs) -> SparsifyReport:
+             fuse_activations: bool = True, **format_kwargs) -> SparsifyReport:
     """Swaps, in place, every ``nn.Linear`` / ``nn.Conv2d`` whose weight has at least
     ``min_sparsity`` exact zeros for a :class:`SparseLinear` / :class:`SparseConv2d`.
+
+    ``fuse_activations``: a ReLU/GELU that directly follows a swapped Linear (next in an
+    ``nn.Sequential``, or the ``intermediate_act_fn`` of an HF ``*Intermediate`` block) moves
+    into the layer, which applies it in place on its fresh output
+    (:mod:`sparseprune.activations`); its old place holds an ``nn.Identity``.
 
     ``include`` / ``exclude``: fnmatch patterns on module names (as in ``PruneConfig``).
     ``format`` and ``format_kwargs`` (``block=``, ``n=``, ``m=``) go to ``from_linear`` /
@@ -632,4 +652,8 @@ def sparsify(model: nn.Module, format: str = "auto", *, min_sparsity: float = 0.
         records.append(rec)
         if on_layer is not None:
             on_layer(rec)
+    if fuse_activations:
+        fused = _fuse(model)
+        for rec in records:
+            rec.activation = fused.get(rec.name)
     return SparsifyReport(model, records)

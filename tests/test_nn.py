@@ -395,6 +395,10 @@ def test_sparsify_transformers_bert():
     assert len(report.swapped) == 12 and all(r.name.startswith("encoder.layer.")
                                              for r in report.swapped)
     assert [r.name for r in report.skipped] == ["pooler.dense"]
+    # each layer's FFN GELU (transformers' GELUActivation) is fused into its dense layer
+    assert {r.name for r in report.layers if r.activation == "gelu"} == {
+        f"encoder.layer.{i}.intermediate.dense" for i in range(2)}
+    assert isinstance(model.encoder.layer[0].intermediate.intermediate_act_fn, nn.Identity)
     ids = torch.randint(0, 64, (2, 9))
     with torch.inference_mode():
         torch.testing.assert_close(model(input_ids=ids).last_hidden_state,
