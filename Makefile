@@ -40,11 +40,12 @@ sanitize: $(VENV)/.built
 	ctest --test-dir build/cmake-asan --output-on-failure
 	SPARSEPRUNE_SANITIZE=1 SPARSEPRUNE_CUDA=0 $(PY) setup.py -q build_ext \
 		--build-lib build/asan/lib --build-temp build/asan/tmp
-	cp -r sparseprune/*.py sparseprune/pruning sparseprune/bench build/asan/lib/sparseprune/
+	cp -r sparseprune/*.py sparseprune/pruning sparseprune/bench sparseprune/structured \
+		build/asan/lib/sparseprune/
 	LD_PRELOAD=$(ASAN_LIBS) ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 \
 		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		$(PY) benchmarks/run_sanitized.py tests/test_ops.py tests/test_fuzz.py \
-		tests/test_formats.py tests/test_threads.py
+		tests/test_formats.py tests/test_threads.py tests/test_edge_cases.py
 
 # The kernel core and its C++ tests without Python; .cu files compile-checked when nvcc exists.
 ctest:

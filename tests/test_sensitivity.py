@@ -217,3 +217,14 @@ def test_prune_cli_with_a_yaml_config(tmp_path):
     assert (out / "model.safetensors").stat().st_size == res["checkpoint_bytes"]
     (tmp_path / "bad.yaml").write_text("pattern: 2:4\nbogus: 1\n")
     assert main(["prune", "--config", str(tmp_path / "bad.yaml"), "--out", str(out)]) == 2
+
+
+def test_plan_cli_parses_candidates():
+    from sparseprune.bench.cli import parse_candidates
+    from sparseprune.pruning.sensitivity import Candidate
+
+    assert parse_candidates("60%, 2:4,16x16@80%") == (
+        Candidate("unstructured", 0.6), Candidate("2:4"), Candidate("block:16x16", 0.8))
+    for bad in ("", "x", "150%", "0%", "16x16", "2:4:8"):
+        with pytest.raises(ValueError, match="--candidates"):
+            parse_candidates(bad)

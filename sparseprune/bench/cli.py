@@ -157,6 +157,9 @@ def add_parsers(sub) -> None:
     pl.add_argument("--plan-paragraphs", type=int, default=96)
     pl.add_argument("--eval", type=int, default=500)
     pl.add_argument("--rounds", type=int, default=15)
+    pl.add_argument("--candidates", default="50%,70%,90%,2:4,16x16@50%,16x16@80%",
+                    help="per-layer choices, comma-separated: unstructured 'NN%%', N:M 'n:m', "
+                    "blocks 'BHxBW@NN%%' (default: %(default)s)")
     pl.add_argument("--out", default="plan-out")
     pl.add_argument("--no-progress", action="store_true")
     pl.set_defaults(handler=run_plan)
@@ -321,10 +324,41 @@ def run_plan(args, parser=None) -> int:
     from .autoplan import run
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    run(min_cosine=args.min_cosine, criterion=args.criterion, batch=args.batch, seq=args.seq, layers=args.layers,
-        n_plan=args.plan_paragraphs, n_eval=args.eval, rounds=args.rounds, out=args.out,
-        progress=not args.no_progress)
+    try:
+        candidates = parse_candidates(args.candidates)
+    except ValueError as e:
+        if parser is not None:
+            parser.error(str(e))
+        print(f"sparseprune plan: error: {e}", file=sys.stderr)
+        return 2
+    run(min_cosine=args.min_cosine, criterion=args.criterion, batch=args.batch, seq=args.seq,
+        layers=args.layers, n_plan=args.plan_paragraphs, n_eval=args.eval, rounds=args.rounds,
+        out=args.out, progress=not args.no_progress, candidates=candidates)
     return 0
+
+
+def parse_candidates(text: str):
+    """'50%,2:4,16x16@80%' -> sensitivity Candidates; ValueError naming the valid forms."""
+    import re
+
+    from ..pruning.sensitivity import Candidate
+
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        if m := re.fullmatch(r"(\d+(?:\.\d+)?)%", item):
+            c = Candidate("unstructured", float(m[1]) / 100)
+        elif m := re.fullmatch(r"(\d+):(\d+)", item):
+            c = Candidate(item)
+        elif m := re.fullmatch(r"(\d+)x(\d+)@(\d+(?:\.\d+)?)%", item):
+            c = Candidate(f"block:{m[1]}x{m[2]}", float(m[3]) / 100)
+        else:
+            raise ValueError(f"--candidates: {item!r} is not 'NN%', 'n:m' or 'BHxBW@NN%'")
+        if c.sparsity is not None and not 0 < c.sparsity < 1:
+            raise ValueError(f"--candidates: {item!r} needs a sparsity between 0% and 100%")
+        out.append(c)
+    if not out:
+        raise ValueError("--candidates: give at least one")
+    return tuple(out)
 
 
 def run_prune(args, parser=None) -> int:
