@@ -16,24 +16,12 @@ import torch
 import torch.nn.functional as F
 
 import sparseprune as sp
+from sparseprune.bench import sweep
+from sparseprune.bench.shapes import PATTERNS
 from sparseprune.bench.timing import interleaved
 
 SHAPES = [(384, 384), (1536, 384), (384, 1536), (3072, 768), (768, 3072), (4096, 4096)]
-PATTERNS = ["90%", "50%", "2:4", "16x16@80%"]
-
-
-def pack(w: torch.Tensor, pattern: str):
-    scores = w.abs()
-    if pattern.endswith("%") and "@" not in pattern:
-        keep = sp.masks.unstructured(scores, float(pattern[:-1]) / 100)
-        return sp.CSRWeight.from_dense(w * keep)
-    if ":" in pattern:
-        n, m = map(int, pattern.split(":"))
-        return sp.NMWeight.from_dense(w * sp.masks.n_m(scores, n, m), n, m)
-    block, sparsity = pattern.split("@")
-    bh, bw = map(int, block.split("x"))
-    keep = sp.masks.block(scores, float(sparsity[:-1]) / 100, block=(bh, bw))
-    return sp.BSRWeight.from_dense(w * keep, (bh, bw))
+SPLIT_PATTERNS = ["90%", "50%", "2:4", "16x16@80%"]
 
 
 def with_split(mode, fn):
@@ -61,8 +49,8 @@ def main() -> None:
     for out_f, in_f in SHAPES:
         w = torch.randn(out_f, in_f)
         bias = torch.randn(out_f)
-        for pattern in PATTERNS:
-            packed = pack(w, pattern)
+        for pattern in SPLIT_PATTERNS:
+            packed = sweep.pack(sweep.prune(w, PATTERNS[pattern]), PATTERNS[pattern])
             for batch in map(int, args.batches.split(",")):
                 if batch * max(out_f, in_f) > 4096 * 1536:
                     continue  # keeps the big layers' runs short
