@@ -186,6 +186,26 @@ void pack_x_chunk(const Dense& d, const XPlan& plan, int64_t c, float* xt, int64
 void pack_x_avx512(const Dense& d, const XPlan& plan, float* xt, int64_t col_begin,
                    int64_t col_end);
 
+namespace {  // internal linkage, as above
+
+// Calls pack(x_rows, rows, width, xt_chunk) for chunk c of the plan, x_rows typed by the
+// dtype (const float*, or const uint16_t* holding bf16 bits): the part every packer shares.
+template <typename Pack>
+inline void with_chunk(const Dense& d, const XPlan& plan, int64_t c, float* xt,
+                       const Pack& pack) {
+  const int64_t first = plan.first_row(c);
+  float* dst = xt + plan.offset(c);
+  if (d.dtype == DType::f32) {
+    pack(static_cast<const float*>(d.x) + first * d.in_features, plan.rows(c), plan.width(c),
+         dst);
+  } else {
+    pack(static_cast<const uint16_t*>(d.x) + first * d.in_features, plan.rows(c),
+         plan.width(c), dst);
+  }
+}
+
+}  // namespace
+
 // Packed activations handed to a kernel; xt is null for kernels that read x directly.
 struct XPacked {
   const float* xt = nullptr;

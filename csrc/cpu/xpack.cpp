@@ -47,15 +47,9 @@ XPlan plan_x(int64_t batch, int64_t in_features, const XLayout& layout) {
 
 void pack_x_chunk(const Dense& d, const XPlan& plan, int64_t c, float* xt, int64_t col_begin,
                   int64_t col_end) {
-  const int64_t first = plan.first_row(c);
-  float* dst = xt + plan.offset(c);
-  if (d.dtype == DType::f32) {
-    pack_chunk(static_cast<const float*>(d.x) + first * d.in_features, d.in_features,
-               plan.rows(c), plan.width(c), dst, col_begin, col_end);
-  } else {
-    pack_chunk(static_cast<const uint16_t*>(d.x) + first * d.in_features, d.in_features,
-               plan.rows(c), plan.width(c), dst, col_begin, col_end);
-  }
+  with_chunk(d, plan, c, xt, [&](const auto* x, int64_t rows, int64_t width, float* dst) {
+    pack_chunk(x, d.in_features, rows, width, dst, col_begin, col_end);
+  });
 }
 
 void pack_x(const Dense& d, const XPlan& plan, float* xt, int64_t col_begin, int64_t col_end) {

@@ -74,15 +74,9 @@ void pack_x_avx512(const Dense& d, const XPlan& plan, float* xt, int64_t col_beg
       pack_x_chunk(d, plan, c, xt, col_begin, col_end);
       continue;
     }
-    const int64_t first = plan.first_row(c);
-    float* dst = xt + plan.offset(c);
-    if (d.dtype == DType::f32) {
-      pack_chunk(static_cast<const float*>(d.x) + first * d.in_features, d.in_features,
-                 plan.rows(c), plan.width(c), dst, col_begin, col_end);
-    } else {
-      pack_chunk(static_cast<const uint16_t*>(d.x) + first * d.in_features, d.in_features,
-                 plan.rows(c), plan.width(c), dst, col_begin, col_end);
-    }
+    with_chunk(d, plan, c, xt, [&](const auto* x, int64_t rows, int64_t width, float* dst) {
+      pack_chunk(x, d.in_features, rows, width, dst, col_begin, col_end);
+    });
   }
 }
 
