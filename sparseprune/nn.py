@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops  # noqa: F401  (registers fake kernels + autograd for the ops used below)
-from .activations import ACTIVATIONS, apply_activation, fuse_activations
+from . import activations
+from .activations import ACTIVATIONS, apply_activation
 from .formats import (VALUE_DTYPES, BSRWeight, CSRWeight, FormatError, NMWeight, PackedWeight,
                       pack)
 
@@ -593,9 +594,6 @@ def _matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-_fuse = fuse_activations  # sparsify's keyword of the same name shadows it
-
-
 def sparsify(model: nn.Module, format: str = "auto", *, min_sparsity: float = 0.5,
              include: str | Iterable[str] | None = None,
              exclude: str | Iterable[str] | None = None,
@@ -653,7 +651,7 @@ def sparsify(model: nn.Module, format: str = "auto", *, min_sparsity: float = 0.
         if on_layer is not None:
             on_layer(rec)
     if fuse_activations:
-        fused = _fuse(model)
+        fused = activations.fuse_activations(model)
         for rec in records:
             rec.activation = fused.get(rec.name)
     return SparsifyReport(model, records)
