@@ -14,6 +14,37 @@ import sparseprune as sp
 STEPS = 40
 
 
+def train_locked(pruner, model, target, opt, world: int, gen, *, steps: int = STEPS,
+                 full=lambda t: t, optimizer_state: bool = False):
+    """The shared loop of the distributed tests: ``steps`` of schedule step + MSE towards
+    ``target`` + optimizer step on every rank. After each step the masks are compared across
+    ranks and the pruned weights counted (``full`` gathers a sharded tensor; with
+    ``optimizer_state`` the optimizer's per-entry state of pruned weights is counted too).
+    Returns (losses, mask mismatches, nonzero pruned entries)."""
+    losses, mask_mismatch, nonzero_pruned = [], 0, 0
+    for _ in range(steps):
+        pruner.step()
+        x = torch.randn(32, 24, generator=gen)
+        with torch.no_grad():
+            y = target(x)
+        loss = nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        for name, keep in pruner.masks.items():
+            gathered = [torch.empty_like(keep) for _ in range(world)]
+            dist.all_gather(gathered, keep.contiguous())
+            mask_mismatch += sum(not torch.equal(g, gathered[0]) for g in gathered)
+            w = pruner.layers[name].weight
+            nonzero_pruned += int(torch.count_nonzero(full(w)[~keep]))
+            if optimizer_state:  # e.g. Adam moments of pruned weights: zero too
+                for state in opt.state[w].values():
+                    if isinstance(state, torch.Tensor) and state.shape == w.shape:
+                        nonzero_pruned += int(torch.count_nonzero(full(state)[~keep]))
+    return losses, mask_mismatch, nonzero_pruned
+
+
 def _worker(rank: int, world: int, init_file: str, out: str):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
@@ -30,22 +61,8 @@ def _worker(rank: int, world: int, init_file: str, out: str):
         opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
         pruner.lock(opt)
         gen = torch.Generator().manual_seed(100 + rank)  # each rank its own data
-        losses, mask_mismatch, nonzero_pruned = [], 0, 0
-        for _ in range(STEPS):
-            pruner.step()
-            x = torch.randn(32, 24, generator=gen)
-            with torch.no_grad():
-                y = target(x)
-            loss = nn.functional.mse_loss(ddp(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            for name, keep in pruner.masks.items():
-                gathered = [torch.empty_like(keep) for _ in range(world)]
-                dist.all_gather(gathered, keep.contiguous())
-                mask_mismatch += sum(not torch.equal(g, gathered[0]) for g in gathered)
-                nonzero_pruned += int(torch.count_nonzero(pruner.layers[name].weight[~keep]))
+        losses, mask_mismatch, nonzero_pruned = train_locked(pruner, ddp, target, opt, world,
+                                                             gen)
         density = [m.float().mean().item() for m in pruner.masks.values()]
         weights = [p.detach().clone() for p in model.parameters()]
         gathered_w = [[torch.empty_like(w) for _ in range(world)] for w in weights]

@@ -12,7 +12,7 @@ from torch import nn
 
 import sparseprune as sp
 
-STEPS = 40
+from .test_distributed import train_locked
 
 
 def _worker(rank: int, world: int, init_file: str, out: str, mode: str):
@@ -58,27 +58,11 @@ def _worker(rank: int, world: int, init_file: str, out: str, mode: str):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         pruner.lock(opt)
         gen = torch.Generator().manual_seed(100 + rank)  # each rank its own data
-        losses, mask_mismatch, nonzero_pruned, sharded = [], 0, 0, True
-        for _ in range(STEPS):
-            pruner.step()
-            x = torch.randn(32, 24, generator=gen)
-            with torch.no_grad():
-                y = target(x)
-            loss = nn.functional.mse_loss(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            for name, keep in pruner.masks.items():
-                gathered = [torch.empty_like(keep) for _ in range(world)]
-                dist.all_gather(gathered, keep.contiguous())
-                mask_mismatch += sum(not torch.equal(g, gathered[0]) for g in gathered)
-                w = pruner.layers[name].weight
-                sharded &= isinstance(w, torch.distributed.tensor.DTensor)
-                nonzero_pruned += int(torch.count_nonzero(w.full_tensor()[~keep]))
-                for state in opt.state[w].values():  # Adam moments of pruned weights: zero
-                    if isinstance(state, torch.distributed.tensor.DTensor):
-                        nonzero_pruned += int(torch.count_nonzero(state.full_tensor()[~keep]))
+        losses, mask_mismatch, nonzero_pruned = train_locked(
+            pruner, model, target, opt, world, gen, full=lambda t: t.full_tensor(),
+            optimizer_state=True)
+        sharded = all(isinstance(m.weight, torch.distributed.tensor.DTensor)
+                      for m in pruner.layers.values())
         density = [m.float().mean().item() for m in pruner.masks.values()]
         if mode == "2:4":
             full = [pruner.layers[n].weight.full_tensor() for n in pruner.masks]
