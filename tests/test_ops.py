@@ -54,6 +54,31 @@ def test_large_layers_use_threads_correctly(isa, batch, dtype):
         assert_matches(packed.linear(x, bias), reference(x, dense, bias), dtype)
 
 
+@pytest.mark.parametrize("path", ["tiles", "batched"])
+@pytest.mark.parametrize("batch", [1, 5, 8, 13, 40, 161])
+def test_both_nm_paths_match_float64(isa, path, batch, monkeypatch):
+    # fp32 N:M with m dividing 16 runs the row-tile kernel from batch 8 (ops.cpp,
+    # run_nm_tiles) and the batched body otherwise: force each on every batch; the shape
+    # spans two 16-row tiles plus a ragged one and windows with a masked tail
+    monkeypatch.setenv("SPARSEPRUNE_NM", path)
+    torch.manual_seed(batch)
+    w = sparse_weight(37, 300, 0.6)
+    x, bias = torch.randn(batch, 300), torch.randn(37)
+    for n, m in [(2, 4), (1, 4), (2, 8), (4, 8), (1, 2), (5, 16), (3, 7)]:
+        wn = w * sp.masks.n_m(w.abs(), n, m)
+        packed = sp.NMWeight.from_dense(wn, n, m)
+        assert_matches(packed.linear(x, bias), reference(x, wn, bias), torch.float32)
+        y3 = packed.linear(x.view(1, batch, 300))
+        assert_matches(y3, reference(x, wn, None).view(1, batch, 37), torch.float32)
+
+
+def test_nm_path_override_is_checked(monkeypatch):
+    monkeypatch.setenv("SPARSEPRUNE_NM", "fastest")
+    w = sp.NMWeight.from_dense(torch.randn(16, 32) * sp.masks.n_m(torch.rand(16, 32), 2, 4), 2, 4)
+    with pytest.raises(ValueError, match="SPARSEPRUNE_NM"):
+        w.linear(torch.randn(20, 32))
+
+
 @pytest.mark.parametrize("batch", [1, 37, 150])
 def test_repeated_calls_and_thread_counts_are_bitwise_identical(isa, batch):
     # every output element is summed by one thread in a fixed order, so neither a second

@@ -35,6 +35,7 @@ struct KernelTable {
   NMKernel nm;
   XLayout nm_x;
   PackFn pack;  // fills the packed activations of every layout above
+  NMTilesKernel nm_tiles;  // null where the ISA has none
 };
 
 // Kernels for `isa`; patterns without a kernel for it use the scalar reference.

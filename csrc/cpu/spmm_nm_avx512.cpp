@@ -17,6 +17,7 @@ namespace {
 #include "cpu/vec_avx512.h"
 #include "cpu/load_avx512.h"
 #include "cpu/batched.h"
+#include "cpu/transpose_avx512.h"
 
 // Per-call constants of the decoder for a given n:m.
 struct Decoder {
@@ -196,7 +197,146 @@ void nm_avx512(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin
   });
 }
 
+// ---- Row tiles: vectorized over 16 output rows (fp32, m divides 16) ----
+//
+// The batched body above does one activation load per FMA (the weight is broadcast), so it
+// is bound by the load ports at about half of FMA peak. Here a vector holds 16 output rows
+// of one batch row instead. When m divides 16, every slot of a 16-column window of x
+// (16 / m whole groups) draws its input from that window, so one load of x[b, 16w ..
+// 16w + 16) feeds S = 16 n / m slots: each is one in-register permute (vpermps, by the
+// slot's column in the window) and one FMA with the 16 rows' values of that slot.
+//
+// The rows' values and decoded columns are transposed into slot-major order, [slot][16
+// rows], once per call, and blocked like a GEMM so that this copy is reused by the whole
+// batch: a panel of rows x a block of windows is transposed (its copy stays in L2), then
+// for each block of batch rows (x of the column block in L2) every tile of the panel runs
+// over the batch block with its part of the copy in L1. Partial sums go through y.
+
+// Bytes of one tile's transposed copy for a column block (values and columns): L1-sized.
+constexpr int64_t kTileBlockBytes = 16 << 10;
+// The panel's copy (L2) and the batch block's x for one column block (L2).
+constexpr int64_t kPanelBytes = 384 << 10, kBatchBlockBytes = 256 << 10;
+
+// Slot-major copy of slots [s_begin, s_end) (s_begin a multiple of 16) of rows
+// [r0, r0 + rows) (rows <= 16): tv[s][i] = value of slot s_begin + s of row r0 + i, ti[s][i]
+// its input column (only the low 4 bits are used). Slots past the row's end and rows past
+// `rows` get value 0 and column 15, a lane of the last window that lies past in_features
+// whenever such padding slots exist, so x there is a masked 0. Writes whole 16-slot steps.
+void build_tile(const Decoder& dc, const NM& w, int64_t r0, int64_t rows, int64_t s_begin,
+                int64_t s_end, float* tv, int32_t* ti) {
+  const float* vals = static_cast<const float*>(w.values);
+  const __m512i pad_col = _mm512_set1_epi32(15);
+  for (int64_t s0 = s_begin; s0 < s_end; s0 += 16) {
+    const __mmask16 k = lanes_left(dc.slots - s0);
+    __m512 v[16], c[16];
+    for (int i = 0; i < 16; ++i) {
+      if (i < rows && k) {
+        const int64_t r = r0 + i;
+        v[i] = _mm512_maskz_loadu_ps(k, vals + r * dc.slots + s0);
+        const __m512i cols =
+            decode16(dc, w.metadata + r * dc.row_bytes, s0, s0 / dc.n, s0 % dc.n);
+        c[i] = _mm512_castsi512_ps(_mm512_mask_mov_epi32(pad_col, k, cols));
+      } else {
+        v[i] = _mm512_setzero_ps();
+        c[i] = _mm512_castsi512_ps(pad_col);
+      }
+    }
+    transpose16(v);
+    transpose16(c);
+    const int64_t o = (s0 - s_begin) * 16;
+    for (int j = 0; j < 16; ++j) {
+      _mm512_storeu_ps(tv + o + j * 16, v[j]);
+      _mm512_storeu_ps(reinterpret_cast<float*>(ti + o + j * 16), c[j]);
+    }
+  }
+}
+
+// y[b, 0..16) (masked by ymask) for BT consecutive batch rows over `windows` windows of x
+// (the last one masked by last_window), starting from init or, with `accumulate`, from y.
+// Accumulators and the BT windows of x stay in registers (2 BT + 3 of the 32).
+template <int BT>
+inline void tile_batch(const float* x, int64_t in, int64_t windows, int64_t S, const float* tv,
+                       const int32_t* ti, __m512 init, bool accumulate, float* y, int64_t ldy,
+                       __mmask16 ymask, __mmask16 last_window) {
+  __m512 acc[BT];
+  for (int b = 0; b < BT; ++b)
+    acc[b] = accumulate ? _mm512_maskz_loadu_ps(ymask, y + b * ldy) : init;
+  for (int64_t wi = 0; wi < windows; ++wi) {
+    const __mmask16 k = wi + 1 < windows ? __mmask16(0xFFFF) : last_window;
+    __m512 xv[BT];
+    for (int b = 0; b < BT; ++b) xv[b] = _mm512_maskz_loadu_ps(k, x + b * in + wi * 16);
+    const float* vv = tv + wi * S * 16;
+    const int32_t* ii = ti + wi * S * 16;
+    for (int64_t j = 0; j < S; ++j) {
+      const __m512 v = _mm512_loadu_ps(vv + j * 16);
+      const __m512i id = _mm512_loadu_si512(ii + j * 16);
+      for (int b = 0; b < BT; ++b)
+        acc[b] = _mm512_fmadd_ps(_mm512_permutexvar_ps(id, xv[b]), v, acc[b]);
+    }
+  }
+  for (int b = 0; b < BT; ++b) _mm512_mask_storeu_ps(y + b * ldy, ymask, acc[b]);
+}
+
+int64_t gcd64(int64_t a, int64_t b) { return b == 0 ? a : gcd64(b, a % b); }
+
 }  // namespace
+
+void spmm_nm_tiles_avx512(const Dense& d, const NM& w, int64_t row_begin, int64_t row_end) {
+  Decoder dc;
+  make_decoder(dc, w, d.in_features);
+  const int64_t in = d.in_features;
+  const int64_t S = 16 / w.m * w.n;  // slots per 16-column window
+  const int64_t windows = (in + 15) / 16;
+  // Windows per column block: the tile's copy within kTileBlockBytes, and a whole number
+  // of 16-slot steps so that every block's decoding starts aligned.
+  const int64_t step = 16 / gcd64(S, 16);
+  const int64_t block_windows =
+      std::min(windows, std::max(step, kTileBlockBytes / (S * 16 * 8) / step * step));
+  const int64_t block_slots = (block_windows * S + 15) / 16 * 16;
+  const int64_t tile_floats = block_slots * 16;
+  const int64_t panel_tiles = std::max<int64_t>(1, kPanelBytes / (tile_floats * 8));
+  const int64_t batch_block =
+      std::max<int64_t>(12, kBatchBlockBytes / (block_windows * 64) / 12 * 12);
+  Scratch<float> tv(panel_tiles * tile_floats);
+  Scratch<int32_t> ti(panel_tiles * tile_floats);
+  const float* x = static_cast<const float*>(d.x);
+  const float* bias = static_cast<const float*>(d.bias);
+  float* y = static_cast<float*>(d.y);
+  for (int64_t p0 = row_begin; p0 < row_end; p0 += panel_tiles * 16) {
+    const int64_t p1 = std::min(row_end, p0 + panel_tiles * 16);
+    for (int64_t w0 = 0; w0 < windows; w0 += block_windows) {
+      const int64_t wn = std::min(block_windows, windows - w0);
+      const __mmask16 last = w0 + wn < windows ? __mmask16(0xFFFF)
+                                               : lanes_left(in - (windows - 1) * 16);
+      for (int64_t r0 = p0, t = 0; r0 < p1; r0 += 16, ++t)
+        build_tile(dc, w, r0, std::min<int64_t>(16, p1 - r0), w0 * S, (w0 + wn) * S,
+                   tv.data() + t * tile_floats, ti.data() + t * tile_floats);
+      for (int64_t b0 = 0; b0 < d.batch; b0 += batch_block) {
+        const int64_t b1 = std::min(d.batch, b0 + batch_block);
+        for (int64_t r0 = p0, t = 0; r0 < p1; r0 += 16, ++t) {
+          const int64_t rows = std::min<int64_t>(16, p1 - r0);
+          const __mmask16 ymask = lanes_left(rows);
+          const __m512 init =
+              bias ? _mm512_maskz_loadu_ps(ymask, bias + r0) : _mm512_setzero_ps();
+          const float* tvt = tv.data() + t * tile_floats;
+          const int32_t* tit = ti.data() + t * tile_floats;
+          int64_t b = b0;
+          auto run = [&](auto bt) {
+            constexpr int BT = decltype(bt)::value;
+            for (; b + BT <= b1; b += BT)
+              tile_batch<BT>(x + b * in + w0 * 16, in, wn, S, tvt, tit, init, w0 > 0,
+                             y + b * d.out_features + r0, d.out_features, ymask, last);
+          };
+          run(std::integral_constant<int, 12>{});
+          run(std::integral_constant<int, 8>{});
+          run(std::integral_constant<int, 4>{});
+          run(std::integral_constant<int, 2>{});
+          run(std::integral_constant<int, 1>{});
+        }
+      }
+    }
+  }
+}
 
 void spmm_nm_avx512(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin,
                     int64_t row_end) {

@@ -225,6 +225,17 @@ void run_nm_case(Isa isa, const Case& c, int64_t n, int64_t m, DType dtype) {
   const XPacked xp = pack_for(d, kernels_for(isa).nm_x, buf, kernels_for(isa).pack);
   kernels_for(isa).nm(d, nm, xp, 0, c.out);
   expect_close("nm", isa, c, y, ref);
+  if (kernels_for(isa).nm_tiles != nullptr && nm_tiles_fit(dtype, m)) {
+    // Row tiles, also with the rows split where two threads would split them.
+    std::fill(y.begin(), y.end(), T{});
+    kernels_for(isa).nm_tiles(d, nm, 0, c.out);
+    expect_close("nm tiles", isa, c, y, ref);
+    std::fill(y.begin(), y.end(), T{});
+    const int64_t mid = (c.out + 15) / 16 / 2 * 16;
+    kernels_for(isa).nm_tiles(d, nm, 0, mid);
+    kernels_for(isa).nm_tiles(d, nm, mid, c.out);
+    expect_close("nm tiles split", isa, c, y, ref);
+  }
 }
 
 // Every ISA's packer writes exactly what the portable one does (values and zero padding),
@@ -287,12 +298,12 @@ int main() {
                                 {1, 96, 40, 0.1},   {17, 33, 129, 0.2}, {2, 64, 1000, 0.05},
                                 {4, 9, 70000, 0.001}, {40, 21, 50, 0.3}, {70, 19, 33, 0.4},
                                 {128, 8, 24, 0.5},  {0, 5, 7, 0.5},     {40, 16, 1500, 0.3},
-                                {20, 3, 70000, 0.01}};
+                                {20, 3, 70000, 0.01}, {300, 410, 530, 0.5}};
   for (Isa isa : supported_isas()) {
     for (const Case& c : cases) {
       run_case<float>(isa, c, DType::f32);
       run_case<uint16_t>(isa, c, DType::bf16);
-      for (auto [n, m] : std::vector<std::pair<int64_t, int64_t>>{{2, 4}, {1, 4}, {3, 8}, {7, 32}}) {
+      for (auto [n, m] : std::vector<std::pair<int64_t, int64_t>>{{2, 4}, {1, 4}, {3, 8}, {7, 32}, {1, 2}, {5, 16}}) {
         run_nm_case<float>(isa, c, n, m, DType::f32);
         run_nm_case<uint16_t>(isa, c, n, m, DType::bf16);
       }
