@@ -212,10 +212,11 @@ void nm_avx512(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin
 // for each block of batch rows (x of the column block in L2) every tile of the panel runs
 // over the batch block with its part of the copy in L1. Partial sums go through y.
 
-// Bytes of one tile's transposed copy for a column block (values and columns): L1-sized.
-constexpr int64_t kTileBlockBytes = 16 << 10;
-// The panel's copy (L2) and the batch block's x for one column block (L2).
-constexpr int64_t kPanelBytes = 384 << 10, kBatchBlockBytes = 256 << 10;
+// Bytes of one tile's transposed copy for a column block (values and columns): the L1
+// data cache (measured best among 16, 24, 32 and 64 KiB on 2:4 layers).
+constexpr int64_t kTileBlockBytes = 32 << 10;
+// The panel's copy and the batch block's x for one column block, both within L2.
+constexpr int64_t kPanelBytes = 256 << 10, kBatchBlockBytes = 256 << 10;
 
 // Slot-major copy of slots [s_begin, s_end) (s_begin a multiple of 16) of rows
 // [r0, r0 + rows) (rows <= 16): tv[s][i] = value of slot s_begin + s of row r0 + i, ti[s][i]
@@ -254,17 +255,17 @@ void build_tile(const Decoder& dc, const NM& w, int64_t r0, int64_t rows, int64_
 // y[b, 0..16) (masked by ymask) for BT consecutive batch rows over `windows` windows of x
 // (the last one masked by last_window), starting from init or, with `accumulate`, from y.
 // Accumulators and the BT windows of x stay in registers (2 BT + 3 of the 32).
-template <int BT>
-inline void tile_batch(const float* x, int64_t in, int64_t windows, int64_t S, const float* tv,
+template <int BT, int kS>
+inline void tile_batch(const float* x, int64_t in, int64_t windows, int64_t s_rt, const float* tv,
                        const int32_t* ti, __m512 init, bool accumulate, float* y, int64_t ldy,
                        __mmask16 ymask, __mmask16 last_window) {
+  const int64_t S = kS ? kS : s_rt;
   __m512 acc[BT];
   for (int b = 0; b < BT; ++b)
     acc[b] = accumulate ? _mm512_maskz_loadu_ps(ymask, y + b * ldy) : init;
-  for (int64_t wi = 0; wi < windows; ++wi) {
-    const __mmask16 k = wi + 1 < windows ? __mmask16(0xFFFF) : last_window;
+  auto window = [&](int64_t wi, auto load) {
     __m512 xv[BT];
-    for (int b = 0; b < BT; ++b) xv[b] = _mm512_maskz_loadu_ps(k, x + b * in + wi * 16);
+    for (int b = 0; b < BT; ++b) xv[b] = load(x + b * in + wi * 16);
     const float* vv = tv + wi * S * 16;
     const int32_t* ii = ti + wi * S * 16;
     for (int64_t j = 0; j < S; ++j) {
@@ -273,7 +274,10 @@ inline void tile_batch(const float* x, int64_t in, int64_t windows, int64_t S, c
       for (int b = 0; b < BT; ++b)
         acc[b] = _mm512_fmadd_ps(_mm512_permutexvar_ps(id, xv[b]), v, acc[b]);
     }
-  }
+  };
+  for (int64_t wi = 0; wi + 1 < windows; ++wi)
+    window(wi, [](const float* p) { return _mm512_loadu_ps(p); });
+  window(windows - 1, [&](const float* p) { return _mm512_maskz_loadu_ps(last_window, p); });
   for (int b = 0; b < BT; ++b) _mm512_mask_storeu_ps(y + b * ldy, ymask, acc[b]);
 }
 
@@ -294,9 +298,16 @@ void spmm_nm_tiles_avx512(const Dense& d, const NM& w, int64_t row_begin, int64_
       std::min(windows, std::max(step, kTileBlockBytes / (S * 16 * 8) / step * step));
   const int64_t block_slots = (block_windows * S + 15) / 16 * 16;
   const int64_t tile_floats = block_slots * 16;
-  const int64_t panel_tiles = std::max<int64_t>(1, kPanelBytes / (tile_floats * 8));
-  const int64_t batch_block =
-      std::max<int64_t>(12, kBatchBlockBytes / (block_windows * 64) / 12 * 12);
+  // Batch blocks of equal size. When all of x fits the L2 budget, each tile is transposed
+  // right before its use (its copy still in L1); otherwise a panel of tiles is transposed
+  // first so that x of a batch block is fetched once per panel rather than once per tile.
+  const int64_t max_block = std::max<int64_t>(12, kBatchBlockBytes / (block_windows * 64));
+  const int64_t batch_blocks = (d.batch + max_block - 1) / max_block;
+  const int64_t batch_block = (d.batch + batch_blocks - 1) / batch_blocks;
+  const int64_t panel_tiles =
+      batch_blocks == 1 && d.batch * in * 4 <= kBatchBlockBytes ? 1
+                        : std::min((row_end - row_begin + 15) / 16,
+                                   std::max<int64_t>(1, kPanelBytes / (tile_floats * 8)));
   Scratch<float> tv(panel_tiles * tile_floats);
   Scratch<int32_t> ti(panel_tiles * tile_floats);
   const float* x = static_cast<const float*>(d.x);
@@ -321,17 +332,28 @@ void spmm_nm_tiles_avx512(const Dense& d, const NM& w, int64_t row_begin, int64_
           const float* tvt = tv.data() + t * tile_floats;
           const int32_t* tit = ti.data() + t * tile_floats;
           int64_t b = b0;
-          auto run = [&](auto bt) {
-            constexpr int BT = decltype(bt)::value;
-            for (; b + BT <= b1; b += BT)
-              tile_batch<BT>(x + b * in + w0 * 16, in, wn, S, tvt, tit, init, w0 > 0,
-                             y + b * d.out_features + r0, d.out_features, ymask, last);
+          auto batch_tiles = [&](auto ks) {
+            constexpr int kS = decltype(ks)::value;
+            auto run = [&](auto bt) {
+              constexpr int BT = decltype(bt)::value;
+              for (; b + BT <= b1; b += BT)
+                tile_batch<BT, kS>(x + b * in + w0 * 16, in, wn, S, tvt, tit, init, w0 > 0,
+                                   y + b * d.out_features + r0, d.out_features, ymask, last);
+            };
+            run(std::integral_constant<int, 12>{});
+            run(std::integral_constant<int, 8>{});
+            run(std::integral_constant<int, 4>{});
+            run(std::integral_constant<int, 2>{});
+            run(std::integral_constant<int, 1>{});
           };
-          run(std::integral_constant<int, 12>{});
-          run(std::integral_constant<int, 8>{});
-          run(std::integral_constant<int, 4>{});
-          run(std::integral_constant<int, 2>{});
-          run(std::integral_constant<int, 1>{});
+          // The common patterns (2:4, 4:8: 8 slots; 1:4, 2:8: 4) get the slot loop unrolled.
+          if (S == 8) {
+            batch_tiles(std::integral_constant<int, 8>{});
+          } else if (S == 4) {
+            batch_tiles(std::integral_constant<int, 4>{});
+          } else {
+            batch_tiles(std::integral_constant<int, 0>{});
+          }
         }
       }
     }
