@@ -120,6 +120,11 @@ class Checkpoint:
                 if meta["class"] != type(current).__name__:
                     raise ValueError(f"the checkpoint holds a single {meta['class']}; load it "
                                      f"into one (got {type(current).__name__})")
+                if meta["format"] != current.format:
+                    raise ValueError(f"the checkpoint holds a single {meta['class']} packed as "
+                                     f"{meta['format']!r}, the layer is packed as "
+                                     f"{current.format!r}; load it into a layer of that format "
+                                     f"or use sp.load(path) and build one from its packed weight")
                 continue
             packed = self.packed[name]
             old_weight = next(current.parameters(), None)

@@ -19,13 +19,15 @@ the block sizes in :data:`BLOCK_CANDIDATES` (largest first; a block counts when 
 the entries inside stored blocks are nonzero), else unstructured. Then:
 
 * blocks -> ``"bsr"`` when at least half of the entries of the stored blocks are nonzero;
-* everything else -> ``"csr"``, N:M included: with the current kernels, the same N:M weight
-  ran faster as CSR than on the N:M kernel in 17 of 18 cases (2:4: 9 of 9, by 4-16%; 1:4 and
-  2:4 on 384x384, 1536x384, 384x1536 at batches 8, 128, 4096), while BSR beat CSR in 21 of 27
-  block cases (8x8, 16x16, 4x1 at 80%; every case at batch 4096, by 5-19%). ``format="nm"``
-  still packs N:M (about 30% fewer bytes than CSR for 2:4 fp32). Re-measure and update
-  :data:`AUTO_FORMAT` when the kernels change.
+* N:M -> ``"nm"`` for float32 CPU weights when the AVX-512 kernels run (their row-tile
+  kernel, vectorized over 16 output rows, needs m to divide 16, as every detected m does):
+  it beat CSR on the same weight in 46 of 48 cases (2:4, 1:4, 2:8 on 384x384, 1536x384,
+  384x1536, 768x3072 at batches 1, 8, 128, 4096; by up to 1.9x; the two losses by 5-7% at
+  batch 1). bfloat16 N:M (no row-tile kernel; CSR won 10 of 16 cases), the AVX2 and scalar
+  kernels, and CUDA weights keep ``"csr"``; ``format="nm"`` still packs N:M there;
+* everything else -> ``"csr"``.
 
+Re-measure and update :func:`choose_format` when the kernels change.
 The rule comes from ``benchmarks/bench_formats.py`` (same weight packed both ways, interleaved
 against dense; MiniLM/BERT shapes, batches 8 / 128 / 4096; numbers in benchmarks/RESULTS.md,
 section "Drop-in layers").
@@ -43,6 +45,7 @@ from torch import nn
 
 from . import ops  # noqa: F401  (registers fake kernels + autograd for the ops used below)
 from . import activations
+from ._ext import cpu_capability
 from .activations import ACTIVATIONS, apply_activation
 from .formats import (VALUE_DTYPES, BSRWeight, CSRWeight, FormatError, NMWeight, PackedWeight,
                       pack)
@@ -68,8 +71,9 @@ _BLOCK_FILL = 0.9
 # Below this share of nonzeros in the stored slots/blocks, CSR (nonzeros only) is used.
 _STRUCTURE_FILL = 0.5
 _FORMATS = ("auto", "csr", "bsr", "nm")
-#: pattern kind -> the format ``format="auto"`` packs it in (see the module docstring).
-AUTO_FORMAT = {"nm": "csr", "block": "bsr", "unstructured": "csr"}
+#: pattern kind -> the format ``format="auto"`` packs it in (see the module docstring);
+#: N:M only where :func:`choose_format` finds the row-tile kernel, CSR elsewhere.
+AUTO_FORMAT = {"nm": "nm", "block": "bsr", "unstructured": "csr"}
 
 
 # --------------------------------------------------------------------------- detection
@@ -144,11 +148,16 @@ def detect_pattern(weight: torch.Tensor) -> Pattern:
     return Pattern("unstructured")
 
 
-def choose_format(pattern: Pattern) -> str:
-    """The format ``format="auto"`` packs a weight of this pattern in (module docstring)."""
+def choose_format(pattern: Pattern, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str = "cpu") -> str:
+    """The format ``format="auto"`` packs a weight of this pattern, dtype and device in
+    (module docstring)."""
     choice = AUTO_FORMAT[pattern.kind]
     if choice != "csr" and pattern.fill < _STRUCTURE_FILL:
         return "csr"  # mostly zeros inside the structure: CSR stores only the nonzeros
+    if choice == "nm" and not (dtype == torch.float32 and torch.device(device).type == "cpu"
+                               and cpu_capability() == "avx512" and 16 % pattern.m == 0):
+        return "csr"  # no row-tile kernel: CSR was faster (module docstring)
     return choice
 
 
@@ -181,7 +190,7 @@ def _pack_weight(weight: torch.Tensor, format: str, block=None, n=None, m=None,
         format = "nm"
         pattern = Pattern("nm", n=n, m=m)
     elif format == "auto":
-        format = choose_format(pattern)
+        format = choose_format(pattern, weight.dtype, weight.device)
     elif format == "bsr":
         if pattern.kind != "block":
             raise ValueError("format='bsr': no whole-block zero pattern found in the weight "

@@ -224,11 +224,14 @@ def test_bare_sparse_layer(tmp_path):
     lin = nn.Linear(12, 8)
     with torch.no_grad():
         lin.weight.mul_(sp.masks.unstructured(lin.weight.abs(), 0.75))
-    sl = sp.SparseLinear.from_linear(lin)
+    sl = sp.SparseLinear.from_linear(lin, "csr")
     sp.save(sl, tmp_path / "one.safetensors")
     other = sp.SparseLinear.from_linear(nn.Linear(12, 8), "csr")  # dense-as-CSR, other nnz
     sp.load(other, tmp_path / "one.safetensors")
     x = torch.randn(3, 12)
     torch.testing.assert_close(other(x), sl(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="packed as 'csr', the layer is packed as 'bsr'"):
+        sp.load(sp.SparseLinear.from_linear(nn.Linear(12, 8), "bsr", block=(4, 4)),
+                tmp_path / "one.safetensors")
     with pytest.raises(ValueError, match="single SparseLinear"):
         sp.load(nn.Linear(12, 8), tmp_path / "one.safetensors")

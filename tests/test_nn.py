@@ -1,6 +1,7 @@
 """SparseLinear / SparseConv2d / sparsify against the dense modules they replace."""
 
 import copy
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -78,7 +79,8 @@ def test_auto_detection():
     assert str(detect_pattern(w * sp.masks.unstructured(w.abs(), 0.9))) == "unstructured"
     assert str(detect_pattern(w)) == "unstructured"
     lin = nn.Linear(128, 64)
-    for keep, fmt, pattern in [(sp.masks.n_m(w.abs(), 2, 4), sp.nn.AUTO_FORMAT["nm"], "2:4"),
+    nm_format = "nm" if sp.cpu_capability() == "avx512" else "csr"  # nn.choose_format
+    for keep, fmt, pattern in [(sp.masks.n_m(w.abs(), 2, 4), nm_format, "2:4"),
                                (sp.masks.block(w.abs(), 0.8, block=(16, 16)), "bsr",
                                 "block 16x16"),
                                (sp.masks.unstructured(w.abs(), 0.9), "csr", "unstructured")]:
@@ -89,6 +91,20 @@ def test_auto_detection():
         assert f"format={fmt}, pattern={pattern}" in repr(sl)
         x = torch.randn(3, 128)
         assert_matches(sl(x), reference(x, lin.weight, lin.bias), torch.float32)
+
+
+def test_auto_format_takes_nm_only_where_the_row_tile_kernel_runs():
+    from sparseprune.nn import Pattern, choose_format
+    two_four = Pattern("nm", n=2, m=4)
+    with sp.use_isa("avx512") if "avx512" in sp.available_isas() else nullcontext():
+        expected = "nm" if sp.cpu_capability() == "avx512" else "csr"
+        assert choose_format(two_four, torch.float32, "cpu") == expected
+        assert choose_format(two_four, torch.bfloat16, "cpu") == "csr"
+        assert choose_format(two_four, torch.float32, "cuda") == "csr"
+        assert choose_format(Pattern("nm", n=2, m=4, fill=0.3), torch.float32) == "csr"
+    with sp.use_isa("avx2") if "avx2" in sp.available_isas() else nullcontext():
+        if sp.cpu_capability() != "avx512":
+            assert choose_format(two_four, torch.float32, "cpu") == "csr"
 
 
 def test_explicit_format_detects_parameters_or_says_why():
@@ -280,7 +296,7 @@ def test_sparsify_hf_style_model():
     swapped = {r.name: r for r in report.swapped}
     assert set(swapped) == {"query", "key", "value", "output", "intermediate"}
     assert swapped["query"].pattern == "2:4" and swapped["intermediate"].format == "csr"
-    assert swapped["query"].format == sp.nn.AUTO_FORMAT["nm"]
+    assert swapped["query"].format == ("nm" if sp.cpu_capability() == "avx512" else "csr")
     assert isinstance(model.query, SparseLinear) and type(model.head) is nn.Linear
     assert [r.name for r in report.skipped] == ["head"]
     assert "min_sparsity" in report.skipped[0].reason
