@@ -197,10 +197,6 @@ bool run_by_batch(const cpu::Dense& d, const cpu::XLayout& layout, cpu::PackFn p
   return true;
 }
 
-// N:M row tiles (cpu::NMTilesKernel) from this batch on: below it, transposing the
-// weight into slot-major order costs more than the faster inner loop gains.
-constexpr int64_t kNMTilesMinBatch = 8;
-
 // SPARSEPRUNE_NM=tiles|batched forces the N:M path (benchmarks only); read at every call.
 int nm_path_override() {
   const char* env = std::getenv("SPARSEPRUNE_NM");
@@ -211,20 +207,26 @@ int nm_path_override() {
   return 0;
 }
 
-// Runs the row-tile kernel when it applies, the rows split between threads in whole
-// 16-row tiles (each thread transposes only its own rows); returns false otherwise.
-bool run_nm_tiles(const cpu::Dense& d, const cpu::NM& w, cpu::NMTilesKernel kernel) {
-  if (kernel == nullptr || d.batch == 0 || !cpu::nm_tiles_fit(d.dtype, w.m)) return false;
+// Runs the row-tile kernel when it applies, the rows split between threads in whole tiles
+// (each thread transposes only its own rows); returns false otherwise.
+bool run_nm_tiles(const cpu::Dense& d, const cpu::NM& w, const cpu::KernelTable& kernels) {
+  const cpu::NMTilesKernel kernel = kernels.nm_tiles;
+  const int64_t window = kernels.nm_tiles_window;
+  if (kernel == nullptr || d.batch == 0 || !cpu::nm_tiles_fit(d.dtype, w.m, window))
+    return false;
   const int mode = nm_path_override();
-  if (mode == 1 || (mode == 0 && d.batch < kNMTilesMinBatch)) return false;
-  const int64_t tiles = (d.out_features + 15) / 16;
+  // From batch 8 (AVX-512; with its vectorized transposes it beat the batched body at
+  // every batch from 4 on MiniLM/BERT/4096 shapes) or 128 (AVX2, scalar transposes: slower
+  // than the batched body at 8-32, 1.1-1.5x faster at 128, 1.5-2.2x at 1024).
+  if (mode == 1 || (mode == 0 && d.batch < kernels.nm_tiles_min_batch)) return false;
+  const int64_t tiles = (d.out_features + window - 1) / window;
   const int64_t work = d.batch * d.out_features * d.in_features * w.n / w.m;
   const int64_t parts =
       std::min<int64_t>(tiles, work < kMinParallelWork ? 1 : at::get_num_threads());
   at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      const int64_t r0 = tiles * p / parts * 16;
-      const int64_t r1 = std::min(d.out_features, tiles * (p + 1) / parts * 16);
+      const int64_t r0 = tiles * p / parts * window;
+      const int64_t r1 = std::min(d.out_features, tiles * (p + 1) / parts * window);
       if (r0 < r1) kernel(d, w, r0, r1);
     }
   });
@@ -343,7 +345,7 @@ at::Tensor linear_nm_cpu(const at::Tensor& x, const at::Tensor& values,
   const cpu::NM w{vals.data_ptr(), meta.data_ptr<uint8_t>(), n, m};
   if (out_features == 0) return finish(p);
   const cpu::KernelTable& kernels = cpu::active_kernels();
-  if (run_nm_tiles(p.dense, w, kernels.nm_tiles)) return finish(p);
+  if (run_nm_tiles(p.dense, w, kernels)) return finish(p);
   if (run_by_batch(p.dense, kernels.nm_x, kernels.pack, out_features,
                    [&](const cpu::Dense& d, const cpu::XPacked& xp, int64_t r0, int64_t r1) {
                      kernels.nm(d, w, xp, r0, r1);

@@ -35,7 +35,11 @@ struct KernelTable {
   NMKernel nm;
   XLayout nm_x;
   PackFn pack;  // fills the packed activations of every layout above
-  NMTilesKernel nm_tiles;  // null where the ISA has none
+  NMTilesKernel nm_tiles;   // null where the ISA has none
+  int64_t nm_tiles_window;  // columns per window (rows per tile) of nm_tiles
+  // Smallest batch nm_tiles runs at: below it, transposing the weight tiles costs more than
+  // the faster inner loop gains (measured: ops.cpp).
+  int64_t nm_tiles_min_batch;
 };
 
 // Kernels for `isa`; patterns without a kernel for it use the scalar reference.

@@ -220,13 +220,15 @@ using BsrKernel = void (*)(const Dense&, const Bsr&, const XPacked&, int64_t blo
                            int64_t block_row_end);
 using NMKernel = void (*)(const Dense&, const NM&, const XPacked&, int64_t row_begin,
                           int64_t row_end);
-// N:M vectorized over 16 output rows instead of the batch, reading x as is: fp32 with m
-// dividing 16 only (nm_tiles_fit), for batches large enough to amortize transposing each
-// 16-row tile of the weight (the caller decides).
+// N:M vectorized over a vector of output rows instead of the batch, reading x as is: fp32
+// with m dividing the ISA's window (16 columns with AVX-512, 8 with AVX2; nm_tiles_fit), for
+// batches large enough to amortize transposing each tile of rows (the caller decides).
 using NMTilesKernel = void (*)(const Dense&, const NM&, int64_t row_begin, int64_t row_end);
 
 namespace {
-inline bool nm_tiles_fit(DType dtype, int64_t m) { return dtype == DType::f32 && 16 % m == 0; }
+inline bool nm_tiles_fit(DType dtype, int64_t m, int64_t window) {
+  return dtype == DType::f32 && window % m == 0;
+}
 }  // namespace
 
 // Scalar references: correct for every shape, dtype and index type; the oracle that the
@@ -248,6 +250,7 @@ void spmm_bsr_avx512(const Dense&, const Bsr&, const XPacked&, int64_t block_row
 void spmm_csr_avx512(const Dense&, const Csr&, const XPacked&, int64_t row_begin,
                      int64_t row_end);
 void spmm_nm_tiles_avx512(const Dense&, const NM&, int64_t row_begin, int64_t row_end);
+void spmm_nm_tiles_avx2(const Dense&, const NM&, int64_t row_begin, int64_t row_end);
 
 }  // namespace cpu
 }  // namespace sparseprune

@@ -225,13 +225,15 @@ void run_nm_case(Isa isa, const Case& c, int64_t n, int64_t m, DType dtype) {
   const XPacked xp = pack_for(d, kernels_for(isa).nm_x, buf, kernels_for(isa).pack);
   kernels_for(isa).nm(d, nm, xp, 0, c.out);
   expect_close("nm", isa, c, y, ref);
-  if (kernels_for(isa).nm_tiles != nullptr && nm_tiles_fit(dtype, m)) {
+  const KernelTable& k = kernels_for(isa);
+  if (k.nm_tiles != nullptr && nm_tiles_fit(dtype, m, k.nm_tiles_window)) {
     // Row tiles, also with the rows split where two threads would split them.
     std::fill(y.begin(), y.end(), T{});
     kernels_for(isa).nm_tiles(d, nm, 0, c.out);
     expect_close("nm tiles", isa, c, y, ref);
     std::fill(y.begin(), y.end(), T{});
-    const int64_t mid = (c.out + 15) / 16 / 2 * 16;
+    const int64_t tiles = (c.out + k.nm_tiles_window - 1) / k.nm_tiles_window;
+    const int64_t mid = tiles / 2 * k.nm_tiles_window;
     kernels_for(isa).nm_tiles(d, nm, 0, mid);
     kernels_for(isa).nm_tiles(d, nm, mid, c.out);
     expect_close("nm tiles split", isa, c, y, ref);
