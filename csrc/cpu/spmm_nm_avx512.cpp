@@ -217,10 +217,11 @@ void nm_avx512(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin
 constexpr int64_t kTileBlockBytes = 32 << 10;
 // The panel's copy and the batch block's x for one column block, both within L2.
 constexpr int64_t kPanelBytes = 256 << 10, kBatchBlockBytes = 256 << 10;
-// From this many batch blocks on, the panel is every row of the call: the copy then comes
-// from L3 once per batch block, but x comes from memory only once (measured 5-9% faster at
-// batch 4096 on MiniLM shapes; slower with fewer blocks).
-constexpr int64_t kWidePanelBlocks = 8;
+// From this many batch blocks on, the panel is every row of the call when their copy fits
+// kWidePanelBytes: the copy then comes from L3 once per batch block, but x comes from
+// memory only once (measured 5-9% faster at batch 4096 on MiniLM shapes; slower with fewer
+// blocks, and 1.5x slower with 4096x4096's 8 MiB copy at batch 512).
+constexpr int64_t kWidePanelBlocks = 8, kWidePanelBytes = 4 << 20;
 
 // Input columns (low 4 bits) of slots [s0, s0 + 16) (s0 a multiple of 16, q0 = s0 / n,
 // r0 = s0 % n) of rows meta_rows[0 .. rows) in slot-major order: out[j][i] for slot s0 + j
@@ -365,7 +366,7 @@ void spmm_nm_tiles_avx512(const Dense& d, const NM& w, int64_t row_begin, int64_
   const int64_t all_tiles = (row_end - row_begin + 15) / 16;
   const int64_t panel_tiles =
       batch_blocks == 1 && d.batch * in * 4 <= kBatchBlockBytes ? 1
-      : batch_blocks >= kWidePanelBlocks
+      : batch_blocks >= kWidePanelBlocks && all_tiles * tile_floats * 8 <= kWidePanelBytes
           ? all_tiles
           : std::min(all_tiles, std::max<int64_t>(1, kPanelBytes / (tile_floats * 8)));
   Scratch<float> tv(panel_tiles * tile_floats);
