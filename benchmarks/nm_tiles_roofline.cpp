@@ -95,7 +95,7 @@ int main() {
   const int64_t shapes[][2] = {{384, 384}, {1536, 384}, {384, 1536}, {3072, 768}, {4096, 4096}};
   const int64_t patterns[][2] = {{2, 4}, {1, 4}, {2, 8}, {4, 8}};
   for (const auto& s : shapes) {
-    for (int64_t batch : {8, 32, 128, 512, 4096}) {
+    for (int64_t batch : {1, 8, 32, 128, 512, 4096}) {
       if (s[0] * s[1] * batch > int64_t{4096} * 4096 * 512) continue;
       for (const auto& p : patterns) {
         std::printf("| %lldx%lld | %lld | %lld:%lld | %.3f |\n", static_cast<long long>(s[0]),
