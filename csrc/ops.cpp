@@ -215,9 +215,10 @@ bool run_nm_tiles(const cpu::Dense& d, const cpu::NM& w, const cpu::KernelTable&
   if (kernel == nullptr || d.batch == 0 || !cpu::nm_tiles_fit(d.dtype, w.m, window))
     return false;
   const int mode = nm_path_override();
-  // From batch 8 (AVX-512; with its vectorized transposes it beat the batched body at
-  // every batch from 4 on MiniLM/BERT/4096 shapes) or 128 (AVX2, scalar transposes: slower
-  // than the batched body at 8-32, 1.1-1.5x faster at 128, 1.5-2.2x at 1024).
+  // From batch 8 (AVX-512: ahead of the batched body from batch 4 on MiniLM/BERT/4096x4096
+  // shapes, except at batch 32 on some, where the batched body's 32-wide chunk is at its
+  // best; benchmarks/RESULTS.md) or 128 (AVX2, scalar transposes: slower than the batched
+  // body at 8-32, 1.1-1.5x faster at 128, 1.5-2.2x at 1024).
   if (mode == 1 || (mode == 0 && d.batch < kernels.nm_tiles_min_batch)) return false;
   const int64_t tiles = (d.out_features + window - 1) / window;
   const int64_t work = d.batch * d.out_features * d.in_features * w.n / w.m;
