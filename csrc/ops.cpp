@@ -150,14 +150,16 @@ PackedActivations pack_activations(const cpu::Dense& d, const cpu::XLayout& layo
 // SPARSEPRUNE_SPLIT=rows|batch forces a split (benchmarks only).
 constexpr int64_t kUnevenChunksPerThread = 4;
 
-// Read at every call (only for batches of two chunks or more, where it costs nothing
-// measurable), so a benchmark can compare both splits in one process.
-int split_override() {
-  const char* env = std::getenv("SPARSEPRUNE_SPLIT");
+// A benchmark-only override of a path choice: 0 if the variable `name` is unset or empty,
+// 1 if it is `first`, 2 if `second`, ValueError otherwise. Read at every call (it costs
+// nothing measurable next to the products it guards), so a benchmark can compare both paths
+// in one process.
+int env_override(const char* name, const char* first, const char* second) {
+  const char* env = std::getenv(name);
   if (env == nullptr || *env == '\0') return 0;
-  if (std::string(env) == "rows") return 1;
-  if (std::string(env) == "batch") return 2;
-  TORCH_CHECK_VALUE(false, "SPARSEPRUNE_SPLIT must be 'rows' or 'batch', got '", env, "'");
+  if (std::string(env) == first) return 1;
+  if (std::string(env) == second) return 2;
+  TORCH_CHECK_VALUE(false, name, " must be '", first, "' or '", second, "', got '", env, "'");
   return 0;
 }
 
@@ -170,7 +172,7 @@ bool run_by_batch(const cpu::Dense& d, const cpu::XLayout& layout, cpu::PackFn p
   const int64_t width = layout.lanes * layout.max_vectors;
   if (d.batch < 2 * width) return false;
   const int64_t threads = at::get_num_threads();
-  const int mode = split_override();
+  const int mode = env_override("SPARSEPRUNE_SPLIT", "rows", "batch");
   if (mode == 1) return false;
   const int64_t tasks = (d.batch + width - 1) / width;
   if (mode == 0 && (threads < 2 || d.batch / width < threads ||
@@ -197,24 +199,15 @@ bool run_by_batch(const cpu::Dense& d, const cpu::XLayout& layout, cpu::PackFn p
   return true;
 }
 
-// SPARSEPRUNE_NM=tiles|batched forces the N:M path (benchmarks only); read at every call.
-int nm_path_override() {
-  const char* env = std::getenv("SPARSEPRUNE_NM");
-  if (env == nullptr || *env == '\0') return 0;
-  if (std::string(env) == "batched") return 1;
-  if (std::string(env) == "tiles") return 2;
-  TORCH_CHECK_VALUE(false, "SPARSEPRUNE_NM must be 'tiles' or 'batched', got '", env, "'");
-  return 0;
-}
-
 // Runs the row-tile kernel when it applies, the rows split between threads in whole tiles
 // (each thread transposes only its own rows); returns false otherwise.
+// SPARSEPRUNE_NM=batched|tiles forces the N:M path (benchmarks only).
 bool run_nm_tiles(const cpu::Dense& d, const cpu::NM& w, const cpu::KernelTable& kernels) {
   const cpu::NMTilesKernel kernel = kernels.nm_tiles;
   const int64_t window = kernels.nm_tiles_window;
   if (kernel == nullptr || d.batch == 0 || !cpu::nm_tiles_fit(d.dtype, w.m, window))
     return false;
-  const int mode = nm_path_override();
+  const int mode = env_override("SPARSEPRUNE_NM", "batched", "tiles");
   // From batch 8 (AVX-512: ahead of the batched body from batch 4 on MiniLM/BERT/4096x4096
   // shapes, except at batch 32 on some, where the batched body's 32-wide chunk is at its
   // best; benchmarks/RESULTS.md) or 128 (AVX2, scalar transposes: slower than the batched

@@ -23,14 +23,15 @@ the entries inside stored blocks are nonzero), else unstructured. Then:
   kernel, vectorized over 16 output rows, needs m to divide 16, as every detected m does):
   it beat CSR on the same weight in 45 of 48 cases (2:4, 1:4, 2:8 on 384x384, 1536x384,
   384x1536, 768x3072 at batches 1, 8, 128, 4096; by up to 1.9x; the three losses by 7-11%,
-  at batch 1, where no row tiles run). bfloat16 N:M (no row-tile kernel; CSR won 10 of 16 cases), the AVX2 and scalar
-  kernels, and CUDA weights keep ``"csr"``; ``format="nm"`` still packs N:M there;
+  at batch 1, where no row tiles run). bfloat16 N:M (no row-tile kernel; CSR won 9 of 16
+  cases), the AVX2 and scalar kernels, and CUDA weights keep ``"csr"``; ``format="nm"``
+  still packs N:M there;
 * everything else -> ``"csr"``.
 
-Re-measure and update :func:`choose_format` when the kernels change.
 The rule comes from ``benchmarks/bench_formats.py`` (same weight packed both ways, interleaved
-against dense; MiniLM/BERT shapes, batches 8 / 128 / 4096; numbers in benchmarks/RESULTS.md,
-section "Drop-in layers").
+against dense; MiniLM/BERT shapes, batches 1 / 8 / 128 / 4096; numbers in
+benchmarks/RESULTS.md, section "Drop-in layers"). Re-measure and update
+:func:`choose_format` when the kernels change.
 """
 
 from __future__ import annotations

@@ -222,20 +222,20 @@ void run_nm_case(Isa isa, const Case& c, int64_t n, int64_t m, DType dtype) {
   const Dense d{x.data(), bias.data(), y.data(), c.batch, c.in, c.out, dtype};
   const NM nm{vals.data(), meta.data(), n, m};
   std::vector<float> buf;
-  const XPacked xp = pack_for(d, kernels_for(isa).nm_x, buf, kernels_for(isa).pack);
-  kernels_for(isa).nm(d, nm, xp, 0, c.out);
-  expect_close("nm", isa, c, y, ref);
   const KernelTable& k = kernels_for(isa);
+  const XPacked xp = pack_for(d, k.nm_x, buf, k.pack);
+  k.nm(d, nm, xp, 0, c.out);
+  expect_close("nm", isa, c, y, ref);
   if (k.nm_tiles != nullptr && nm_tiles_fit(dtype, m, k.nm_tiles_window)) {
     // Row tiles, also with the rows split where two threads would split them.
     std::fill(y.begin(), y.end(), T{});
-    kernels_for(isa).nm_tiles(d, nm, 0, c.out);
+    k.nm_tiles(d, nm, 0, c.out);
     expect_close("nm tiles", isa, c, y, ref);
     std::fill(y.begin(), y.end(), T{});
     const int64_t tiles = (c.out + k.nm_tiles_window - 1) / k.nm_tiles_window;
     const int64_t mid = tiles / 2 * k.nm_tiles_window;
-    kernels_for(isa).nm_tiles(d, nm, 0, mid);
-    kernels_for(isa).nm_tiles(d, nm, mid, c.out);
+    k.nm_tiles(d, nm, 0, mid);
+    k.nm_tiles(d, nm, mid, c.out);
     expect_close("nm tiles split", isa, c, y, ref);
   }
 }
