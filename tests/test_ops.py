@@ -72,6 +72,27 @@ def test_both_nm_paths_match_float64(isa, path, batch, monkeypatch):
         assert_matches(y3, reference(x, wn, None).view(1, batch, 37), torch.float32)
 
 
+@pytest.mark.parametrize("batch", [1, 5, 17, 40, 161])
+def test_bf16_outputs_round_to_nearest_even(isa, batch):
+    # y = 1 * x + bias with x and bias chosen so that the fp32 sum falls exactly halfway
+    # between two bf16 values (ties go to the even one), just above halfway, past the
+    # largest bf16 (inf), or is NaN (from the bias: x stays finite, as BSR blocks hold
+    # explicit zeros and 0 * inf is NaN): every kernel's bf16 store (scalar and vectorized,
+    # full and ragged 16- and 8-wide groups of outputs) must round as torch's conversion does
+    specials = torch.tensor([1.0, 1 + 2**-7, -1.0, -(1 + 2**-7), 3e38, -3e38, 0.0,
+                             2**-8]).to(torch.bfloat16)
+    offsets = torch.tensor([2**-8, 1.5 * 2**-8, -(2**-8), 3e38, -3e38, 0.0, float("nan"),
+                            float("inf")]).to(torch.bfloat16)
+    gen = torch.Generator().manual_seed(batch)
+    x = specials[torch.randint(len(specials), (batch, 40), generator=gen)]
+    bias = offsets[torch.randint(len(offsets), (40,), generator=gen)]
+    expected = (x.float() + bias.float()).to(torch.bfloat16)
+    for name, packed, _ in packings(torch.eye(40, dtype=torch.bfloat16), torch.bfloat16):
+        got = packed.linear(x, bias)
+        assert torch.equal(got.isnan(), expected.isnan()), name
+        assert torch.equal(got.nan_to_num(), expected.nan_to_num()), name
+
+
 def test_nm_path_override_is_checked(monkeypatch):
     monkeypatch.setenv("SPARSEPRUNE_NM", "fastest")
     w = sp.NMWeight.from_dense(torch.randn(16, 32) * sp.masks.n_m(torch.rand(16, 32), 2, 4), 2, 4)

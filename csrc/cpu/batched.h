@@ -76,10 +76,8 @@ class ChunkWriter {
     const T* bias = static_cast<const T*>(d_.bias);
     float b[kRows];
     for (int i = 0; i < count_; ++i) b[i] = bias ? load_f32(bias[start_ + i]) : 0.f;
-    for (int64_t j = 0; j < rows_; ++j) {
-      T* y = static_cast<T*>(d_.y) + (first_ + j) * d_.out_features + start_;
-      for (int i = 0; i < count_; ++i) y[i] = store_f32<T>(buf_[i * W + j] + b[i]);
-    }
+    store_transposed(buf_, W, count_, rows_,
+                     static_cast<T*>(d_.y) + first_ * d_.out_features + start_, d_.out_features, b);
     count_ = 0;
   }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "cpu/vec256.h"
+#include "cpu/transpose_avx2.h"
 
 // Lanes of this ISA's widest vector (chunk widths: see XLayout in dispatch.cpp).
 constexpr int64_t kLanes = 8;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "cpu/vec256.h"
+#include "cpu/transpose_avx512.h"
 
 // 16 fp32 lanes.
 struct V512 {
