@@ -55,9 +55,11 @@ inline __mmask16 first_lanes16(int64_t n) {
 // y[j * ld + i] = buf[i * width + j] + b[i] for i < count, j < rows: a chunk's results,
 // kept output row by output row, written batch row by batch row. Scalar stores here were
 // 54% of the batched CSR kernel's time at batch 4096 (perf); in 16 x 16 register
-// transposes each batch row takes one (masked) store per 16 outputs.
+// transposes each batch row takes one (masked) store per 16 outputs. Not inlined: once per
+// 32 rows it costs nothing, and inlined into every kernel body it moved their hot loops
+// (16x16 blocks at 80% ran 10-15% slower from cold weights, same loop code).
 template <typename T>
-inline void store_transposed(const float* buf, int64_t width, int64_t count, int64_t rows,
+__attribute__((noinline)) void store_transposed(const float* buf, int64_t width, int64_t count, int64_t rows,
                              T* y, int64_t ld, const float* b) {
   for (int64_t i0 = 0; i0 < count; i0 += 16) {
     const int64_t ni = count - i0 < 16 ? count - i0 : 16;
