@@ -5,6 +5,12 @@ every :class:`~sparseprune.nn.SparseLinear` / :class:`~sparseprune.nn.SparseConv
 as they are (offsets, indices, values), and the header's ``"sparseprune"`` metadata entry holds
 JSON describing each sparse layer (format, shape, N:M, conv geometry).
 
+Every other floating tensor of two or more dimensions that is mostly zeros (a pruned
+embedding table, a masked weight that was never swapped) is stored as CSR of its
+``[shape[0], -1]`` view when that takes at most :data:`PACK_BELOW` of its dense bytes, and
+rebuilt dense on load (zeros come back as +0.0; everything else bit for bit). The header's
+``"tensors"`` object lists those, with their shape and dtype.
+
 ``load(path)`` reads a checkpoint into a :class:`Checkpoint` after rebuilding every packed
 weight through the validating constructor of its format; a tampered file (indices out of
 range, wrong lengths, wrong dtypes, inconsistent metadata) raises ``ValueError``
@@ -24,13 +30,18 @@ import torch
 from torch import nn
 
 from .activations import ACTIVATIONS, redo_fusion
-from .formats import BSRWeight, CSRWeight, FormatError, NMWeight, PackedWeight
+from .formats import VALUE_DTYPES, BSRWeight, CSRWeight, FormatError, NMWeight, PackedWeight
+from .formats import csr_index_dtype
 from .nn import SparseConv2d, SparseLinear
 
-__all__ = ["Checkpoint", "load", "save"]
+__all__ = ["PACK_BELOW", "Checkpoint", "load", "save"]
 
 _KEY = "sparseprune"
-_VERSION = 1
+_VERSION = 2
+_READS = (1, 2)  # version 1: no "tensors" object
+#: a dense state-dict tensor is stored as CSR when that needs at most this share of its bytes
+PACK_BELOW = 0.75
+_DTYPE_NAMES = {str(d).removeprefix("torch."): d for d in VALUE_DTYPES}
 _CLASSES = {cls.format: cls for cls in (CSRWeight, BSRWeight, NMWeight)}
 
 
@@ -60,11 +71,31 @@ def _layer_meta(module) -> dict:
     return meta
 
 
+def _packed_key(key: str, field: str) -> str:
+    return f"{key}@csr.{field}"
+
+
+def _pack_tensor(t: torch.Tensor) -> CSRWeight | None:
+    """``t`` as CSR of its [shape[0], -1] view, or None where that would not pay (or where CSR
+    cannot hold it: another dtype, non-finite values)."""
+    if t.dtype not in VALUE_DTYPES or t.dim() < 2 or t.numel() == 0:
+        return None
+    flat = t.reshape(t.shape[0], -1)
+    index_bytes = 2 if csr_index_dtype(flat.shape[1]) == torch.uint16 else 4
+    nnz = int(torch.count_nonzero(flat))
+    packed_bytes = nnz * (t.element_size() + index_bytes) + (flat.shape[0] + 1) * 8
+    if packed_bytes > PACK_BELOW * t.numel() * t.element_size() \
+            or not bool(torch.isfinite(flat).all()):
+        return None
+    return CSRWeight.from_dense(flat)
+
+
 def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = None) -> int:
     """Writes ``model``'s state dict and sparse-layer description to ``path`` (safetensors).
 
-    ``metadata``: extra JSON-serialisable information kept in the header. Returns the file's
-    size in bytes.
+    Mostly-zero dense tensors outside the sparse layers are stored packed (see the module
+    docstring). ``metadata``: extra JSON-serialisable information kept in the header. Returns
+    the file's size in bytes.
     """
     from safetensors.torch import save_file
 
@@ -72,19 +103,31 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     layers = {name: _layer_meta(mod) for name, mod in model.named_modules()
               if isinstance(mod, (SparseLinear, SparseConv2d))}
-    tensors, seen = {}, set()
-    for key, value in model.state_dict().items():
+    state = model.state_dict()
+    layer_keys = {_key(name, field) for name, mod in model.named_modules()
+                  if isinstance(mod, (SparseLinear, SparseConv2d))
+                  for field in mod._fields}
+    tensors, packed, seen = {}, {}, set()
+    for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"state dict entry {key!r} is a {type(value).__name__}; a "
                             f"safetensors checkpoint holds tensors only")
         t = value.detach()
+        csr = None if key in layer_keys else _pack_tensor(t)
+        if csr is not None and not any(_packed_key(key, f) in state for f in csr.tensors()):
+            for field, part in csr.tensors().items():
+                tensors[_packed_key(key, field)] = part.contiguous()
+            packed[key] = {"format": "csr", "shape": list(t.shape),
+                           "dtype": str(t.dtype).removeprefix("torch.")}
+            continue
         # safetensors refuses tensors sharing memory (tied weights): store a copy each.
         ptr = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
         if ptr in seen:
             t = t.clone()
         seen.add(ptr)
         tensors[key] = t.contiguous()
-    header = {"version": _VERSION, "layers": layers, "user": metadata or {}}
+    header = {"version": _VERSION, "layers": layers, "tensors": packed,
+              "user": metadata or {}}
     try:
         text = json.dumps(header)
     except TypeError as e:
@@ -189,11 +232,49 @@ def _read_header(path) -> dict:
         header = json.loads(raw)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: '{_KEY}' metadata is not valid JSON ({e})") from None
-    if not isinstance(header, dict) or header.get("version") != _VERSION \
-            or not isinstance(header.get("layers"), dict):
-        raise ValueError(f"{path}: '{_KEY}' metadata must be an object with version "
-                         f"{_VERSION} and a 'layers' object")
+    if not isinstance(header, dict) or header.get("version") not in _READS \
+            or not isinstance(header.get("layers"), dict) \
+            or not isinstance(header.get("tensors", {}), dict):
+        raise ValueError(f"{path}: '{_KEY}' metadata must be an object with a version in "
+                         f"{list(_READS)}, a 'layers' object and (optionally) a 'tensors' "
+                         f"object")
     return header
+
+
+def _unpack_tensors(state: dict, described: dict):
+    """Replaces the CSR parts of every tensor listed in the header's "tensors" object by the
+    dense tensor, after validating them like any packed weight."""
+    for key, meta in described.items():
+        def fail(msg):
+            raise FormatError(f"checkpoint tensor {key!r}: {msg}")
+
+        if not isinstance(meta, dict) or meta.get("format") != "csr":
+            fail("description must be an object with format 'csr'")
+        shape = meta.get("shape")
+        if not (isinstance(shape, list) and len(shape) >= 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape)):
+            fail(f"shape must be a list of >= 2 non-negative ints, got {shape!r}")
+        dtype = _DTYPE_NAMES.get(meta.get("dtype"))
+        if dtype is None:
+            fail(f"dtype must be one of {sorted(_DTYPE_NAMES)}, got {meta.get('dtype')!r}")
+        if key in state:
+            fail("stored both packed and dense")
+        fields = {}
+        for field in CSRWeight._tensor_fields:
+            part = state.pop(_packed_key(key, field), None)
+            if part is None:
+                fail(f"tensor {_packed_key(key, field)!r} is missing")
+            fields[field] = part
+        cols = 1
+        for v in shape[1:]:
+            cols *= v
+        try:
+            csr = CSRWeight(**fields, shape=(shape[0], cols))
+        except FormatError as e:
+            fail(str(e))
+        if csr.dtype != dtype:
+            fail(f"values are {csr.dtype}, the header says {meta['dtype']}")
+        state[key] = csr.to_dense().reshape(shape)
 
 
 def _check_layer_meta(name, meta):
@@ -246,6 +327,7 @@ def load(path_or_model, path: str | os.PathLike | None = None, *,
         state = load_file(os.fspath(path), device="cpu")
     except Exception as e:
         raise ValueError(f"{path}: tensors could not be read ({e})") from None
+    _unpack_tensors(state, header.get("tensors", {}))
     packed = {}
     for name, meta in header["layers"].items():
         _check_layer_meta(name, meta)

