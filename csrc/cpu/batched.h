@@ -100,10 +100,13 @@ inline void for_each_chunk(const XPlan& plan, const Body& body) {
 
 // BSR: output rows [i0, i0 + R) of block row `br` for one chunk. For each block column j
 // the NV activation vectors are loaded once and feed R rows (R broadcasts, R*NV FMAs),
-// so blocks reach a far higher share of FMA peak than one-row CSR.
+// so blocks reach a far higher share of FMA peak than one-row CSR. Not inlined: each call covers a whole
+// block row, and inlined into bsr_batched the instantiations changed each other's code
+// (an added 16-row case made the unchanged 32-wide case 10-20% slower from cold weights).
 template <class V, int R, int NV, typename T>
-inline void bsr_rows(const Bsr& w, int64_t in_features, int64_t br, int64_t i0,
-                     const float* xt, float* out /* [R][NV*lanes] */) {
+__attribute__((noinline)) void bsr_rows(const Bsr& w, int64_t in_features, int64_t br,
+                                        int64_t i0, const float* xt,
+                                        float* out /* [R][NV*lanes] */) {
   constexpr int W = NV * V::kLanes;
   typename V::reg acc[R][NV];
   for (int i = 0; i < R; ++i)
@@ -133,30 +136,38 @@ void bsr_batched(const Dense& d, const Bsr& w, const XPacked& xp, int64_t br_beg
   for_each_chunk(xp.plan, [&](auto v, auto nv, int64_t c) {
     using V = typename decltype(v)::type;
     constexpr int NV = decltype(nv)::value;
-    // Registers: R*NV accumulators + NV activations must fit the register file
-    // (32 registers with AVX-512, 16 with AVX2).
-    constexpr int R = V::kLanes * NV <= 16 ? 8 : (kLanes == 16 && NV == 2 ? 8 : 4);
-    alignas(64) float acc[R * NV * V::kLanes];
+    constexpr int W = NV * V::kLanes;
+    // Registers: R*NV accumulators + NV activations must fit the register file (32 with
+    // AVX-512, 16 with AVX2). With one vector per chunk (batch <= 16), AVX-512 takes 16
+    // rows at a time, so a 16-row block is read front to back once: two passes of 8 rows,
+    // each over half of every block's cache lines, streamed the weights at ~6 GB/s and ran
+    // 16x16 blocks at 80% 2.3-4.3x dense at batch 8-16 (now 4.5-9.8x; RESULTS.md). Two
+    // passes of 16 rows over the halves of a 32-wide chunk were slower than 8 rows x 2
+    // vectors.
+    constexpr int R = kLanes == 16 && NV == 1 ? 16
+                      : (V::kLanes * NV <= 16 ? 8 : (kLanes == 16 && NV == 2 ? 8 : 4));
+    alignas(64) float acc[R * W];
     const float* xt = xp.xt + xp.plan.offset(c);
-    ChunkWriter<T, NV * V::kLanes> out(d, xp.plan.first_row(c), xp.plan.rows(c));
+    ChunkWriter<T, W> out(d, xp.plan.first_row(c), xp.plan.rows(c));
     for (int64_t br = br_begin; br < br_end; ++br) {
       const int64_t r0 = br * w.bh;
       const int64_t valid = d.out_features - r0 < w.bh ? d.out_features - r0 : w.bh;
       int64_t i0 = 0;
-      // Full groups of R rows, then 4/2/1 for the rest of the block (padding rows of a
+      // Full groups of R rows, then 8/4/2/1 for the rest of the block (padding rows of a
       // ragged edge block are skipped, never read).
       auto run = [&](auto rr) {
         constexpr int RR = decltype(rr)::value;
         for (; i0 + RR <= valid; i0 += RR) {
           bsr_rows<V, RR, NV, T>(w, d.in_features, br, i0, xt, acc);
           for (int i = 0; i < RR; ++i) {
-            const float* src = acc + i * NV * V::kLanes;
+            const float* src = acc + i * W;
             float* dst = out.slot(r0 + i0 + i);
-            for (int j = 0; j < NV * V::kLanes; ++j) dst[j] = src[j];
+            for (int j = 0; j < W; ++j) dst[j] = src[j];
           }
         }
       };
       run(std::integral_constant<int, R>{});
+      if constexpr (R > 8) run(std::integral_constant<int, 8>{});
       if constexpr (R > 4) run(std::integral_constant<int, 4>{});
       if constexpr (R > 2) run(std::integral_constant<int, 2>{});
       run(std::integral_constant<int, 1>{});
