@@ -98,8 +98,8 @@ class ChunkWriter {
     const T* bias = static_cast<const T*>(d_.bias);
     float b[kRows];
     for (int i = 0; i < count_; ++i) b[i] = bias ? load_f32(bias[start_ + i]) : 0.f;
-    store_transposed(buf_, W, count_, rows_,
-                     static_cast<T*>(d_.y) + first_ * d_.out_features + start_, d_.out_features, b);
+    T* y = static_cast<T*>(d_.y) + first_ * d_.out_features + start_;
+    store_transposed(buf_, W, count_, rows_, y, d_.out_features, b);
     count_ = 0;
   }
 
@@ -122,9 +122,10 @@ inline void for_each_chunk(const XPlan& plan, const Body& body) {
 
 // BSR: output rows [i0, i0 + R) of block row `br` for one chunk. For each block column j
 // the NV activation vectors are loaded once and feed R rows (R broadcasts, R*NV FMAs),
-// so blocks reach a far higher share of FMA peak than one-row CSR. Not inlined: each call covers a whole
-// block row, and inlined into bsr_batched the instantiations changed each other's code
-// (an added 16-row case made the unchanged 32-wide case 10-20% slower from cold weights).
+// so blocks reach a far higher share of FMA peak than one-row CSR. Not inlined: each call
+// covers a whole block row, and inlined into bsr_batched the instantiations changed each
+// other's code (an added 16-row case made the unchanged 32-wide case 10-20% slower from
+// cold weights).
 template <class V, int R, int NV, typename T>
 __attribute__((noinline)) void bsr_rows(const Bsr& w, int64_t in_features, int64_t br,
                                         int64_t i0, const float* xt,
@@ -163,7 +164,7 @@ void bsr_batched(const Dense& d, const Bsr& w, const XPacked& xp, int64_t br_beg
     // AVX-512, 16 with AVX2). With one vector per chunk (batch <= 16), AVX-512 takes 16
     // rows at a time, so a 16-row block is read front to back once: two passes of 8 rows,
     // each over half of every block's cache lines, streamed the weights at ~6 GB/s and ran
-    // 16x16 blocks at 80% 2.3-4.3x dense at batch 8-16 (now 4.5-9.8x; RESULTS.md). Two
+    // 16x16 blocks at 80% 2.2-4.2x dense at batch 8-16 (now 3.7-11x; RESULTS.md). Two
     // passes of 16 rows over the halves of a 32-wide chunk were slower than 8 rows x 2
     // vectors.
     constexpr int R = kLanes == 16 && NV == 1 ? 16

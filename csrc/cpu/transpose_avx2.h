@@ -46,8 +46,9 @@ inline void store8(uint16_t* p, __m256 v) {
 // see store_transposed in transpose_avx512.h. A ragged last group of outputs goes through
 // a stack row, so no store lands past y's row.
 template <typename T>
-__attribute__((noinline)) void store_transposed(const float* buf, int64_t width, int64_t count, int64_t rows,
-                             T* y, int64_t ld, const float* b) {
+__attribute__((noinline)) void store_transposed(const float* buf, int64_t width,
+                                                int64_t count, int64_t rows, T* y,
+                                                int64_t ld, const float* b) {
   for (int64_t i0 = 0; i0 < count; i0 += 8) {
     const int64_t ni = count - i0 < 8 ? count - i0 : 8;
     alignas(32) float bb[8] = {};

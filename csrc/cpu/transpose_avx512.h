@@ -59,8 +59,9 @@ inline __mmask16 first_lanes16(int64_t n) {
 // 32 rows it costs nothing, and inlined into every kernel body it moved their hot loops
 // (16x16 blocks at 80% ran 10-15% slower from cold weights, same loop code).
 template <typename T>
-__attribute__((noinline)) void store_transposed(const float* buf, int64_t width, int64_t count, int64_t rows,
-                             T* y, int64_t ld, const float* b) {
+__attribute__((noinline)) void store_transposed(const float* buf, int64_t width,
+                                                int64_t count, int64_t rows, T* y,
+                                                int64_t ld, const float* b) {
   for (int64_t i0 = 0; i0 < count; i0 += 16) {
     const int64_t ni = count - i0 < 16 ? count - i0 : 16;
     const __mmask16 im = first_lanes16(ni);
@@ -74,7 +75,8 @@ __attribute__((noinline)) void store_transposed(const float* buf, int64_t width,
       }
       transpose16(r);
       const int64_t nj = rows - j0 < 16 ? rows - j0 : 16;
-      for (int64_t j = 0; j < nj; ++j) store16(y + (j0 + j) * ld + i0, _mm512_add_ps(r[j], bias), im);
+      for (int64_t j = 0; j < nj; ++j)
+        store16(y + (j0 + j) * ld + i0, _mm512_add_ps(r[j], bias), im);
     }
   }
 }
