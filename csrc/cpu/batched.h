@@ -153,6 +153,39 @@ __attribute__((noinline)) void bsr_rows(const Bsr& w, int64_t in_features, int64
     for (int v = 0; v < NV; ++v) V::store(out + i * W + v * V::kLanes, acc[i][v]);
 }
 
+// BSR: all rows of full block row `br` for one chunk, block by block: each block is read
+// once front to back (R rows at a time), the partial sums of the block row waiting in
+// acc[bh][NV*lanes] (L1) between blocks. For chunks of two or more vectors, where R rows x
+// NV vectors of accumulators cannot cover a 16-row block in registers.
+template <class V, int R, int NV, typename T>
+__attribute__((noinline)) void bsr_block_row(const Bsr& w, int64_t in_features, int64_t br,
+                                             const float* xt, float* acc) {
+  constexpr int W = NV * V::kLanes;
+  for (int64_t i = 0; i < w.bh * W; ++i) acc[i] = 0.f;
+  const T* blocks = static_cast<const T*>(w.blocks);
+  for (int64_t k = w.block_row_offsets[br]; k < w.block_row_offsets[br + 1]; ++k) {
+    const int64_t c0 = static_cast<int64_t>(w.block_col_indices[k]) * w.bw;
+    const int64_t cols = in_features - c0 < w.bw ? in_features - c0 : w.bw;
+    for (int64_t g = 0; g < w.bh; g += R) {
+      typename V::reg a[R][NV];
+      for (int i = 0; i < R; ++i)
+        for (int v = 0; v < NV; ++v) a[i][v] = V::load(acc + (g + i) * W + v * V::kLanes);
+      const T* blk = blocks + (k * w.bh + g) * w.bw;
+      const float* xr = xt + c0 * W;
+      for (int64_t j = 0; j < cols; ++j, xr += W) {
+        typename V::reg xv[NV];
+        for (int v = 0; v < NV; ++v) xv[v] = V::load(xr + v * V::kLanes);
+        for (int i = 0; i < R; ++i) {
+          const typename V::reg wv = V::set1(load_f32(blk[i * w.bw + j]));
+          for (int v = 0; v < NV; ++v) a[i][v] = V::fmadd(wv, xv[v], a[i][v]);
+        }
+      }
+      for (int i = 0; i < R; ++i)
+        for (int v = 0; v < NV; ++v) V::store(acc + (g + i) * W + v * V::kLanes, a[i][v]);
+    }
+  }
+}
+
 template <typename T>
 void bsr_batched(const Dense& d, const Bsr& w, const XPacked& xp, int64_t br_begin,
                  int64_t br_end) {
@@ -172,9 +205,24 @@ void bsr_batched(const Dense& d, const Bsr& w, const XPacked& xp, int64_t br_beg
     alignas(64) float acc[R * W];
     const float* xt = xp.xt + xp.plan.offset(c);
     ChunkWriter<T, W> out(d, xp.plan.first_row(c), xp.plan.rows(c));
+    // Blocks taller than R rows go block by block (bsr_block_row) with AVX-512: by R-row
+    // passes over the block row, each pass read every block's lines for its rows only, and
+    // 32x32@90% / 16x16@80% at batch 32 ran 1.1-1.8x slower (RESULTS.md).
+    const bool by_block = kLanes == 16 && w.bh > R && w.bh % R == 0;
+    Scratch<float> rows_acc(by_block ? w.bh * W : 0);
     for (int64_t br = br_begin; br < br_end; ++br) {
       const int64_t r0 = br * w.bh;
       const int64_t valid = d.out_features - r0 < w.bh ? d.out_features - r0 : w.bh;
+      if (by_block && valid == w.bh) {
+        float* racc = rows_acc.data();
+        bsr_block_row<V, R, NV, T>(w, d.in_features, br, xt, racc);
+        for (int64_t i = 0; i < valid; ++i) {
+          const float* src = racc + i * W;
+          float* dst = out.slot(r0 + i);
+          for (int j = 0; j < W; ++j) dst[j] = src[j];
+        }
+        continue;
+      }
       int64_t i0 = 0;
       // Full groups of R rows, then 8/4/2/1 for the rest of the block (padding rows of a
       // ragged edge block are skipped, never read).
