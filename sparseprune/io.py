@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 
 import torch
@@ -241,6 +242,12 @@ def _read_header(path) -> dict:
     return header
 
 
+def _is_shape(value) -> bool:
+    """A JSON list of non-negative ints (bools excluded)."""
+    return isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
 def _unpack_tensors(state: dict, described: dict):
     """Replaces the CSR parts of every tensor listed in the header's "tensors" object by the
     dense tensor, after validating them like any packed weight."""
@@ -251,8 +258,7 @@ def _unpack_tensors(state: dict, described: dict):
         if not isinstance(meta, dict) or meta.get("format") != "csr":
             fail("description must be an object with format 'csr'")
         shape = meta.get("shape")
-        if not (isinstance(shape, list) and len(shape) >= 2 and all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape)):
+        if not (_is_shape(shape) and len(shape) >= 2):
             fail(f"shape must be a list of >= 2 non-negative ints, got {shape!r}")
         dtype = _DTYPE_NAMES.get(meta.get("dtype"))
         if dtype is None:
@@ -265,11 +271,8 @@ def _unpack_tensors(state: dict, described: dict):
             if part is None:
                 fail(f"tensor {_packed_key(key, field)!r} is missing")
             fields[field] = part
-        cols = 1
-        for v in shape[1:]:
-            cols *= v
         try:
-            csr = CSRWeight(**fields, shape=(shape[0], cols))
+            csr = CSRWeight(**fields, shape=(shape[0], math.prod(shape[1:])))
         except FormatError as e:
             fail(str(e))
         if csr.dtype != dtype:
@@ -288,8 +291,7 @@ def _check_layer_meta(name, meta):
     if meta.get("format") not in _CLASSES:
         fail(f"format must be one of {sorted(_CLASSES)}, got {meta.get('format')!r}")
     shape = meta.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape)):
+    if not (_is_shape(shape) and len(shape) == 2):
         fail(f"shape must be [out, in] with non-negative ints, got {shape!r}")
     if not isinstance(meta.get("bias"), bool) or not isinstance(meta.get("pattern"), str):
         fail("bias must be a bool and pattern a string")

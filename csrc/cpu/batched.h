@@ -120,12 +120,34 @@ inline void for_each_chunk(const XPlan& plan, const Body& body) {
   }
 }
 
-// BSR: output rows [i0, i0 + R) of block row `br` for one chunk. For each block column j
-// the NV activation vectors are loaded once and feed R rows (R broadcasts, R*NV FMAs),
-// so blocks reach a far higher share of FMA peak than one-row CSR. Not inlined: each call
-// covers a whole block row, and inlined into bsr_batched the instantiations changed each
-// other's code (an added 16-row case made the unchanged 32-wide case 10-20% slower from
-// cold weights).
+// Columns of the block starting at column c0 that lie inside the matrix.
+inline int64_t block_cols(const Bsr& w, int64_t in_features, int64_t c0) {
+  return in_features - c0 < w.bw ? in_features - c0 : w.bw;
+}
+
+// acc[i][v] += R rows of one block (row stride bw, `cols` columns) times the activation
+// rows xr[j][v * lanes ..] of its columns. For each column j the NV activation vectors are
+// loaded once and feed R rows (R broadcasts, R*NV FMAs), so blocks reach a far higher share
+// of FMA peak than one-row CSR.
+template <class V, int R, int NV, typename T>
+__attribute__((always_inline)) inline void block_fma(const T* blk, int64_t bw, int64_t cols,
+                                                     const float* xr,
+                                                     typename V::reg (&acc)[R][NV]) {
+  constexpr int W = NV * V::kLanes;
+  for (int64_t j = 0; j < cols; ++j, xr += W) {
+    typename V::reg xv[NV];
+    for (int v = 0; v < NV; ++v) xv[v] = V::load(xr + v * V::kLanes);
+    for (int i = 0; i < R; ++i) {
+      const typename V::reg wv = V::set1(load_f32(blk[i * bw + j]));
+      for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(wv, xv[v], acc[i][v]);
+    }
+  }
+}
+
+// BSR: output rows [i0, i0 + R) of block row `br` for one chunk (block_fma over the row's
+// blocks, accumulators in registers throughout). Not inlined: each call covers a whole
+// block row, and inlined into bsr_batched the instantiations changed each other's code (an
+// added 16-row case made the unchanged 32-wide case 10-20% slower from cold weights).
 template <class V, int R, int NV, typename T>
 __attribute__((noinline)) void bsr_rows(const Bsr& w, int64_t in_features, int64_t br,
                                         int64_t i0, const float* xt,
@@ -137,17 +159,8 @@ __attribute__((noinline)) void bsr_rows(const Bsr& w, int64_t in_features, int64
   const T* blocks = static_cast<const T*>(w.blocks);
   for (int64_t k = w.block_row_offsets[br]; k < w.block_row_offsets[br + 1]; ++k) {
     const int64_t c0 = static_cast<int64_t>(w.block_col_indices[k]) * w.bw;
-    const int64_t cols = in_features - c0 < w.bw ? in_features - c0 : w.bw;
-    const T* blk = blocks + (k * w.bh + i0) * w.bw;
-    const float* xr = xt + c0 * W;
-    for (int64_t j = 0; j < cols; ++j, xr += W) {
-      typename V::reg xv[NV];
-      for (int v = 0; v < NV; ++v) xv[v] = V::load(xr + v * V::kLanes);
-      for (int i = 0; i < R; ++i) {
-        const typename V::reg wv = V::set1(load_f32(blk[i * w.bw + j]));
-        for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(wv, xv[v], acc[i][v]);
-      }
-    }
+    block_fma<V, R, NV>(blocks + (k * w.bh + i0) * w.bw, w.bw, block_cols(w, in_features, c0),
+                        xt + c0 * W, acc);
   }
   for (int i = 0; i < R; ++i)
     for (int v = 0; v < NV; ++v) V::store(out + i * W + v * V::kLanes, acc[i][v]);
@@ -155,8 +168,8 @@ __attribute__((noinline)) void bsr_rows(const Bsr& w, int64_t in_features, int64
 
 // BSR: all rows of full block row `br` for one chunk, block by block: each block is read
 // once front to back (R rows at a time), the partial sums of the block row waiting in
-// acc[bh][NV*lanes] (L1) between blocks. For chunks of two or more vectors, where R rows x
-// NV vectors of accumulators cannot cover a 16-row block in registers.
+// acc[bh][NV*lanes] (L1) between blocks. For blocks taller than the R rows whose
+// accumulators fit the registers.
 template <class V, int R, int NV, typename T>
 __attribute__((noinline)) void bsr_block_row(const Bsr& w, int64_t in_features, int64_t br,
                                              const float* xt, float* acc) {
@@ -165,21 +178,12 @@ __attribute__((noinline)) void bsr_block_row(const Bsr& w, int64_t in_features, 
   const T* blocks = static_cast<const T*>(w.blocks);
   for (int64_t k = w.block_row_offsets[br]; k < w.block_row_offsets[br + 1]; ++k) {
     const int64_t c0 = static_cast<int64_t>(w.block_col_indices[k]) * w.bw;
-    const int64_t cols = in_features - c0 < w.bw ? in_features - c0 : w.bw;
+    const int64_t cols = block_cols(w, in_features, c0);
     for (int64_t g = 0; g < w.bh; g += R) {
       typename V::reg a[R][NV];
       for (int i = 0; i < R; ++i)
         for (int v = 0; v < NV; ++v) a[i][v] = V::load(acc + (g + i) * W + v * V::kLanes);
-      const T* blk = blocks + (k * w.bh + g) * w.bw;
-      const float* xr = xt + c0 * W;
-      for (int64_t j = 0; j < cols; ++j, xr += W) {
-        typename V::reg xv[NV];
-        for (int v = 0; v < NV; ++v) xv[v] = V::load(xr + v * V::kLanes);
-        for (int i = 0; i < R; ++i) {
-          const typename V::reg wv = V::set1(load_f32(blk[i * w.bw + j]));
-          for (int v = 0; v < NV; ++v) a[i][v] = V::fmadd(wv, xv[v], a[i][v]);
-        }
-      }
+      block_fma<V, R, NV>(blocks + (k * w.bh + g) * w.bw, w.bw, cols, xt + c0 * W, a);
       for (int i = 0; i < R; ++i)
         for (int v = 0; v < NV; ++v) V::store(acc + (g + i) * W + v * V::kLanes, a[i][v]);
     }
@@ -213,14 +217,16 @@ void bsr_batched(const Dense& d, const Bsr& w, const XPacked& xp, int64_t br_beg
     for (int64_t br = br_begin; br < br_end; ++br) {
       const int64_t r0 = br * w.bh;
       const int64_t valid = d.out_features - r0 < w.bh ? d.out_features - r0 : w.bh;
-      if (by_block && valid == w.bh) {
-        float* racc = rows_acc.data();
-        bsr_block_row<V, R, NV, T>(w, d.in_features, br, xt, racc);
-        for (int64_t i = 0; i < valid; ++i) {
-          const float* src = racc + i * W;
-          float* dst = out.slot(r0 + i);
-          for (int j = 0; j < W; ++j) dst[j] = src[j];
+      // Rows [first, first + n) of this block row, computed into src[n][W], to the writer.
+      auto emit = [&](int64_t first, int64_t n, const float* src) {
+        for (int64_t i = 0; i < n; ++i) {
+          float* dst = out.slot(r0 + first + i);
+          for (int j = 0; j < W; ++j) dst[j] = src[i * W + j];
         }
+      };
+      if (by_block && valid == w.bh) {
+        bsr_block_row<V, R, NV, T>(w, d.in_features, br, xt, rows_acc.data());
+        emit(0, valid, rows_acc.data());
         continue;
       }
       int64_t i0 = 0;
@@ -230,11 +236,7 @@ void bsr_batched(const Dense& d, const Bsr& w, const XPacked& xp, int64_t br_beg
         constexpr int RR = decltype(rr)::value;
         for (; i0 + RR <= valid; i0 += RR) {
           bsr_rows<V, RR, NV, T>(w, d.in_features, br, i0, xt, acc);
-          for (int i = 0; i < RR; ++i) {
-            const float* src = acc + i * W;
-            float* dst = out.slot(r0 + i0 + i);
-            for (int j = 0; j < W; ++j) dst[j] = src[j];
-          }
+          emit(i0, RR, acc);
         }
       };
       run(std::integral_constant<int, R>{});

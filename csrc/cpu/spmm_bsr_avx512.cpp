@@ -108,7 +108,7 @@ void bsr_columns(const Dense& d, const Bsr& w, const float* x, int64_t br_begin,
       for (int64_t i = 0; i < rows; ++i) acc[i] = 0.f;
       for (int64_t k = w.block_row_offsets[br]; k < w.block_row_offsets[br + 1]; ++k) {
         const int64_t c0 = static_cast<int64_t>(w.block_col_indices[k]) * w.bw;
-        const int64_t cols = d.in_features - c0 < w.bw ? d.in_features - c0 : w.bw;
+        const int64_t cols = block_cols(w, d.in_features, c0);
         const T* blk = blocks + (k * w.bh + i0) * w.bw;
         for (int64_t j = 0; j < cols; ++j) {
           const float xj = x[c0 + j];

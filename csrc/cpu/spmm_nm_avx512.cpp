@@ -82,12 +82,6 @@ inline void for_each_16_slots(const Decoder& dc, const uint8_t* row_meta, int64_
   }
 }
 
-// Mask of the first `left` lanes (none when left <= 0).
-inline __mmask16 lanes_left(int64_t left) {
-  if (left <= 0) return 0;
-  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
-}
-
 template <typename T>
 void nm_avx512(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin,
                int64_t row_end) {

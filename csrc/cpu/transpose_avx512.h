@@ -48,8 +48,10 @@ inline void store16(uint16_t* p, __m512 v, __mmask16 k) {
   _mm256_mask_storeu_epi16(p, k, to_bf16x16(v));
 }
 
-inline __mmask16 first_lanes16(int64_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+// Mask of the first `left` lanes (none when left <= 0).
+inline __mmask16 lanes_left(int64_t left) {
+  if (left <= 0) return 0;
+  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
 }
 
 // y[j * ld + i] = buf[i * width + j] + b[i] for i < count, j < rows: a chunk's results,
@@ -64,10 +66,10 @@ __attribute__((noinline)) void store_transposed(const float* buf, int64_t width,
                                                 int64_t ld, const float* b) {
   for (int64_t i0 = 0; i0 < count; i0 += 16) {
     const int64_t ni = count - i0 < 16 ? count - i0 : 16;
-    const __mmask16 im = first_lanes16(ni);
+    const __mmask16 im = lanes_left(ni);
     const __m512 bias = _mm512_maskz_loadu_ps(im, b + i0);
     for (int64_t j0 = 0; j0 < rows; j0 += 16) {
-      const __mmask16 jm = first_lanes16(width - j0);
+      const __mmask16 jm = lanes_left(width - j0);
       __m512 r[16];
       for (int64_t i = 0; i < 16; ++i) {
         r[i] = i < ni ? _mm512_maskz_loadu_ps(jm, buf + (i0 + i) * width + j0)
