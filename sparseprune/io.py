@@ -102,12 +102,11 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    layers = {name: _layer_meta(mod) for name, mod in model.named_modules()
+    sparse = {name: mod for name, mod in model.named_modules()
               if isinstance(mod, (SparseLinear, SparseConv2d))}
+    layers = {name: _layer_meta(mod) for name, mod in sparse.items()}
     state = model.state_dict()
-    layer_keys = {_key(name, field) for name, mod in model.named_modules()
-                  if isinstance(mod, (SparseLinear, SparseConv2d))
-                  for field in mod._fields}
+    layer_keys = {_key(name, field) for name, mod in sparse.items() for field in mod._fields}
     tensors, packed, seen = {}, {}, set()
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
