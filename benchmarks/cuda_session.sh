@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One lease of a GPU machine (see benchmarks/RESULTS.md, "CUDA"): builds the extension with
 # the CUDA kernels against the machine's CUDA torch, runs tests/cuda, runs a subset of them
-# under compute-sanitizer memcheck, then the GPU benchmark. Stages: build test sanitize bench
-# (default: all). Logs and results go to $OUT (default /tmp/sparseprune-cuda).
+# under compute-sanitizer memcheck, then the GPU benchmark. Stages: build test sweep sanitize
+# bench (default: all but sweep; sweep = benchmarks/cuda_nm24_sweep.py). Logs and results go to $OUT (default /tmp/sparseprune-cuda).
 set -uo pipefail
 OUT=${OUT:-/tmp/sparseprune-cuda}
 mkdir -p "$OUT"
@@ -21,13 +21,18 @@ for stage in $STAGES; do
     test)
       $PY -m pytest tests/cuda -q -p no:cacheprovider -x ${PYTEST_ARGS:-} >"$OUT/tests.log" 2>&1
       echo "tests rc=$?"; tail -25 "$OUT/tests.log" ;;
+    sweep)
+      timeout ${SWEEP_TIMEOUT:-240} $PY benchmarks/cuda_nm24_sweep.py --out "$OUT" ${SWEEP_ARGS:-} \
+        >"$OUT/sweep.log" 2>&1
+      echo "sweep rc=$?"; cut -c1-400 "$OUT/sweep.log" | tail -40 ;;
     sanitize)
       SPARSEPRUNE_SANITIZE=1 timeout ${SANITIZE_TIMEOUT:-300} compute-sanitizer --tool memcheck \
-        --error-exitcode 9 $PY -m pytest tests/cuda -q -p no:cacheprovider -x \
+        --error-exitcode 9 $PY -m pytest tests/cuda -q -p no:cacheprovider -x ${SANITIZE_ARGS:-} \
         >"$OUT/sanitizer.log" 2>&1
       echo "sanitizer rc=$?"; grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer.log" | tail -3 ;;
     bench)
-      $PY -m sparseprune.bench.cuda --out "$OUT" ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
+      timeout ${BENCH_TIMEOUT:-600} $PY -m sparseprune.bench.cuda --out "$OUT" ${BENCH_ARGS:-} \
+        >"$OUT/bench.log" 2>&1
       echo "bench rc=$?"; grep -v "^|" "$OUT/bench.log" | tail -${BENCH_TAIL:-60} ;;
   esac
 done

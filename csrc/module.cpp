@@ -52,6 +52,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return std::string(cu::nm_path(dtype(dt), n, mm, in));
       },
       "'tensor_core' or 'cuda_core': the CUDA path of an N:M product.");
+  m.def(
+      "cuda_nm24_variants", [] { return cu::nm24_variant_names(); },
+      "The values SPARSEPRUNE_CUDA_NM24 accepts (forces one 2:4 tensor-core kernel).");
 #else
   m.attr("cuda_built") = false;
 #endif

@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
 
 namespace sparseprune {
 namespace cuda {
@@ -54,7 +55,16 @@ struct NM {
   const void* values;      // [out, slots]
   const uint8_t* metadata;  // [out, row_bytes], slot s at bit s * bits
   int64_t n, m;
+  int variant = 0;          // 2:4 tensor-core kernel: 0 automatic, else nm24_variant(...)
+  void* scratch = nullptr;  // nm_scratch_bytes(d, *this) bytes, 16-byte aligned
 };
+
+// The 2:4 tensor-core kernel a name forces ("auto", "legacy" or "frag:ROWSxBATCH"; the
+// binding reads it from SPARSEPRUNE_CUDA_NM24): its NM::variant, or -1 if unknown.
+int nm24_variant(const char* spec);
+std::string nm24_variant_names();
+// Bytes of scratch linear_nm needs for this problem (0: none); the binding allocates them.
+int64_t nm_scratch_bytes(const Dense& d, const NM& w);
 
 // xt may be nullptr when !wants_transposed_x(d.batch). The returned error is
 // cudaGetLastError() after the launches (launch-configuration errors).

@@ -12,6 +12,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -199,6 +200,16 @@ at::Tensor linear_bsr_cuda(const at::Tensor& x, const at::Tensor& block_row_offs
   return finish(p, cu::linear_bsr(p.dense, xt, w, at::cuda::getCurrentCUDAStream()));
 }
 
+// SPARSEPRUNE_CUDA_NM24 forces one 2:4 tensor-core kernel (benchmarks and tests; unset or
+// "auto": chosen by shape and batch).
+int nm24_variant_from_env() {
+  const char* env = std::getenv("SPARSEPRUNE_CUDA_NM24");
+  const int variant = cu::nm24_variant(env);
+  TORCH_CHECK_VALUE(variant >= 0, "SPARSEPRUNE_CUDA_NM24 must be one of ",
+                    cu::nm24_variant_names(), "; got '", std::string(env), "'");
+  return variant;
+}
+
 at::Tensor linear_nm_cuda(const at::Tensor& x, const at::Tensor& values,
                           const at::Tensor& metadata, const std::optional<at::Tensor>& bias,
                           int64_t n, int64_t m) {
@@ -227,9 +238,16 @@ at::Tensor linear_nm_cuda(const at::Tensor& x, const at::Tensor& values,
   if (p.empty) return finish(p, cudaSuccess);
   const at::Tensor vals = aligned(values);
   const at::Tensor meta = aligned(metadata);
-  const cu::NM w{vals.data_ptr(), meta.data_ptr<uint8_t>(), n, m};
+  cu::NM w{vals.data_ptr(), meta.data_ptr<uint8_t>(), n, m};
+  w.variant = nm24_variant_from_env();
   const bool cuda_core = std::string(cu::nm_path(p.dense.dtype, n, m, in)) == "cuda_core";
   const void* xt = transposed_x(p, cuda_core);
+  at::Tensor scratch;
+  const int64_t scratch_bytes = cu::nm_scratch_bytes(p.dense, w);
+  if (scratch_bytes > 0) {
+    scratch = at::empty({scratch_bytes}, p.x2.options().dtype(at::kByte));
+    w.scratch = scratch.data_ptr();
+  }
   return finish(p, cu::linear_nm(p.dense, xt, w, at::cuda::getCurrentCUDAStream()));
 }
 

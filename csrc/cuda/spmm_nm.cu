@@ -10,6 +10,9 @@
 //               activations and weights staged through shared memory by cp.async
 //               (3 stages) and read by ldmatrix.
 // Any other n:m, fp32, or in_features not a multiple of 32 take the CUDA-core row kernels.
+#include <algorithm>
+#include <string>
+
 #include "rows.cuh"
 
 namespace sparseprune {
@@ -270,6 +273,167 @@ __global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_small_wide(
   }
 }
 
+// nm24_frag: the nm24_small_wide scheme for batches above kSmallBatch. There, every lane
+// read its B registers as four 4-byte loads from four rows of x: eight cache lines per
+// load instruction, and the count grew with the batch (b=16 took 1.6x the time of b=1 on
+// an H100). Here a pre-pass (nm24_frag_x) writes x once in mma fragment order, so a lane's
+// four B registers of one step are one 16-byte load and a warp's 32 lanes read 512
+// contiguous bytes. A CTA owns 16 * MF output rows x 8 * NF batch columns; the batch tile
+// is the fast grid dimension, so the CTAs that share a row tile run together and its
+// weights come from HBM once. Its 8 warps split the input spans and sum in shared memory.
+
+// Offset (in elements, within a 64-column span) of B register i of step q for lane t:
+// logical group 2i + t/2 of the step, pair t % 2 within it (see span_group).
+__device__ __forceinline__ int frag_offset(int q, int i, int t) {
+  return 4 * span_group(q, 2 * i + t / 2) + 2 * (t % 2);
+}
+
+// xf[((bt * spans + s) * 2 + q) * 32 + lane]: the B registers of lane for step q of span s
+// and batch rows 8 bt .. 8 bt + 7 (zeros past the batch).
+template <typename T>
+__global__ __launch_bounds__(256) void nm24_frag_x(const T* __restrict__ x,
+                                                   uint4* __restrict__ xf, int64_t batch,
+                                                   int64_t in, int64_t total) {
+  const int64_t spans = in / 64;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int lane = static_cast<int>(i % kWarp), q = static_cast<int>((i / kWarp) % 2);
+    const int64_t s = (i / (2 * kWarp)) % spans, bt = i / (2 * kWarp) / spans;
+    const int g = lane >> 2, t = lane & 3;
+    const int64_t b = bt * 8 + g;
+    uint32_t v[4] = {0u, 0u, 0u, 0u};
+    if (b < batch) {
+      const T* row = x + b * in + s * 64;
+#pragma unroll
+      for (int r = 0; r < 4; ++r) v[r] = detail::load_u32(row + frag_offset(q, r, t));
+    }
+    xf[i] = make_uint4(v[0], v[1], v[2], v[3]);
+  }
+}
+
+template <typename T, int MF, int NF, int U>
+__global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_frag(
+    const T* __restrict__ values, const uint8_t* __restrict__ metadata,
+    const uint4* __restrict__ xf, const T* __restrict__ bias, T* __restrict__ y,
+    int64_t batch, int64_t in, int64_t out) {
+  __shared__ float sum[MF][NF][4][kWarp];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t tiles = (batch + 7) / 8;
+  const int64_t bt0 = static_cast<int64_t>(blockIdx.x) * NF;
+  const int nj = static_cast<int>(min(static_cast<int64_t>(NF), tiles - bt0));
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * 16 * MF;
+  for (int i = threadIdx.x; i < MF * NF * 4 * kWarp; i += kSmallWarps * kWarp) {
+    (&sum[0][0][0][0])[i] = 0.f;
+  }
+  const int64_t spans = in / 64;
+  const uint4* vtop[MF];
+  const uint4* vbot[MF];
+  const uint64_t* mtop[MF];
+  const uint64_t* mbot[MF];
+  bool top_ok[MF], bottom_ok[MF];
+#pragma unroll
+  for (int i = 0; i < MF; ++i) {
+    const int64_t rt = r0 + 16 * i + g, rb = rt + 8;
+    top_ok[i] = rt < out;
+    bottom_ok[i] = rb < out;
+    vtop[i] = reinterpret_cast<const uint4*>(values + (top_ok[i] ? rt : 0) * (in / 2)) + t;
+    vbot[i] = reinterpret_cast<const uint4*>(values + (bottom_ok[i] ? rb : 0) * (in / 2)) + t;
+    mtop[i] = reinterpret_cast<const uint64_t*>(metadata + (top_ok[i] ? rt : 0) * (in / 8));
+    mbot[i] = reinterpret_cast<const uint64_t*>(metadata + (bottom_ok[i] ? rb : 0) * (in / 8));
+  }
+  const uint4* xb = xf + bt0 * spans * 2 * kWarp + lane;
+  auto gather = [&](uint64_t m, int q) {
+    uint32_t e = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      e |= static_cast<uint32_t>((m >> (4 * (4 * j + 2 * q + t))) & 0xf) << (4 * j);
+    }
+    return e;
+  };
+
+  const int64_t sb = spans * warp / kSmallWarps, se = spans * (warp + 1) / kSmallWarps;
+  float acc[MF][NF][4] = {};
+  for (int64_t s0 = sb; s0 < se; s0 += U) {
+    uint4 va[U][MF], vb[U][MF], bx[U][2][NF];
+    uint64_t ma[U][MF], mb[U][MF];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (s0 + u >= se) break;
+#pragma unroll
+      for (int i = 0; i < MF; ++i) {
+        va[u][i] = top_ok[i] ? __ldg(vtop[i] + (s0 + u) * 4) : make_uint4(0, 0, 0, 0);
+        vb[u][i] = bottom_ok[i] ? __ldg(vbot[i] + (s0 + u) * 4) : make_uint4(0, 0, 0, 0);
+        ma[u][i] = t < 2 && top_ok[i] ? __ldg(mtop[i] + s0 + u) : 0x4444444444444444ull;
+        mb[u][i] = t < 2 && bottom_ok[i] ? __ldg(mbot[i] + s0 + u) : 0x4444444444444444ull;
+      }
+#pragma unroll
+      for (int q = 0; q < 2; ++q)
+#pragma unroll
+        for (int j = 0; j < NF; ++j) {
+          bx[u][q][j] = j < nj ? __ldg(xb + (j * spans + s0 + u) * 2 * kWarp + q * kWarp)
+                               : make_uint4(0, 0, 0, 0);
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (s0 + u >= se) break;
+#pragma unroll
+      for (int q = 0; q < 2; ++q)
+#pragma unroll
+        for (int i = 0; i < MF; ++i) {
+          const uint32_t a[4] = {q == 0 ? va[u][i].x : va[u][i].z, q == 0 ? vb[u][i].x : vb[u][i].z,
+                                 q == 0 ? va[u][i].y : va[u][i].w, q == 0 ? vb[u][i].y : vb[u][i].w};
+          const uint32_t e = t < 2 ? gather(ma[u][i], q) | (gather(mb[u][i], q) << 16) : 0u;
+#pragma unroll
+          for (int j = 0; j < NF; ++j) {
+            if (j >= nj) break;
+            const uint32_t b[4] = {bx[u][q][j].x, bx[u][q][j].y, bx[u][q][j].z, bx[u][q][j].w};
+            detail::mma_sp_16832<T>(acc[i][j], a, b, e);
+          }
+        }
+    }
+  }
+
+  __syncthreads();  // sum is zeroed
+#pragma unroll
+  for (int i = 0; i < MF; ++i)
+#pragma unroll
+    for (int j = 0; j < NF; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) atomicAdd(&sum[i][j][q][lane], acc[i][j][q]);
+  __syncthreads();
+  // Warp w stores the tiles (i, j) with (i * NF + j) % 8 == w.
+#pragma unroll
+  for (int i = 0; i < MF; ++i)
+#pragma unroll
+    for (int j = 0; j < NF; ++j) {
+      if ((i * NF + j) % kSmallWarps != warp || j >= nj) continue;
+      float c[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) c[q] = sum[i][j][q][lane];
+      detail::store_tile(c, bias, y, r0 + 16 * i, (bt0 + j) * 8, out, batch, lane);
+    }
+}
+
+// The fragment kernels' shapes (rows / 16, batch columns / 8, spans per load batch), by
+// variant number - 2 (0 is the automatic choice, 1 the kernels above).
+struct FragShape {
+  int mf, nf, u;
+};
+// (4, 8) spilled (255 registers, ptxas, sm_90): not in the table.
+constexpr FragShape kFragShapes[] = {{1, 2, 2}, {2, 2, 2}, {1, 4, 2}, {2, 4, 1}, {4, 4, 1},
+                                     {1, 8, 1}, {2, 8, 1}};
+constexpr int kFragVariants = sizeof(kFragShapes) / sizeof(kFragShapes[0]);
+constexpr int kLegacy = 1, kFirstFrag = 2;
+
+constexpr int frag_index(int mf, int nf) {
+  for (int k = 0; k < kFragVariants; ++k) {
+    if (kFragShapes[k].mf == mf && kFragShapes[k].nf == nf) return k;
+  }
+  return -1;
+}
+
 // Above this batch the tiled kernel (operands staged through shared memory) takes over.
 constexpr int64_t kTiledFrom = 32;
 constexpr int kTiledWarps = 4;  // stacked along the output rows
@@ -400,6 +564,66 @@ void launch_tiled(const T* values, const uint8_t* metadata, const T* x, const T*
       values, metadata, x, bias, y, batch, in, out);
 }
 
+template <typename T, int MF, int NF, int U>
+void launch_frag(const T* values, const uint8_t* metadata, const uint4* xf, const T* bias,
+                 T* y, int64_t batch, int64_t in, int64_t out, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(detail::ceil_div(detail::ceil_div(batch, 8), NF)),
+                  static_cast<unsigned>(detail::ceil_div(out, 16 * MF)));
+  nm24_frag<T, MF, NF, U><<<grid, kSmallWarps * kWarp, 0, stream>>>(values, metadata, xf, bias,
+                                                                    y, batch, in, out);
+}
+
+// Launches nm24_frag for kFragShapes[k] (instantiated for every entry of the table).
+template <typename T, int K = 0>
+void launch_frag_variant(int k, const T* values, const uint8_t* metadata, const uint4* xf,
+                         const T* bias, T* y, int64_t batch, int64_t in, int64_t out,
+                         cudaStream_t stream) {
+  if constexpr (K < kFragVariants) {
+    constexpr FragShape f = kFragShapes[K];
+    if (k == K) {
+      launch_frag<T, f.mf, f.nf, f.u>(values, metadata, xf, bias, y, batch, in, out, stream);
+    } else {
+      launch_frag_variant<T, K + 1>(k, values, metadata, xf, bias, y, batch, in, out, stream);
+    }
+  }
+}
+
+// Runs fragment variant k (an index of kFragShapes) after the pre-pass into xf.
+template <typename T>
+void frag_path(int k, const T* values, const uint8_t* metadata, const T* x, uint4* xf,
+               const T* bias, T* y, int64_t batch, int64_t in, int64_t out,
+               cudaStream_t stream) {
+  const int64_t total = detail::ceil_div(batch, 8) * (in / 64) * 2 * kWarp;
+  const int64_t blocks = std::min<int64_t>(detail::ceil_div(total, 256), 8192);
+  nm24_frag_x<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(x, xf, batch, in, total);
+  launch_frag_variant<T>(k, values, metadata, xf, bias, y, batch, in, out, stream);
+}
+
+// The kernel family of a 2:4 tensor-core problem: kLegacy or kFirstFrag + an index of
+// kFragShapes. variant is 0 (automatic) or a forced one (nm24_variant).
+int nm24_choice(const Dense& d, int variant) {
+  const int64_t in = d.in_features, batch = d.batch;
+  if (in % 64 != 0 || variant == kLegacy) return kLegacy;
+  if (variant >= kFirstFrag) {
+    const int mf = kFragShapes[variant - kFirstFrag].mf;
+    return detail::ceil_div(d.out_features, 16 * mf) <= 65535 ? variant : kLegacy;
+  }
+  int k;
+  if (batch <= kSmallBatch) {
+    return kLegacy;
+  } else if (batch <= 16) {
+    k = frag_index(2, 2);
+  } else if (batch <= 32) {
+    k = frag_index(2, 4);
+  } else if (batch <= 256) {
+    k = frag_index(2, 8);
+  } else {
+    return kLegacy;
+  }
+  return detail::ceil_div(d.out_features, 16 * kFragShapes[k].mf) <= 65535 ? kFirstFrag + k
+                                                                           : kLegacy;
+}
+
 template <typename T>
 void launch_tc(const Dense& d, const NM& w, cudaStream_t stream) {
   const T* values = static_cast<const T*>(w.values);
@@ -407,6 +631,12 @@ void launch_tc(const Dense& d, const NM& w, cudaStream_t stream) {
   const T* bias = static_cast<const T*>(d.bias);
   T* y = static_cast<T*>(d.y);
   const int64_t out = d.out_features, in = d.in_features, batch = d.batch;
+  const int choice = nm24_choice(d, w.variant);
+  if (choice >= kFirstFrag) {
+    frag_path<T>(choice - kFirstFrag, values, w.metadata, x, static_cast<uint4*>(w.scratch),
+                 bias, y, batch, in, out, stream);
+    return;
+  }
   if (batch > kTiledFrom) {
     if (batch <= 128) {
       launch_tiled<T, 1, 4>(values, w.metadata, x, bias, y, batch, in, out, stream);
@@ -462,11 +692,39 @@ const char* nm_path(DType dtype, int64_t n, int64_t m, int64_t in_features) {
   return tensor_core_ok(dtype, n, m, in_features) ? "tensor_core" : "cuda_core";
 }
 
+int nm24_variant(const char* spec) {
+  const std::string v = spec == nullptr ? "" : spec;
+  if (v.empty() || v == "auto") return 0;
+  if (v == "legacy") return kLegacy;
+  for (int k = 0; k < kFragVariants; ++k) {
+    if (v == "frag:" + std::to_string(kFragShapes[k].mf * 16) + "x" +
+                 std::to_string(kFragShapes[k].nf * 8)) {
+      return kFirstFrag + k;
+    }
+  }
+  return -1;
+}
+
+std::string nm24_variant_names() {
+  std::string names = "auto, legacy";
+  for (const FragShape& f : kFragShapes) {
+    names += ", frag:" + std::to_string(f.mf * 16) + "x" + std::to_string(f.nf * 8);
+  }
+  return names;
+}
+
+int64_t nm_scratch_bytes(const Dense& d, const NM& w) {
+  if (!tensor_core_ok(d.dtype, w.n, w.m, d.in_features) || d.batch == 0) return 0;
+  if (nm24_choice(d, w.variant) < kFirstFrag) return 0;
+  return detail::ceil_div(d.batch, 8) * 8 * d.in_features * 2;  // 8 rows of 16-bit values
+}
+
 cudaError_t linear_nm(const Dense& d, const void* xt, const NM& w, cudaStream_t stream) {
   return detail::by_dtype(d.dtype, [&](auto* tag) -> cudaError_t {
     using T = std::remove_pointer_t<decltype(tag)>;
     if constexpr (!std::is_same_v<T, float>) {
       if (tensor_core_ok(d.dtype, w.n, w.m, d.in_features)) {
+        if (w.scratch == nullptr && nm_scratch_bytes(d, w) > 0) return cudaErrorInvalidValue;
         launch_tc<T>(d, w, stream);
         return cudaGetLastError();
       }

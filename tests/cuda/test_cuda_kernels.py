@@ -126,6 +126,39 @@ def test_nm(dtype, nm):
             _check(packed, batch, dtype, bias=batch % 2 == 1)
 
 
+# The 2:4 tensor-core kernels, each forced: every one must be right at every batch, since
+# the automatic choice is a measured table that may move.
+NM24_VARIANTS = (getattr(_C, "cuda_nm24_variants", lambda: "auto")()).split(", ")
+NM24_SHAPES = [(48, 64), (100, 128), (33, 192), (384, 384), (257, 1024)]
+NM24_BATCHES = [1, 9, 16, 17, 40, 64, 130, 257]
+if QUICK:
+    NM24_SHAPES, NM24_BATCHES = [(100, 128), (33, 192)], [9, 17, 130]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("variant", NM24_VARIANTS)
+def test_nm24_variants(variant, dtype, monkeypatch):
+    monkeypatch.setenv("SPARSEPRUNE_CUDA_NM24", variant)
+    for i, (out, inn) in enumerate(NM24_SHAPES):
+        w = _weight(out, inn, dtype, 11 + i)
+        packed = sp.NMWeight.from_dense(w, 2, 4, masks.n_m(w.abs().float(), 2, 4))
+        for batch in NM24_BATCHES:
+            _check(packed, batch, dtype, bias=batch % 2 == 0)
+
+
+def test_nm24_variant_names():
+    assert NM24_VARIANTS[:2] == ["auto", "legacy"]
+    assert len(NM24_VARIANTS) > 2 and all(v.startswith("frag:") for v in NM24_VARIANTS[2:])
+
+
+def test_nm24_unknown_variant(monkeypatch):
+    w = _weight(32, 64, torch.float16, 8)
+    packed = sp.NMWeight.from_dense(w, 2, 4, masks.n_m(w.abs().float(), 2, 4)).to(DEV)
+    monkeypatch.setenv("SPARSEPRUNE_CUDA_NM24", "frag:3x3")
+    with pytest.raises(ValueError, match="SPARSEPRUNE_CUDA_NM24 must be one of auto, legacy"):
+        packed.linear(torch.randn(16, 64, device=DEV, dtype=torch.float16))
+
+
 def test_nm_paths():
     assert _C.cuda_nm_path("float16", 2, 4, 384) == "tensor_core"
     assert _C.cuda_nm_path("bfloat16", 2, 4, 4096) == "tensor_core"
