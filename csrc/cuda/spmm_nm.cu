@@ -311,7 +311,15 @@ __global__ __launch_bounds__(256) void nm24_frag_x(const T* __restrict__ x,
   }
 }
 
-template <typename T, int MF, int NF, int U>
+// Bytes of a CTA's weight ring: per warp, S stages of 2 * MF 16-byte kept-value vectors and
+// 2 * MF 8-byte metadata words for each of the 32 lanes.
+constexpr int ring_bytes(int mf, int s) { return kSmallWarps * s * 2 * mf * kWarp * (16 + 8); }
+
+// S == 0: each lane loads U spans of weights into registers, then computes them.
+// S > 0: each lane streams its weights through a private ring of S spans in shared memory by
+// cp.async, so S - 1 spans per warp are in flight while one is computed, without the
+// registers (a lane reads back only what it copied itself: no barrier).
+template <typename T, int MF, int NF, int U, int S>
 __global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_frag(
     const T* __restrict__ values, const uint8_t* __restrict__ metadata,
     const uint4* __restrict__ xf, const T* __restrict__ bias, T* __restrict__ y,
@@ -351,48 +359,104 @@ __global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_frag(
     }
     return e;
   };
-
-  const int64_t sb = spans * warp / kSmallWarps, se = spans * (warp + 1) / kSmallWarps;
   float acc[MF][NF][4] = {};
-  for (int64_t s0 = sb; s0 < se; s0 += U) {
-    uint4 va[U][MF], vb[U][MF], bx[U][2][NF];
-    uint64_t ma[U][MF], mb[U][MF];
+  // The B registers of both steps of span s for the NF batch tiles.
+  auto load_b = [&](int64_t s, uint4 (&bx)[2][NF]) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (s0 + u >= se) break;
+    for (int q = 0; q < 2; ++q)
+#pragma unroll
+      for (int j = 0; j < NF; ++j) {
+        bx[q][j] = j < nj ? __ldg(xb + (j * spans + s) * 2 * kWarp + q * kWarp)
+                          : make_uint4(0, 0, 0, 0);
+      }
+  };
+  auto compute = [&](const uint4 (&bx)[2][NF], const uint4 (&va)[MF], const uint4 (&vb)[MF],
+                     const uint64_t (&ma)[MF], const uint64_t (&mb)[MF]) {
+#pragma unroll
+    for (int q = 0; q < 2; ++q)
 #pragma unroll
       for (int i = 0; i < MF; ++i) {
-        va[u][i] = top_ok[i] ? __ldg(vtop[i] + (s0 + u) * 4) : make_uint4(0, 0, 0, 0);
-        vb[u][i] = bottom_ok[i] ? __ldg(vbot[i] + (s0 + u) * 4) : make_uint4(0, 0, 0, 0);
-        ma[u][i] = t < 2 && top_ok[i] ? __ldg(mtop[i] + s0 + u) : 0x4444444444444444ull;
-        mb[u][i] = t < 2 && bottom_ok[i] ? __ldg(mbot[i] + s0 + u) : 0x4444444444444444ull;
-      }
-#pragma unroll
-      for (int q = 0; q < 2; ++q)
+        const uint32_t a[4] = {q == 0 ? va[i].x : va[i].z, q == 0 ? vb[i].x : vb[i].z,
+                               q == 0 ? va[i].y : va[i].w, q == 0 ? vb[i].y : vb[i].w};
+        const uint32_t e = t < 2 ? gather(ma[i], q) | (gather(mb[i], q) << 16) : 0u;
 #pragma unroll
         for (int j = 0; j < NF; ++j) {
-          bx[u][q][j] = j < nj ? __ldg(xb + (j * spans + s0 + u) * 2 * kWarp + q * kWarp)
-                               : make_uint4(0, 0, 0, 0);
+          if (j >= nj) break;
+          const uint32_t b[4] = {bx[q][j].x, bx[q][j].y, bx[q][j].z, bx[q][j].w};
+          detail::mma_sp_16832<T>(acc[i][j], a, b, e);
         }
-    }
+      }
+  };
+
+  const int64_t sb = spans * warp / kSmallWarps, se = spans * (warp + 1) / kSmallWarps;
+  if constexpr (S == 0) {
+    for (int64_t s0 = sb; s0 < se; s0 += U) {
+      uint4 va[U][MF], vb[U][MF], bx[U][2][NF];
+      uint64_t ma[U][MF], mb[U][MF];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (s0 + u >= se) break;
-#pragma unroll
-      for (int q = 0; q < 2; ++q)
+      for (int u = 0; u < U; ++u) {
+        if (s0 + u >= se) break;
+        load_b(s0 + u, bx[u]);
 #pragma unroll
         for (int i = 0; i < MF; ++i) {
-          const uint32_t a[4] = {q == 0 ? va[u][i].x : va[u][i].z, q == 0 ? vb[u][i].x : vb[u][i].z,
-                                 q == 0 ? va[u][i].y : va[u][i].w, q == 0 ? vb[u][i].y : vb[u][i].w};
-          const uint32_t e = t < 2 ? gather(ma[u][i], q) | (gather(mb[u][i], q) << 16) : 0u;
-#pragma unroll
-          for (int j = 0; j < NF; ++j) {
-            if (j >= nj) break;
-            const uint32_t b[4] = {bx[u][q][j].x, bx[u][q][j].y, bx[u][q][j].z, bx[u][q][j].w};
-            detail::mma_sp_16832<T>(acc[i][j], a, b, e);
-          }
+          va[u][i] = top_ok[i] ? __ldg(vtop[i] + (s0 + u) * 4) : make_uint4(0, 0, 0, 0);
+          vb[u][i] = bottom_ok[i] ? __ldg(vbot[i] + (s0 + u) * 4) : make_uint4(0, 0, 0, 0);
+          ma[u][i] = t < 2 && top_ok[i] ? __ldg(mtop[i] + s0 + u) : 0x4444444444444444ull;
+          mb[u][i] = t < 2 && bottom_ok[i] ? __ldg(mbot[i] + s0 + u) : 0x4444444444444444ull;
         }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (s0 + u >= se) break;
+        compute(bx[u], va[u], vb[u], ma[u], mb[u]);
+      }
     }
+  } else {
+    // ring[warp][stage][2 * MF][lane] vectors, then meta[warp][stage][2 * MF][lane] words:
+    // a warp reads 512 (256) contiguous bytes per field, conflict-free.
+    extern __shared__ uint4 ring[];
+    uint4* rv = ring + warp * S * 2 * MF * kWarp + lane;
+    uint64_t* rm = reinterpret_cast<uint64_t*>(ring + kSmallWarps * S * 2 * MF * kWarp) +
+                   warp * S * 2 * MF * kWarp + lane;
+    auto issue = [&](int64_t s) {
+      const int slot = static_cast<int>((s - sb) % S) * 2 * MF;
+#pragma unroll
+      for (int i = 0; i < MF; ++i) {
+        detail::cp_async16(rv + (slot + 2 * i) * kWarp, vtop[i] + s * 4, top_ok[i] ? 16 : 0);
+        detail::cp_async16(rv + (slot + 2 * i + 1) * kWarp, vbot[i] + s * 4,
+                           bottom_ok[i] ? 16 : 0);
+        if (t < 2) {
+          detail::cp_async8(rm + (slot + 2 * i) * kWarp, mtop[i] + s, top_ok[i] ? 8 : 0);
+          detail::cp_async8(rm + (slot + 2 * i + 1) * kWarp, mbot[i] + s, bottom_ok[i] ? 8 : 0);
+        }
+      }
+    };
+#pragma unroll
+    for (int p = 0; p < S - 1; ++p) {
+      if (sb + p < se) issue(sb + p);
+      detail::cp_async_commit();
+    }
+    for (int64_t s = sb; s < se; ++s) {
+      detail::cp_async_wait<S - 2>();  // this lane's copies of span s have landed
+      const int slot = static_cast<int>((s - sb) % S) * 2 * MF;
+      uint4 va[MF], vb[MF];
+      uint64_t ma[MF], mb[MF];
+#pragma unroll
+      for (int i = 0; i < MF; ++i) {
+        va[i] = rv[(slot + 2 * i) * kWarp];
+        vb[i] = rv[(slot + 2 * i + 1) * kWarp];
+        ma[i] = t < 2 && top_ok[i] ? rm[(slot + 2 * i) * kWarp] : 0x4444444444444444ull;
+        mb[i] = t < 2 && bottom_ok[i] ? rm[(slot + 2 * i + 1) * kWarp] : 0x4444444444444444ull;
+      }
+      // The slot refilled here is the one read in the previous span, whose values were
+      // consumed by its mma.sp already.
+      if (s + S - 1 < se) issue(s + S - 1);
+      detail::cp_async_commit();
+      uint4 bx[2][NF];
+      load_b(s, bx);
+      compute(bx, va, vb, ma, mb);
+    }
+    detail::cp_async_wait<0>();
   }
 
   __syncthreads();  // sum is zeroed
@@ -416,20 +480,21 @@ __global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_frag(
     }
 }
 
-// The fragment kernels' shapes (rows / 16, batch columns / 8, spans per load batch), by
-// variant number - 2 (0 is the automatic choice, 1 the kernels above).
+// The fragment kernels' shapes (rows / 16, batch columns / 8, spans per register load
+// batch, ring stages or 0), by variant number - 2 (0 is the automatic choice, 1 the
+// kernels above). Register-load shapes other than 16x16 and 32x32 (16x32, 64x32, 16x64,
+// 32x64) never won a case of the first H200 sweep (benchmarks/cuda/nm24_sweep_h200_1.md).
 struct FragShape {
-  int mf, nf, u;
+  int mf, nf, u, s;
 };
-// (4, 8) spilled (255 registers, ptxas, sm_90): not in the table.
-constexpr FragShape kFragShapes[] = {{1, 2, 2}, {2, 2, 2}, {1, 4, 2}, {2, 4, 1}, {4, 4, 1},
-                                     {1, 8, 1}, {2, 8, 1}};
+constexpr FragShape kFragShapes[] = {{1, 2, 2, 0}, {2, 4, 1, 0}, {1, 1, 1, 8}, {1, 2, 1, 4},
+                                     {1, 2, 1, 8}, {1, 4, 1, 8}, {2, 4, 1, 4}, {2, 4, 1, 8}};
 constexpr int kFragVariants = sizeof(kFragShapes) / sizeof(kFragShapes[0]);
 constexpr int kLegacy = 1, kFirstFrag = 2;
 
-constexpr int frag_index(int mf, int nf) {
+constexpr int frag_index(int mf, int nf, int s) {
   for (int k = 0; k < kFragVariants; ++k) {
-    if (kFragShapes[k].mf == mf && kFragShapes[k].nf == nf) return k;
+    if (kFragShapes[k].mf == mf && kFragShapes[k].nf == nf && kFragShapes[k].s == s) return k;
   }
   return -1;
 }
@@ -564,13 +629,19 @@ void launch_tiled(const T* values, const uint8_t* metadata, const T* x, const T*
       values, metadata, x, bias, y, batch, in, out);
 }
 
-template <typename T, int MF, int NF, int U>
+template <typename T, int MF, int NF, int U, int S>
 void launch_frag(const T* values, const uint8_t* metadata, const uint4* xf, const T* bias,
                  T* y, int64_t batch, int64_t in, int64_t out, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(detail::ceil_div(detail::ceil_div(batch, 8), NF)),
                   static_cast<unsigned>(detail::ceil_div(out, 16 * MF)));
-  nm24_frag<T, MF, NF, U><<<grid, kSmallWarps * kWarp, 0, stream>>>(values, metadata, xf, bias,
-                                                                    y, batch, in, out);
+  const int smem = S == 0 ? 0 : ring_bytes(MF, S);
+  // Above 48 KB; set on every launch (see launch_tiled).
+  if (S > 0) {
+    (void)cudaFuncSetAttribute(nm24_frag<T, MF, NF, U, S>,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  }
+  nm24_frag<T, MF, NF, U, S><<<grid, kSmallWarps * kWarp, smem, stream>>>(
+      values, metadata, xf, bias, y, batch, in, out);
 }
 
 // Launches nm24_frag for kFragShapes[k] (instantiated for every entry of the table).
@@ -581,7 +652,7 @@ void launch_frag_variant(int k, const T* values, const uint8_t* metadata, const 
   if constexpr (K < kFragVariants) {
     constexpr FragShape f = kFragShapes[K];
     if (k == K) {
-      launch_frag<T, f.mf, f.nf, f.u>(values, metadata, xf, bias, y, batch, in, out, stream);
+      launch_frag<T, f.mf, f.nf, f.u, f.s>(values, metadata, xf, bias, y, batch, in, out, stream);
     } else {
       launch_frag_variant<T, K + 1>(k, values, metadata, xf, bias, y, batch, in, out, stream);
     }
@@ -599,29 +670,44 @@ void frag_path(int k, const T* values, const uint8_t* metadata, const T* x, uint
   launch_frag_variant<T>(k, values, metadata, xf, bias, y, batch, in, out, stream);
 }
 
+// Shared memory a block may opt in to on the current device (227 KB on sm_90, 163 KB on
+// sm_80, 99 KB on sm_86/89).
+int smem_optin() {
+  int device = 0, bytes = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+          cudaSuccess) {
+    return 48 << 10;
+  }
+  return bytes;
+}
+
+// Whether fragment variant k can run on this problem and device: a grid of at most 65535
+// row tiles, and its ring (with the reduction buffer) within the device's shared memory.
+bool frag_fits(int k, const Dense& d) {
+  const FragShape& f = kFragShapes[k];
+  const int smem = (f.s == 0 ? 0 : ring_bytes(f.mf, f.s)) + f.mf * f.nf * 4 * kWarp * 4;
+  return detail::ceil_div(d.out_features, 16 * f.mf) <= 65535 && smem <= smem_optin();
+}
+
 // The kernel family of a 2:4 tensor-core problem: kLegacy or kFirstFrag + an index of
-// kFragShapes. variant is 0 (automatic) or a forced one (nm24_variant).
+// kFragShapes. variant is 0 (automatic) or a forced one (nm24_variant); a variant that does
+// not fit (frag_fits) falls back to the legacy kernels.
 int nm24_choice(const Dense& d, int variant) {
   const int64_t in = d.in_features, batch = d.batch;
   if (in % 64 != 0 || variant == kLegacy) return kLegacy;
-  if (variant >= kFirstFrag) {
-    const int mf = kFragShapes[variant - kFirstFrag].mf;
-    return detail::ceil_div(d.out_features, 16 * mf) <= 65535 ? variant : kLegacy;
-  }
+  if (variant >= kFirstFrag) return frag_fits(variant - kFirstFrag, d) ? variant : kLegacy;
   int k;
   if (batch <= kSmallBatch) {
     return kLegacy;
   } else if (batch <= 16) {
-    k = frag_index(2, 2);
-  } else if (batch <= 32) {
-    k = frag_index(2, 4);
-  } else if (batch <= 256) {
-    k = frag_index(2, 8);
+    k = frag_index(1, 2, 0);
+  } else if (batch <= 128) {
+    k = frag_index(2, 4, 0);
   } else {
     return kLegacy;
   }
-  return detail::ceil_div(d.out_features, 16 * kFragShapes[k].mf) <= 65535 ? kFirstFrag + k
-                                                                           : kLegacy;
+  return frag_fits(k, d) ? kFirstFrag + k : kLegacy;
 }
 
 template <typename T>
@@ -686,6 +772,12 @@ bool tensor_core_ok(DType dtype, int64_t n, int64_t m, int64_t in_features) {
   return dtype != DType::f32 && n == 2 && m == 4 && in_features % 32 == 0;
 }
 
+// "frag:ROWSxBATCH" (register loads) or "ringS:ROWSxBATCH" (an S-stage ring).
+std::string frag_name(const FragShape& f) {
+  return (f.s == 0 ? std::string("frag") : "ring" + std::to_string(f.s)) + ":" +
+         std::to_string(f.mf * 16) + "x" + std::to_string(f.nf * 8);
+}
+
 }  // namespace
 
 const char* nm_path(DType dtype, int64_t n, int64_t m, int64_t in_features) {
@@ -697,19 +789,14 @@ int nm24_variant(const char* spec) {
   if (v.empty() || v == "auto") return 0;
   if (v == "legacy") return kLegacy;
   for (int k = 0; k < kFragVariants; ++k) {
-    if (v == "frag:" + std::to_string(kFragShapes[k].mf * 16) + "x" +
-                 std::to_string(kFragShapes[k].nf * 8)) {
-      return kFirstFrag + k;
-    }
+    if (v == frag_name(kFragShapes[k])) return kFirstFrag + k;
   }
   return -1;
 }
 
 std::string nm24_variant_names() {
   std::string names = "auto, legacy";
-  for (const FragShape& f : kFragShapes) {
-    names += ", frag:" + std::to_string(f.mf * 16) + "x" + std::to_string(f.nf * 8);
-  }
+  for (const FragShape& f : kFragShapes) names += ", " + frag_name(f);
   return names;
 }
 

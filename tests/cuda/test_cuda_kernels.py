@@ -148,7 +148,8 @@ def test_nm24_variants(variant, dtype, monkeypatch):
 
 def test_nm24_variant_names():
     assert NM24_VARIANTS[:2] == ["auto", "legacy"]
-    assert len(NM24_VARIANTS) > 2 and all(v.startswith("frag:") for v in NM24_VARIANTS[2:])
+    assert len(NM24_VARIANTS) > 2
+    assert all(v.startswith(("frag:", "ring")) for v in NM24_VARIANTS[2:])
 
 
 def test_nm24_unknown_variant(monkeypatch):
