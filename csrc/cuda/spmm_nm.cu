@@ -1,14 +1,20 @@
 // N:M weights. 2:4 in fp16/bf16 runs on the sparse tensor cores (mma.sp m16n8k32), which
 // read our packed layout as it is: a row's kept values are the compressed A operand, and
 // 32 input columns of a row carry exactly 32 bits of 2-bit in-group indices, which is the
-// metadata word of that row for one mma.sp. Two shapes of work:
-//   nm24_small  batch <= 32: a CTA owns 16 output rows and 8, 16 or 32 batch columns (no
-//               padding to 32); its 8 warps split the input dimension (a strip alone would
-//               leave the memory system idle) and sum in shared memory; nm24_small_wide is
-//               the same with 16-byte weight loads when in_features % 64 == 0;
+// metadata word of that row for one mma.sp. Three shapes of work:
+//   nm24_small  batch <= 8 (32 when in_features % 64 != 0): a CTA owns 16 output rows and 8, 16 or
+//               32 batch columns (no padding to 32); its 8 warps split the input dimension
+//               (a strip alone would leave the memory system idle) and sum in shared
+//               memory; nm24_small_wide is the same with 16-byte weight loads when
+//               in_features % 64 == 0;
+//   nm24_frag   batch 9-128 (and larger batches of small layers), in_features % 64 == 0:
+//               the same split, with x first rewritten in mma fragment order so that the
+//               activations are one 16-byte load per lane per step; register or cp.async
+//               ring weight loads (variants named frag:RxB / ringS:RxB);
 //   nm24_tiled  larger batches: a CTA owns 64 or 128 rows x 32 or 64 batch columns,
 //               activations and weights staged through shared memory by cp.async
 //               (3 stages) and read by ldmatrix.
+// nm24_choice picks one (measured on an H200); SPARSEPRUNE_CUDA_NM24 forces one.
 // Any other n:m, fp32, or in_features not a multiple of 32 take the CUDA-core row kernels.
 #include <algorithm>
 #include <string>
@@ -670,42 +676,67 @@ void frag_path(int k, const T* values, const uint8_t* metadata, const T* x, uint
   launch_frag_variant<T>(k, values, metadata, xf, bias, y, batch, in, out, stream);
 }
 
-// Shared memory a block may opt in to on the current device (227 KB on sm_90, 163 KB on
-// sm_80, 99 KB on sm_86/89).
-int smem_optin() {
-  int device = 0, bytes = 0;
+// An attribute of the current device (fallback if the query fails).
+int device_attr(cudaDeviceAttr attr, int fallback) {
+  int device = 0, value = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
-          cudaSuccess) {
-    return 48 << 10;
+      cudaDeviceGetAttribute(&value, attr, device) != cudaSuccess) {
+    return fallback;
   }
-  return bytes;
+  return value;
 }
 
 // Whether fragment variant k can run on this problem and device: a grid of at most 65535
-// row tiles, and its ring (with the reduction buffer) within the device's shared memory.
+// row tiles, and its ring (with the reduction buffer) within the shared memory a block may
+// opt in to (227 KB on sm_90, 163 KB on sm_80, 99 KB on sm_86/89).
 bool frag_fits(int k, const Dense& d) {
   const FragShape& f = kFragShapes[k];
   const int smem = (f.s == 0 ? 0 : ring_bytes(f.mf, f.s)) + f.mf * f.nf * 4 * kWarp * 4;
-  return detail::ceil_div(d.out_features, 16 * f.mf) <= 65535 && smem <= smem_optin();
+  return detail::ceil_div(d.out_features, 16 * f.mf) <= 65535 &&
+         smem <= device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 << 10);
+}
+
+int64_t frag_ctas(int k, const Dense& d) {
+  const FragShape& f = kFragShapes[k];
+  return detail::ceil_div(d.out_features, 16 * f.mf) *
+         detail::ceil_div(detail::ceil_div(d.batch, 8), f.nf);
 }
 
 // The kernel family of a 2:4 tensor-core problem: kLegacy or kFirstFrag + an index of
 // kFragShapes. variant is 0 (automatic) or a forced one (nm24_variant); a variant that does
 // not fit (frag_fits) falls back to the legacy kernels.
+//
+// The automatic choice follows the H200 sweeps (benchmarks/cuda/nm24_sweep_h200_*.json,
+// five layer shapes): the legacy kernels up to batch 8 (nm24_small_wide streams weights
+// without the pre-pass); frag:16x16 to 16; ring8:16x32 to 32; frag:32x32 to 128; above, the
+// legacy tiled kernel unless its grid is small (a 768-row layer: 24 CTAs), where frag:32x32
+// was 3x faster. A shape whose grid would not cover the SMs takes frag:16x16 (4x the CTAs
+// of 32x32; 1.7x faster than 32x32 on 768x3072 at batch 64).
 int nm24_choice(const Dense& d, int variant) {
   const int64_t in = d.in_features, batch = d.batch;
   if (in % 64 != 0 || variant == kLegacy) return kLegacy;
   if (variant >= kFirstFrag) return frag_fits(variant - kFirstFrag, d) ? variant : kLegacy;
+  constexpr int kSmall = frag_index(1, 2, 0), kRing32 = frag_index(1, 4, 8),
+                kSquare = frag_index(2, 4, 0);
+  static_assert(kSmall >= 0 && kRing32 >= 0 && kSquare >= 0, "missing from kFragShapes");
   int k;
   if (batch <= kSmallBatch) {
     return kLegacy;
   } else if (batch <= 16) {
-    k = frag_index(1, 2, 0);
+    k = kSmall;
+  } else if (batch <= 32) {
+    k = kRing32;
   } else if (batch <= 128) {
-    k = frag_index(2, 4, 0);
+    k = kSquare;
   } else {
-    return kLegacy;
+    using Big = TiledShape<2, 8>;
+    const int64_t tiled_ctas =
+        detail::ceil_div(d.out_features, Big::kRows) * detail::ceil_div(batch, Big::kBatch);
+    if (tiled_ctas >= 64) return kLegacy;
+    k = kSquare;
+  }
+  if (frag_ctas(k, d) < device_attr(cudaDevAttrMultiProcessorCount, 132) || !frag_fits(k, d)) {
+    k = kSmall;
   }
   return frag_fits(k, d) ? kFirstFrag + k : kLegacy;
 }
