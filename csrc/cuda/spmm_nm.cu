@@ -2,8 +2,9 @@
 // read our packed layout as it is: a row's kept values are the compressed A operand, and
 // 32 input columns of a row carry exactly 32 bits of 2-bit in-group indices, which is the
 // metadata word of that row for one mma.sp. Three shapes of work:
-//   nm24_small  batch <= 8 (32 when in_features % 64 != 0): a CTA owns 16 output rows and 8, 16 or
-//               32 batch columns (no padding to 32); its 8 warps split the input dimension
+//   nm24_small  batch <= 8 (32 when in_features % 64 != 0): a CTA owns 16 output rows
+//               and 8, 16 or 32 batch columns (no padding to 32); its 8 warps split the
+//               input dimension
 //               (a strip alone would leave the memory system idle) and sum in shared
 //               memory; nm24_small_wide is the same with 16-byte weight loads when
 //               in_features % 64 == 0;
