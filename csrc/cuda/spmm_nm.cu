@@ -488,26 +488,26 @@ __global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_frag(
 }
 
 // The fragment kernels' shapes (rows / 16, batch columns / 8, spans per register load
-// batch, ring stages or 0), by variant number - 2 (0 is the automatic choice, 1 the
-// kernels above). Register-load shapes other than 16x16 and 32x32 (16x32, 64x32, 16x64,
-// 32x64) never won a case of the first H200 sweep (benchmarks/cuda/nm24_sweep_h200_1.md).
-// shared: the nm24_shared kernel (8 warps x 16 * mf rows, activations shared in shared memory)
-// instead of nm24_frag.
+// batch, ring stages or 0), by variant number - 2 (0 is the automatic choice, 1 the kernels
+// above): the three the automatic choice uses and two runners-up of the H200 sweeps
+// (benchmarks/cuda/nm24_sweep_h200_*.json). Measured there and dropped: register loads at
+// 16x32, 64x32, 16x64, 32x64 (>= 1.12x the best everywhere), rings at 32x32 with 8 stages
+// (>= 1.1x), 16x16 with 8 stages and 16x8 (best only on 768x3072 at batch 16-32, by < 10%),
+// and a row-split kernel sharing a span's activations through shared memory (8 warps x
+// 16-32 rows, the whole input per warp: best only on 3072x768 at batch 128-256, by <= 6%;
+// 1.3-2.6x slower than frag:32x32 at batch 32-128 on the 4096-wide layers).
 struct FragShape {
   int mf, nf, u, s;
-  bool shared = false;
 };
 constexpr FragShape kFragShapes[] = {
-    {1, 2, 2, 0},       {2, 4, 1, 0},       {1, 1, 1, 8},       {1, 2, 1, 4},
-    {1, 2, 1, 8},       {1, 4, 1, 8},       {2, 4, 1, 4},       {2, 4, 1, 8},
-    {1, 4, 1, 4, true}, {1, 4, 1, 8, true}, {1, 8, 1, 4, true}, {2, 4, 1, 4, true}};
+    {1, 2, 2, 0}, {2, 4, 1, 0}, {1, 4, 1, 8}, {1, 2, 1, 4}, {2, 4, 1, 4}};
 constexpr int kFragVariants = sizeof(kFragShapes) / sizeof(kFragShapes[0]);
 constexpr int kLegacy = 1, kFirstFrag = 2;
 
-constexpr int frag_index(int mf, int nf, int s, bool shared = false) {
+constexpr int frag_index(int mf, int nf, int s) {
   for (int k = 0; k < kFragVariants; ++k) {
     const FragShape& f = kFragShapes[k];
-    if (f.mf == mf && f.nf == nf && f.s == s && f.shared == shared) return k;
+    if (f.mf == mf && f.nf == nf && f.s == s) return k;
   }
   return -1;
 }
@@ -642,148 +642,6 @@ void launch_tiled(const T* values, const uint8_t* metadata, const T* x, const T*
       values, metadata, x, bias, y, batch, in, out);
 }
 
-// nm24_shared: for larger batches, where nm24_frag's activation reads (every warp reads its
-// own B fragments from L2, 384 bytes per mma.sp at 32x32) bound it by L2 bandwidth. Here the
-// 8 warps of a CTA own 8 x 16 * MF consecutive rows and each runs the whole input dimension;
-// the B fragments of a span are copied once per CTA into shared memory and read by all 8
-// warps. Each lane streams its own weights through a private cp.async ring (as ringS), and
-// the activations ride in the same commit groups, S spans deep. No reduction: a warp owns
-// its rows.
-constexpr int shared_ring_bytes(int mf, int nf, int s) {
-  return s * (kSmallWarps * 2 * mf * kWarp * (16 + 8) + nf * 2 * kWarp * 16);
-}
-
-template <typename T, int MF, int NF, int S>
-__global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_shared(
-    const T* __restrict__ values, const uint8_t* __restrict__ metadata,
-    const uint4* __restrict__ xf, const T* __restrict__ bias, T* __restrict__ y,
-    int64_t batch, int64_t in, int64_t out) {
-  static_assert(S >= 2, "a ring needs two stages");
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int g = lane >> 2, t = lane & 3;
-  const int64_t tiles = (batch + 7) / 8;
-  const int64_t bt0 = static_cast<int64_t>(blockIdx.x) * NF;
-  const int nj = static_cast<int>(min(static_cast<int64_t>(NF), tiles - bt0));
-  const int64_t r0 =
-      static_cast<int64_t>(blockIdx.y) * kSmallWarps * 16 * MF + warp * 16 * MF;
-  const int64_t spans = in / 64;
-  const uint4* vtop[MF];
-  const uint4* vbot[MF];
-  const uint64_t* mtop[MF];
-  const uint64_t* mbot[MF];
-  bool top_ok[MF], bottom_ok[MF];
-#pragma unroll
-  for (int i = 0; i < MF; ++i) {
-    const int64_t rt = r0 + 16 * i + g, rb = rt + 8;
-    top_ok[i] = rt < out;
-    bottom_ok[i] = rb < out;
-    vtop[i] = reinterpret_cast<const uint4*>(values + (top_ok[i] ? rt : 0) * (in / 2)) + t;
-    vbot[i] = reinterpret_cast<const uint4*>(values + (bottom_ok[i] ? rb : 0) * (in / 2)) + t;
-    mtop[i] = reinterpret_cast<const uint64_t*>(metadata + (top_ok[i] ? rt : 0) * (in / 8));
-    mbot[i] = reinterpret_cast<const uint64_t*>(metadata + (bottom_ok[i] ? rb : 0) * (in / 8));
-  }
-  // [warp][stage][2 * MF][lane] weight vectors, [warp][stage][2 * MF][lane] metadata words,
-  // then [stage][NF][2][lane] B fragments.
-  constexpr int kA = kSmallWarps * S * 2 * MF * kWarp;  // uint4 count of the weight ring
-  extern __shared__ uint4 smem[];
-  uint4* rv = smem + warp * S * 2 * MF * kWarp + lane;
-  uint64_t* rm = reinterpret_cast<uint64_t*>(smem + kA) + warp * S * 2 * MF * kWarp + lane;
-  uint4* rx = smem + kA + kA / 2;
-  const uint4* xsrc = xf + bt0 * spans * 2 * kWarp;
-
-  auto issue = [&](int64_t s) {
-    const int slot = static_cast<int>(s % S);
-    const int a = slot * 2 * MF;
-#pragma unroll
-    for (int i = 0; i < MF; ++i) {
-      detail::cp_async16(rv + (a + 2 * i) * kWarp, vtop[i] + s * 4, top_ok[i] ? 16 : 0);
-      detail::cp_async16(rv + (a + 2 * i + 1) * kWarp, vbot[i] + s * 4, bottom_ok[i] ? 16 : 0);
-      if (t < 2) {
-        detail::cp_async8(rm + (a + 2 * i) * kWarp, mtop[i] + s, top_ok[i] ? 8 : 0);
-        detail::cp_async8(rm + (a + 2 * i + 1) * kWarp, mbot[i] + s, bottom_ok[i] ? 8 : 0);
-      }
-    }
-    for (int c = threadIdx.x; c < NF * 2 * kWarp; c += kSmallWarps * kWarp) {
-      const int j = c / (2 * kWarp);
-      const bool ok = j < nj;
-      const uint4* src = xsrc + (j * spans + s) * 2 * kWarp + c % (2 * kWarp);
-      detail::cp_async16(rx + slot * NF * 2 * kWarp + c, ok ? src : xf, ok ? 16 : 0);
-    }
-  };
-  auto gather = [&](uint64_t m, int q) {
-    uint32_t e = 0;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      e |= static_cast<uint32_t>((m >> (4 * (4 * j + 2 * q + t))) & 0xf) << (4 * j);
-    }
-    return e;
-  };
-
-#pragma unroll
-  for (int p = 0; p < S - 1; ++p) {
-    if (p < spans) issue(p);
-    detail::cp_async_commit();
-  }
-  float acc[MF][NF][4] = {};
-  for (int64_t s = 0; s < spans; ++s) {
-    detail::cp_async_wait<S - 2>();
-    // Span s has landed for every thread, and every warp is done with span s - 1, whose
-    // slot the issue below refills.
-    __syncthreads();
-    const int slot = static_cast<int>(s % S);
-    const int a = slot * 2 * MF;
-    uint4 va[MF], vb[MF], bx[2][NF];
-    uint64_t ma[MF], mb[MF];
-#pragma unroll
-    for (int i = 0; i < MF; ++i) {
-      va[i] = rv[(a + 2 * i) * kWarp];
-      vb[i] = rv[(a + 2 * i + 1) * kWarp];
-      ma[i] = t < 2 && top_ok[i] ? rm[(a + 2 * i) * kWarp] : 0x4444444444444444ull;
-      mb[i] = t < 2 && bottom_ok[i] ? rm[(a + 2 * i + 1) * kWarp] : 0x4444444444444444ull;
-    }
-#pragma unroll
-    for (int j = 0; j < NF; ++j)
-#pragma unroll
-      for (int q = 0; q < 2; ++q) bx[q][j] = rx[(slot * NF + j) * 2 * kWarp + q * kWarp + lane];
-    if (s + S - 1 < spans) issue(s + S - 1);
-    detail::cp_async_commit();
-#pragma unroll
-    for (int q = 0; q < 2; ++q)
-#pragma unroll
-      for (int i = 0; i < MF; ++i) {
-        const uint32_t av[4] = {q == 0 ? va[i].x : va[i].z, q == 0 ? vb[i].x : vb[i].z,
-                                q == 0 ? va[i].y : va[i].w, q == 0 ? vb[i].y : vb[i].w};
-        const uint32_t e = t < 2 ? gather(ma[i], q) | (gather(mb[i], q) << 16) : 0u;
-#pragma unroll
-        for (int j = 0; j < NF; ++j) {
-          if (j >= nj) break;
-          const uint32_t b[4] = {bx[q][j].x, bx[q][j].y, bx[q][j].z, bx[q][j].w};
-          detail::mma_sp_16832<T>(acc[i][j], av, b, e);
-        }
-      }
-  }
-  detail::cp_async_wait<0>();
-#pragma unroll
-  for (int i = 0; i < MF; ++i)
-#pragma unroll
-    for (int j = 0; j < NF; ++j) {
-      if (j >= nj) break;
-      detail::store_tile(acc[i][j], bias, y, r0 + 16 * i, (bt0 + j) * 8, out, batch, lane);
-    }
-}
-
-template <typename T, int MF, int NF, int S>
-void launch_shared(const T* values, const uint8_t* metadata, const uint4* xf, const T* bias,
-                   T* y, int64_t batch, int64_t in, int64_t out, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(detail::ceil_div(detail::ceil_div(batch, 8), NF)),
-                  static_cast<unsigned>(detail::ceil_div(out, kSmallWarps * 16 * MF)));
-  constexpr int smem = shared_ring_bytes(MF, NF, S);
-  (void)cudaFuncSetAttribute(nm24_shared<T, MF, NF, S>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  nm24_shared<T, MF, NF, S><<<grid, kSmallWarps * kWarp, smem, stream>>>(
-      values, metadata, xf, bias, y, batch, in, out);
-}
-
 template <typename T, int MF, int NF, int U, int S>
 void launch_frag(const T* values, const uint8_t* metadata, const uint4* xf, const T* bias,
                  T* y, int64_t batch, int64_t in, int64_t out, cudaStream_t stream) {
@@ -807,12 +665,7 @@ void launch_frag_variant(int k, const T* values, const uint8_t* metadata, const 
   if constexpr (K < kFragVariants) {
     constexpr FragShape f = kFragShapes[K];
     if (k == K) {
-      if constexpr (f.shared) {
-        launch_shared<T, f.mf, f.nf, f.s>(values, metadata, xf, bias, y, batch, in, out, stream);
-      } else {
-        launch_frag<T, f.mf, f.nf, f.u, f.s>(values, metadata, xf, bias, y, batch, in, out,
-                                             stream);
-      }
+      launch_frag<T, f.mf, f.nf, f.u, f.s>(values, metadata, xf, bias, y, batch, in, out, stream);
     } else {
       launch_frag_variant<T, K + 1>(k, values, metadata, xf, bias, y, batch, in, out, stream);
     }
@@ -843,20 +696,16 @@ int device_attr(cudaDeviceAttr attr, int fallback) {
 // Whether fragment variant k can run on this problem and device: a grid of at most 65535
 // row tiles, and its ring (with the reduction buffer) within the shared memory a block may
 // opt in to (227 KB on sm_90, 163 KB on sm_80, 99 KB on sm_86/89).
-// Output rows of one CTA of fragment variant f.
-constexpr int frag_rows(const FragShape& f) { return (f.shared ? kSmallWarps : 1) * 16 * f.mf; }
-
 bool frag_fits(int k, const Dense& d) {
   const FragShape& f = kFragShapes[k];
-  const int smem = f.shared ? shared_ring_bytes(f.mf, f.nf, f.s)
-                            : (f.s == 0 ? 0 : ring_bytes(f.mf, f.s)) + f.mf * f.nf * 4 * kWarp * 4;
-  return detail::ceil_div(d.out_features, frag_rows(f)) <= 65535 &&
+  const int smem = (f.s == 0 ? 0 : ring_bytes(f.mf, f.s)) + f.mf * f.nf * 4 * kWarp * 4;
+  return detail::ceil_div(d.out_features, 16 * f.mf) <= 65535 &&
          smem <= device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 << 10);
 }
 
 int64_t frag_ctas(int k, const Dense& d) {
   const FragShape& f = kFragShapes[k];
-  return detail::ceil_div(d.out_features, frag_rows(f)) *
+  return detail::ceil_div(d.out_features, 16 * f.mf) *
          detail::ceil_div(detail::ceil_div(d.batch, 8), f.nf);
 }
 
@@ -961,12 +810,11 @@ bool tensor_core_ok(DType dtype, int64_t n, int64_t m, int64_t in_features) {
   return dtype != DType::f32 && n == 2 && m == 4 && in_features % 32 == 0;
 }
 
-// "frag:ROWSxBATCH" (register loads), "ringS:ROWSxBATCH" (an S-stage ring) or
-// "sharedS:ROWSxBATCH" (nm24_shared); ROWS x BATCH is a CTA's tile.
+// "frag:ROWSxBATCH" (register loads) or "ringS:ROWSxBATCH" (an S-stage ring); ROWS x BATCH
+// is a CTA's tile.
 std::string frag_name(const FragShape& f) {
-  const std::string kind = f.shared ? "shared" : f.s == 0 ? "frag" : "ring";
-  return kind + (f.s == 0 ? "" : std::to_string(f.s)) + ":" + std::to_string(frag_rows(f)) +
-         "x" + std::to_string(f.nf * 8);
+  return (f.s == 0 ? std::string("frag") : "ring" + std::to_string(f.s)) + ":" +
+         std::to_string(f.mf * 16) + "x" + std::to_string(f.nf * 8);
 }
 
 }  // namespace
