@@ -187,3 +187,9 @@ def test_sentence_transformer_outputs_with_layers():
     s2 = dict(s, layers=s["layers"].clone())
     s2["layers"][:, 1, 2:] += 100.0
     assert distill_loss(s2, t, RecoverConfig(layer_weight=1.0)) == with_layers
+
+
+def test_experiment_rejects_a_bad_in_domain_repeat(tmp_path):
+    from sparseprune.bench.recovery import run
+    with pytest.raises(ValueError, match="in_domain_repeat must be >= 1"):
+        run(("2:4",), in_domain_repeat=0, out=tmp_path)

@@ -104,6 +104,9 @@ def add_parsers(sub) -> None:
     rc.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     rc.add_argument("--layer-weight", type=float, default=0.0,
                     help="also match every encoder layer's hidden states, with this weight")
+    rc.add_argument("--in-domain-repeat", type=int, default=1,
+                    help="batches of the training pydoc_data paragraphs (the evaluation's "
+                    "domain) appear this many times per epoch (1)")
     rc.add_argument("--resume", action="store_true",
                     help="checkpoint every 50 steps in --out and resume from there")
     rc.add_argument("--out", default="recover-out")
@@ -275,7 +278,7 @@ def run_recover(args, parser=None) -> int:
     run(tuple(s for s in args.settings.split(",") if s), steps=args.steps, lr=args.lr,
         batch_size=args.batch_size, n_eval=args.eval, seed=args.seed, out=args.out,
         resume=args.resume, progress=not args.no_progress, bf16=not args.fp32,
-        layer_weight=args.layer_weight)
+        layer_weight=args.layer_weight, in_domain_repeat=args.in_domain_repeat)
     return 0
 
 
