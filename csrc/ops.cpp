@@ -354,6 +354,89 @@ at::Tensor linear_nm_cpu(const at::Tensor& x, const at::Tensor& values,
   return finish(p);
 }
 
+// The AVX-512 row-tile kernel's copy of an fp32 N:M weight, made once (the per-call
+// transpose is two thirds of the time at batch 8): sparseprune.formats caches it per weight.
+const cpu::KernelTable& tile_copy_kernels(const char* op, int64_t n, int64_t m) {
+  TORCH_CHECK_VALUE(m >= 2 && m <= 16 && 16 % m == 0 && n >= 1 && n < m, op,
+                    ": need 1 <= n < m with m dividing 16, got n=", n, " m=", m);
+  const cpu::KernelTable& kernels = cpu::active_kernels();
+  TORCH_CHECK(kernels.nm_tiles_pack != nullptr && kernels.nm_tiles_cached != nullptr, op,
+              ": needs the AVX-512 kernels, but the active ISA is ",
+              cpu::isa_name(cpu::active_isa()));
+  return kernels;
+}
+
+std::tuple<at::Tensor, at::Tensor> nm_tiles_pack_cpu(const at::Tensor& values,
+                                                     const at::Tensor& metadata, int64_t n,
+                                                     int64_t m, int64_t in_features) {
+  constexpr const char* op = "sparseprune::nm_tiles_pack";
+  const cpu::KernelTable& kernels = tile_copy_kernels(op, n, m);
+  TORCH_CHECK_TYPE(values.scalar_type() == at::kFloat, op, ": values must be float32, got ",
+                   values.scalar_type());
+  TORCH_CHECK(values.is_cpu() && metadata.is_cpu(), op, ": values and metadata must be on the CPU");
+  TORCH_CHECK_VALUE(in_features >= 0, op, ": in_features must be >= 0, got ", in_features);
+  TORCH_CHECK_VALUE(values.dim() == 2 && values.size(1) == cpu::nm_slots_per_row(in_features, n, m),
+                    op, ": values must be [out, ", cpu::nm_slots_per_row(in_features, n, m),
+                    "] for in_features=", in_features, " at ", n, ":", m, ", got ", values.sizes());
+  const int64_t out = values.size(0);
+  TORCH_CHECK_TYPE(metadata.scalar_type() == at::kByte, op, ": metadata must be uint8, got ",
+                   metadata.scalar_type());
+  TORCH_CHECK_VALUE(metadata.dim() == 2 && metadata.size(0) == out &&
+                        metadata.size(1) == cpu::nm_meta_row_bytes(in_features, n, m),
+                    op, ": metadata must be [", out, ", ",
+                    cpu::nm_meta_row_bytes(in_features, n, m), "], got ", metadata.sizes());
+  const at::Tensor vals = values.contiguous();
+  const at::Tensor meta = metadata.contiguous();
+  const int64_t tiles = (out + 15) / 16, tile_slots = cpu::nm_tile_slots(in_features, n, m);
+  at::Tensor tv = at::empty({tiles, tile_slots, 16}, values.options());
+  at::Tensor tc = at::empty({tiles, tile_slots, 16}, metadata.options());
+  const cpu::NM w{vals.data_ptr(), meta.data_ptr<uint8_t>(), n, m};
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    kernels.nm_tiles_pack(w, in_features, out, t0, t1, tv.data_ptr<float>(),
+                          tc.data_ptr<uint8_t>());
+  });
+  return {tv, tc};
+}
+
+at::Tensor linear_nm_tiles_cpu(const at::Tensor& x, const at::Tensor& tile_values,
+                               const at::Tensor& tile_cols,
+                               const std::optional<at::Tensor>& bias, int64_t n, int64_t m,
+                               int64_t out_features) {
+  constexpr const char* op = "sparseprune::linear_nm_tiles";
+  const cpu::KernelTable& kernels = tile_copy_kernels(op, n, m);
+  Problem p = make_problem(op, x, tile_values, bias, out_features);
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, op, ": x must be float32, got ",
+                   x.scalar_type());
+  const int64_t in = p.dense.in_features;
+  const int64_t tiles = (out_features + 15) / 16, tile_slots = cpu::nm_tile_slots(in, n, m);
+  TORCH_CHECK_VALUE(tile_values.dim() == 3 && tile_values.size(0) == tiles &&
+                        tile_values.size(1) == tile_slots && tile_values.size(2) == 16,
+                    op, ": tile_values must be [", tiles, ", ", tile_slots,
+                    ", 16] (from nm_tiles_pack for in_features=", in, "), got ",
+                    tile_values.sizes());
+  TORCH_CHECK_TYPE(tile_cols.scalar_type() == at::kByte, op, ": tile_cols must be uint8, got ",
+                   tile_cols.scalar_type());
+  TORCH_CHECK_VALUE(tile_cols.sizes() == tile_values.sizes(), op,
+                    ": tile_cols must have the shape of tile_values, got ", tile_cols.sizes());
+  TORCH_CHECK(tile_cols.is_cpu(), op, ": tile_cols must be on the CPU");
+  if (p.dense.batch == 0 || out_features == 0) return finish(p);
+  const at::Tensor tv = tile_values.contiguous();
+  const at::Tensor tc = tile_cols.contiguous();
+  const cpu::NMTileCopy copy{tv.data_ptr<float>(), tc.data_ptr<uint8_t>()};
+  const cpu::NM w{nullptr, nullptr, n, m};
+  const int64_t work = p.dense.batch * out_features * in * n / m;
+  const int64_t parts =
+      std::min<int64_t>(tiles, work < kMinParallelWork ? 1 : at::get_num_threads());
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t q = p0; q < p1; ++q) {
+      const int64_t r0 = tiles * q / parts * 16;
+      const int64_t r1 = std::min(out_features, tiles * (q + 1) / parts * 16);
+      if (r0 < r1) kernels.nm_tiles_cached(p.dense, w, copy, r0, r1);
+    }
+  });
+  return finish(p);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(sparseprune, m) {
@@ -364,12 +447,20 @@ TORCH_LIBRARY(sparseprune, m) {
       "linear_bsr(Tensor x, Tensor block_row_offsets, Tensor block_col_indices, "
       "Tensor blocks, Tensor? bias, int out_features) -> Tensor");
   m.def("linear_nm(Tensor x, Tensor values, Tensor metadata, Tensor? bias, int n, int m) -> Tensor");
+  m.def(
+      "nm_tiles_pack(Tensor values, Tensor metadata, int n, int m, int in_features) -> "
+      "(Tensor, Tensor)");
+  m.def(
+      "linear_nm_tiles(Tensor x, Tensor tile_values, Tensor tile_cols, Tensor? bias, int n, "
+      "int m, int out_features) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sparseprune, CPU, m) {
   m.impl("linear_csr", &linear_csr_cpu);
   m.impl("linear_bsr", &linear_bsr_cpu);
   m.impl("linear_nm", &linear_nm_cpu);
+  m.impl("nm_tiles_pack", &nm_tiles_pack_cpu);
+  m.impl("linear_nm_tiles", &linear_nm_tiles_cpu);
 }
 
 }  // namespace sparseprune

@@ -620,6 +620,11 @@ class NMWeight(PackedWeight):
 
     def linear(self, x, bias=None):
         self._check_x(x)
+        from .tile_cache import nm_tiles_linear
+        y = nm_tiles_linear(self, x, self.values, self.metadata, bias, self.n, self.m,
+                            self.out_features)
+        if y is not None:
+            return y
         return torch.ops.sparseprune.linear_nm(x, self.values, self.metadata, bias, self.n,
                                                 self.m)
 

@@ -48,6 +48,7 @@ from . import ops  # noqa: F401  (registers fake kernels + autograd for the ops 
 from . import activations
 from ._ext import cpu_capability
 from .activations import ACTIVATIONS, apply_activation
+from .tile_cache import nm_tiles_linear
 from .formats import (VALUE_DTYPES, BSRWeight, CSRWeight, FormatError, NMWeight, PackedWeight,
                       pack)
 
@@ -300,6 +301,9 @@ class _PackedModule(nn.Module):
         if self.format == "bsr":
             return torch.ops.sparseprune.linear_bsr(x, self.block_row_offsets,
                                                     self.block_col_indices, values, bias, out_f)
+        y = nm_tiles_linear(self, x, values, self.metadata, bias, *self.nm, out_f)
+        if y is not None:
+            return y
         return torch.ops.sparseprune.linear_nm(x, values, self.metadata, bias, *self.nm)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,

@@ -7,6 +7,11 @@ computes ``y = x W^T + bias`` for ``x [..., in]`` with ``W`` packed (see
 * ``linear_csr(x, row_offsets, col_indices, values, bias, out_features)``
 * ``linear_bsr(x, block_row_offsets, block_col_indices, blocks, bias, out_features)``
 * ``linear_nm(x, values, metadata, bias, n, m)``
+* ``nm_tiles_pack(values, metadata, n, m, in_features)`` and
+  ``linear_nm_tiles(x, tile_values, tile_cols, bias, n, m, out_features)``: an fp32 N:M
+  weight's copy for the AVX-512 row-tile kernel, made once, and the product reading it
+  (CPU, inference only: no autograd formula; :meth:`NMWeight.linear` uses them when
+  :func:`sparseprune.formats.set_nm_tile_cache` is on)
 
 The fake (meta) kernels let ``torch.compile`` trace the ops. The autograd formulas give
 gradients for ``x``, the packed values and the bias (not for the index tensors); they
@@ -83,6 +88,25 @@ def _linear_nm_fake(x, values, metadata, bias, n, m):
     torch._check_value(values.shape[1] == (x.shape[-1] + m - 1) // m * n,
                        lambda: "sparseprune::linear_nm: values do not match in_features")
     return _fake_output("sparseprune::linear_nm", x, values, bias, values.shape[0])
+
+
+def _tile_slots(in_features, n, m):
+    return ((in_features + 15) // 16 * (16 // m * n) + 15) // 16 * 16
+
+
+@torch.library.register_fake("sparseprune::nm_tiles_pack")
+def _nm_tiles_pack_fake(values, metadata, n, m, in_features):
+    torch._check_value(values.dim() == 2, lambda: "sparseprune::nm_tiles_pack: values must be 2-D")
+    shape = ((values.shape[0] + 15) // 16, _tile_slots(in_features, n, m), 16)
+    return values.new_empty(shape), metadata.new_empty(shape)
+
+
+@torch.library.register_fake("sparseprune::linear_nm_tiles")
+def _linear_nm_tiles_fake(x, tile_values, tile_cols, bias, n, m, out_features):
+    torch._check_value(
+        tile_values.shape == ((out_features + 15) // 16, _tile_slots(x.shape[-1], n, m), 16),
+        lambda: "sparseprune::linear_nm_tiles: tile_values do not match x and out_features")
+    return _fake_output("sparseprune::linear_nm_tiles", x, tile_values, bias, out_features)
 
 
 # --------------------------------------------------------------------------- autograd

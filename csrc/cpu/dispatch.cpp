@@ -105,15 +105,18 @@ void set_isa(Isa isa) {
 const KernelTable& kernels_for(Isa isa) {
   constexpr XLayout as_is{};
   static const KernelTable ref{spmm_csr_ref, as_is, spmm_bsr_ref, as_is,
-                               spmm_nm_ref,  as_is, pack_x, nullptr, 0, 0};
+                               spmm_nm_ref,  as_is, pack_x, nullptr, 0, 0,
+                               nullptr,      nullptr};
   // Chunks of at most 32 batch rows keep a chunk [in][width] within L2 for in <= 4096.
   constexpr XLayout avx2_x{8, 4, 8, true}, avx512_x{16, 2, 8, true};
   constexpr XLayout avx2_blocks{8, 4, 8, false};
   static const KernelTable avx2{spmm_csr_avx2, avx2_x, spmm_bsr_avx2, avx2_blocks,
-                                spmm_nm_avx2,  avx2_x, pack_x, spmm_nm_tiles_avx2, 8, 128};
+                                spmm_nm_avx2,  avx2_x, pack_x, spmm_nm_tiles_avx2, 8, 128,
+                                nullptr,       nullptr};
   static const KernelTable avx512{spmm_csr_avx512, avx512_x, spmm_bsr_avx512, avx512_x,
                                   spmm_nm_avx512,  avx512_x, pack_x_avx512,
-                                  spmm_nm_tiles_avx512, 16, 8};
+                                  spmm_nm_tiles_avx512, 16, 8,
+                                  nm_tiles_pack_avx512, spmm_nm_tiles_cached_avx512};
   switch (isa) {
     case Isa::avx512:
       return avx512;

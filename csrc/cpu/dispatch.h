@@ -40,6 +40,10 @@ struct KernelTable {
   // Smallest batch nm_tiles runs at: below it, transposing the weight tiles costs more than
   // the faster inner loop gains (measured: ops.cpp).
   int64_t nm_tiles_min_batch;
+  // The same kernel over a copy made once per weight (fp32, m dividing 16); null where the
+  // ISA has none (only AVX-512 has).
+  NMTilesPackFn nm_tiles_pack;
+  NMTilesCachedKernel nm_tiles_cached;
 };
 
 // Kernels for `isa`; patterns without a kernel for it use the scalar reference.

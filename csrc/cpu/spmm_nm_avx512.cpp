@@ -259,9 +259,16 @@ void build_tile(const Decoder& dc, const NM& w, int64_t r0, int64_t rows, int64_
 // y[b, 0..16) (masked by ymask) for BT consecutive batch rows over `windows` windows of x
 // (the last one masked by last_window), starting from init or, with `accumulate`, from y.
 // Accumulators and the BT windows of x stay in registers (2 BT + 3 of the 32).
-template <int BT, int kS>
+// The columns of a slot's 16 rows: int32 from the per-call copy, uint8 from a cached one
+// (a quarter of the bytes to stream; one zero-extending load).
+inline __m512i load_cols(const int32_t* p) { return _mm512_loadu_si512(p); }
+inline __m512i load_cols(const uint8_t* p) {
+  return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+template <int BT, int kS, typename Idx>
 inline void tile_batch(const float* x, int64_t in, int64_t windows, int64_t s_rt, const float* tv,
-                       const int32_t* ti, __m512 init, bool accumulate, float* y, int64_t ldy,
+                       const Idx* ti, __m512 init, bool accumulate, float* y, int64_t ldy,
                        __mmask16 ymask, __mmask16 last_window) {
   const int64_t S = kS ? kS : s_rt;
   __m512 acc[BT];
@@ -271,10 +278,10 @@ inline void tile_batch(const float* x, int64_t in, int64_t windows, int64_t s_rt
     __m512 xv[BT];
     for (int b = 0; b < BT; ++b) xv[b] = load(x + b * in + wi * 16);
     const float* vv = tv + wi * S * 16;
-    const int32_t* ii = ti + wi * S * 16;
+    const Idx* ii = ti + wi * S * 16;
     for (int64_t j = 0; j < S; ++j) {
       const __m512 v = _mm512_loadu_ps(vv + j * 16);
-      const __m512i id = _mm512_loadu_si512(ii + j * 16);
+      const __m512i id = load_cols(ii + j * 16);
       for (int b = 0; b < BT; ++b)
         acc[b] = _mm512_fmadd_ps(_mm512_permutexvar_ps(id, xv[b]), v, acc[b]);
     }
@@ -287,9 +294,10 @@ inline void tile_batch(const float* x, int64_t in, int64_t windows, int64_t s_rt
 
 int64_t gcd64(int64_t a, int64_t b) { return b == 0 ? a : gcd64(b, a % b); }
 
-}  // namespace
-
-void spmm_nm_tiles_avx512(const Dense& d, const NM& w, int64_t row_begin, int64_t row_end) {
+// The row-tile product over rows [row_begin, row_end), transposing each tile per call or,
+// given `copy` (row_begin a multiple of 16), reading the weight's cached copy.
+void tiles_body(const Dense& d, const NM& w, const NMTileCopy* copy, int64_t row_begin,
+                int64_t row_end) {
   if (d.batch == 0 || row_begin >= row_end) return;
   Decoder dc;
   make_decoder(dc, w, d.in_features);
@@ -315,8 +323,10 @@ void spmm_nm_tiles_avx512(const Dense& d, const NM& w, int64_t row_begin, int64_
       : batch_blocks >= kWidePanelBlocks && all_tiles * tile_floats * 8 <= kWidePanelBytes
           ? all_tiles
           : std::min(all_tiles, std::max<int64_t>(1, kPanelBytes / (tile_floats * 8)));
-  Scratch<float> tv(panel_tiles * tile_floats);
-  Scratch<int32_t> ti(panel_tiles * tile_floats);
+  // No scratch with a copy: the tiles are read where they are.
+  Scratch<float> tv(copy ? 0 : panel_tiles * tile_floats);
+  Scratch<int32_t> ti(copy ? 0 : panel_tiles * tile_floats);
+  const int64_t copy_slots = nm_tile_slots(in, w.n, w.m);
   const float* x = static_cast<const float*>(d.x);
   const float* bias = static_cast<const float*>(d.bias);
   float* y = static_cast<float*>(d.y);
@@ -326,9 +336,11 @@ void spmm_nm_tiles_avx512(const Dense& d, const NM& w, int64_t row_begin, int64_
       const int64_t wn = std::min(block_windows, windows - w0);
       const __mmask16 last = w0 + wn < windows ? __mmask16(0xFFFF)
                                                : lanes_left(in - (windows - 1) * 16);
-      for (int64_t r0 = p0, t = 0; r0 < p1; r0 += 16, ++t)
-        build_tile(dc, w, r0, std::min<int64_t>(16, p1 - r0), w0 * S, (w0 + wn) * S,
-                   tv.data() + t * tile_floats, ti.data() + t * tile_floats);
+      if (copy == nullptr) {
+        for (int64_t r0 = p0, t = 0; r0 < p1; r0 += 16, ++t)
+          build_tile(dc, w, r0, std::min<int64_t>(16, p1 - r0), w0 * S, (w0 + wn) * S,
+                     tv.data() + t * tile_floats, ti.data() + t * tile_floats);
+      }
       for (int64_t b0 = 0; b0 < d.batch; b0 += batch_block) {
         const int64_t b1 = std::min(d.batch, b0 + batch_block);
         for (int64_t r0 = p0, t = 0; r0 < p1; r0 += 16, ++t) {
@@ -336,10 +348,8 @@ void spmm_nm_tiles_avx512(const Dense& d, const NM& w, int64_t row_begin, int64_
           const __mmask16 ymask = lanes_left(rows);
           const __m512 init =
               bias ? _mm512_maskz_loadu_ps(ymask, bias + r0) : _mm512_setzero_ps();
-          const float* tvt = tv.data() + t * tile_floats;
-          const int32_t* tit = ti.data() + t * tile_floats;
           int64_t b = b0;
-          auto batch_tiles = [&](auto ks) {
+          auto batch_tiles = [&](auto ks, const float* tvt, const auto* tit) {
             constexpr int kS = decltype(ks)::value;
             auto run = [&](auto bt) {
               constexpr int BT = decltype(bt)::value;
@@ -353,16 +363,54 @@ void spmm_nm_tiles_avx512(const Dense& d, const NM& w, int64_t row_begin, int64_
             run(std::integral_constant<int, 2>{});
             run(std::integral_constant<int, 1>{});
           };
+          auto slots = [&](auto ks) {
+            if (copy != nullptr) {
+              const int64_t o = (r0 / 16 * copy_slots + w0 * S) * 16;
+              batch_tiles(ks, copy->values + o, copy->cols + o);
+            } else {
+              batch_tiles(ks, tv.data() + t * tile_floats, ti.data() + t * tile_floats);
+            }
+          };
           // The common patterns (2:4, 4:8: 8 slots; 1:4, 2:8: 4) get the slot loop unrolled.
           if (S == 8) {
-            batch_tiles(std::integral_constant<int, 8>{});
+            slots(std::integral_constant<int, 8>{});
           } else if (S == 4) {
-            batch_tiles(std::integral_constant<int, 4>{});
+            slots(std::integral_constant<int, 4>{});
           } else {
-            batch_tiles(std::integral_constant<int, 0>{});
+            slots(std::integral_constant<int, 0>{});
           }
         }
       }
+    }
+  }
+}
+
+}  // namespace
+
+void spmm_nm_tiles_avx512(const Dense& d, const NM& w, int64_t row_begin, int64_t row_end) {
+  tiles_body(d, w, nullptr, row_begin, row_end);
+}
+
+void spmm_nm_tiles_cached_avx512(const Dense& d, const NM& w, const NMTileCopy& copy,
+                                 int64_t row_begin, int64_t row_end) {
+  tiles_body(d, w, &copy, row_begin, row_end);
+}
+
+void nm_tiles_pack_avx512(const NM& w, int64_t in_features, int64_t out_features,
+                          int64_t tile_begin, int64_t tile_end, float* values, uint8_t* cols) {
+  Decoder dc;
+  make_decoder(dc, w, in_features);
+  const int64_t tile_slots = nm_tile_slots(in_features, w.n, w.m);
+  Scratch<int32_t> ci(tile_slots * 16);
+  for (int64_t t = tile_begin; t < tile_end; ++t) {
+    const int64_t r0 = t * 16;
+    float* tv = values + t * tile_slots * 16;
+    build_tile(dc, w, r0, std::min<int64_t>(16, out_features - r0), 0, tile_slots, tv,
+               ci.data());
+    uint8_t* tc = cols + t * tile_slots * 16;
+    for (int64_t k = 0; k < tile_slots * 16; k += 16) {
+      const __m512i c = _mm512_loadu_si512(ci.data() + k);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(tc + k), _mm512_cvtepi32_epi8(c));
     }
   }
 }

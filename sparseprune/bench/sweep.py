@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .. import formats, masks
+from .. import formats, masks, tile_cache
+from ..formats import NMWeight
 from .limits import measure
 from .shapes import BATCHES, DTYPES, PATTERNS, SHAPE_SETS, Pattern
 from .timing import interleaved
@@ -247,6 +248,11 @@ def _case(cfg, weight, bias, pruned, packed32, pattern, dname, threads, shape, b
     dense_ws = rotating(dense_w.clone, dense_w.numel() * dense_w.element_size(),
                         cfg.rotate_bytes)
     packs = rotating(lambda: _clone_packed(packed), packed.nbytes, cfg.rotate_bytes)
+    tile_copies = isinstance(packed, NMWeight) and tile_cache.nm_tile_cache_enabled()
+    if tile_copies:  # every copy's tile copy made before timing (once per weight in use)
+        with torch.no_grad():
+            for _ in range(copies_for(packed.nbytes, cfg.rotate_bytes)):
+                next(packs).linear(torch.zeros(1, weight.shape[1], dtype=dtype))
     baseline, base_reason, base_bytes = None, None, None
     if cfg.baselines:
         try:
@@ -284,7 +290,7 @@ def _case(cfg, weight, bias, pruned, packed32, pattern, dname, threads, shape, b
             # 1-minute load average when the case finished: on a shared machine, > the thread
             # count means another job competed for the cores during this case
             "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-            "nnz": nnz, "packed_bytes": packed.nbytes,
+            "nnz": nnz, "packed_bytes": packed.nbytes, "nm_tile_cache": tile_copies,
             "rotated_bytes": packed.nbytes * copies_for(packed.nbytes, cfg.rotate_bytes),
             "dense_bytes": dense_w.numel() * dense_w.element_size(),
             "dense_s": dense_t.median, "dense_spread": dense_t.spread,
