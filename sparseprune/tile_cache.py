@@ -4,8 +4,8 @@ That kernel (csrc/cpu/spmm_nm_avx512.cpp) reads a weight as 16-row tiles in slot
 order; without a copy it transposes every tile on every call, which costs two thirds of its
 time at batch 8. With the cache on, the first product of a weight makes the copy once
 (``torch.ops.sparseprune.nm_tiles_pack``) and later products read it
-(``linear_nm_tiles``): 1.3-1.9x faster at batch 1-32 on the MiniLM/BERT/4096x4096 shapes
-(benchmarks/RESULTS.md, "N:M tile copies"). The price is memory: the copy holds the values
+(``linear_nm_tiles``): 1.1-2.0x faster at batch 1-32 and 1.1-1.4x at 64 on the
+MiniLM/BERT/4096x4096 shapes, about even at 128 (benchmarks/RESULTS.md, "N:M tile copies"). The price is memory: the copy holds the values
 again plus one byte per stored slot (about 1.25x the values' bytes, 2.2x the N:M weight in
 all). It is off by default; :func:`set_nm_tile_cache` or ``SPARSEPRUNE_NM_TILE_CACHE=1`` (read
 at import) turns it on.
