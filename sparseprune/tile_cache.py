@@ -15,7 +15,9 @@ float32 weights with ``m`` dividing 16, while the AVX-512 kernels are active. It
 beside its owner (a :class:`~sparseprune.formats.NMWeight` or a
 :class:`~sparseprune.nn.SparseLinear`) in a weak map, so it goes when the owner goes and
 never enters a ``state_dict``, a checkpoint or a pickle; it is remade when the values or
-the metadata are replaced or changed in place.
+the metadata are replaced or changed in place (tensor version counters). Weights created
+inside ``torch.inference_mode()`` are inference tensors without a version counter: they
+take the plain op. Products run inside ``inference_mode`` on ordinary weights do use it.
 """
 
 from __future__ import annotations

@@ -247,7 +247,10 @@ def _case(cfg, weight, bias, pruned, packed32, pattern, dname, threads, shape, b
     dense_w, b = weight.to(dtype), bias.to(dtype)
     dense_ws = rotating(dense_w.clone, dense_w.numel() * dense_w.element_size(),
                         cfg.rotate_bytes)
-    packs = rotating(lambda: _clone_packed(packed), packed.nbytes, cfg.rotate_bytes)
+    # Copies are ordinary tensors, as a model's weights are (made under inference_mode they
+    # would be inference tensors, which have no version counter for the tile copies' check).
+    with torch.inference_mode(False):
+        packs = rotating(lambda: _clone_packed(packed), packed.nbytes, cfg.rotate_bytes)
     tile_copies = isinstance(packed, NMWeight) and tile_cache.nm_tile_cache_enabled()
     if tile_copies:  # every copy's tile copy made before timing (once per weight in use)
         with torch.no_grad():
