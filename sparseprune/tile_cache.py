@@ -47,6 +47,14 @@ def nm_tile_cache_enabled() -> bool:
     return _enabled
 
 
+def copy_nbytes(weight) -> int:
+    """Bytes of the tile copy of an N:M ``weight`` (float32 values and one column byte per
+    slot, each 16-row tile padded to whole 16-slot steps)."""
+    out_f, in_f = weight.shape
+    slots = ((in_f + 15) // 16 * (16 // weight.m * weight.n) + 15) // 16 * 16
+    return (out_f + 15) // 16 * slots * 16 * (4 + 1)
+
+
 def _applies(x, values, metadata, bias, m) -> bool:
     if not _enabled or m > 16 or 16 % m != 0:
         return False

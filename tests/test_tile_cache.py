@@ -153,3 +153,13 @@ def test_ops_pass_opcheck():
     torch.library.opcheck(torch.ops.sparseprune.linear_nm_tiles.default,
                           (x, tv, tc, None, 2, 4, 32),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@needs_avx512
+def test_copy_nbytes_matches_the_copy(cache_on):
+    for out, inn, n, m in ((33, 50, 2, 4), (100, 70, 1, 4), (16, 64, 2, 8)):
+        packed = _packed(out, inn, n, m)
+        with torch.no_grad():
+            packed.linear(torch.randn(2, inn))
+        tv, tc = tile_cache._copies[packed][1]
+        assert tile_cache.copy_nbytes(packed) == tv.numel() * 4 + tc.numel()

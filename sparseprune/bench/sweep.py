@@ -284,7 +284,10 @@ def _case(cfg, weight, bias, pruned, packed32, pattern, dname, threads, shape, b
         dense_t, rounds = t["dense"]
         sparse_t, _ = t["sparse"]
         s = sparse_t.median
-        moved = packed.nbytes + 2 * x.numel() * x.element_size()  # weights + x in + y out
+        # Weights as the kernel streams them (the tile copy when it is on: fp32 values and one
+        # column byte per padded slot) + x in + y out.
+        streamed = tile_cache.copy_nbytes(packed) if tile_copies else packed.nbytes
+        moved = streamed + 2 * x.numel() * x.element_size()
         row = {
             "shape": shape, "out": weight.shape[0], "in": weight.shape[1],
             "pattern": pattern.name, "kind": pattern.kind, "family": pattern.family,
@@ -294,6 +297,7 @@ def _case(cfg, weight, bias, pruned, packed32, pattern, dname, threads, shape, b
             # count means another job competed for the cores during this case
             "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "nnz": nnz, "packed_bytes": packed.nbytes, "nm_tile_cache": tile_copies,
+            "streamed_weight_bytes": streamed,
             "rotated_bytes": packed.nbytes * copies_for(packed.nbytes, cfg.rotate_bytes),
             "dense_bytes": dense_w.numel() * dense_w.element_size(),
             "dense_s": dense_t.median, "dense_spread": dense_t.spread,
