@@ -97,6 +97,37 @@ struct Strip {
 
 constexpr int kSmallWarps = 8;
 
+// The end of the kernels whose 8 warps split the input: each warp's partial sums of the
+// CTA's (16 MF rows) x (8 NF batch columns) tile are added in shared memory `sum` (zeroed at
+// the kernel's start), then warp w stores the tiles (i, j) with (i * NF + j) % 8 == w.
+// Tiles j >= nj lie past the batch.
+template <typename T, int MF, int NF>
+__device__ __forceinline__ void reduce_and_store(float (&sum)[MF][NF][4][kWarp],
+                                                 const float (&acc)[MF][NF][4],
+                                                 const T* __restrict__ bias, T* __restrict__ y,
+                                                 int64_t r0, int64_t b0, int64_t out,
+                                                 int64_t batch, int nj) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  __syncthreads();  // sum is zeroed
+#pragma unroll
+  for (int i = 0; i < MF; ++i)
+#pragma unroll
+    for (int j = 0; j < NF; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) atomicAdd(&sum[i][j][q][lane], acc[i][j][q]);
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < MF; ++i)
+#pragma unroll
+    for (int j = 0; j < NF; ++j) {
+      if ((i * NF + j) % kSmallWarps != warp || j >= nj) continue;
+      float c[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) c[q] = sum[i][j][q][lane];
+      detail::store_tile(c, bias, y, r0 + 16 * i, b0 + 8 * j, out, batch, lane);
+    }
+}
+
 // A CTA owns 16 * MF output rows and 8 * NF batch columns; its 8 warps split the input
 // dimension into contiguous ranges (consecutive steps of a row read consecutive sectors)
 // and sum through shared-memory atomics. U steps are loaded before their mma.sp, so each
@@ -154,25 +185,7 @@ __global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_small(
     }
   }
 
-  __syncthreads();  // sum is zeroed
-#pragma unroll
-  for (int i = 0; i < MF; ++i)
-#pragma unroll
-    for (int j = 0; j < NF; ++j)
-#pragma unroll
-      for (int q = 0; q < 4; ++q) atomicAdd(&sum[i][j][q][lane], acc[i][j][q]);
-  __syncthreads();
-  // Warp w stores the tiles (i, j) with (i * NF + j) % 8 == w.
-#pragma unroll
-  for (int i = 0; i < MF; ++i)
-#pragma unroll
-    for (int j = 0; j < NF; ++j) {
-      if ((i * NF + j) % kSmallWarps != warp) continue;
-      float c[4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) c[q] = sum[i][j][q][lane];
-      detail::store_tile(c, bias, y, r0 + 16 * i, b0 + 8 * j, out, batch, lane);
-    }
+  reduce_and_store<T, MF, NF>(sum, acc, bias, y, r0, b0, out, batch, NF);
 }
 
 // The same work as nm24_small (one 16-row strip, MF = 1) with 16-byte weight loads, for
@@ -186,18 +199,35 @@ __device__ __forceinline__ int span_group(int q, int logical) {
   return 4 * (logical % 4) + 2 * q + logical / 4;
 }
 
+// Metadata nibble j of step q for lane t's 16 columns is physical nibble 4j + 2q + t of the
+// span's 64-bit word (the k order of span_group).
+__device__ __forceinline__ uint32_t step_meta(uint64_t m, int q, int t) {
+  uint32_t e = 0;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    e |= static_cast<uint32_t>((m >> (4 * (4 * j + 2 * q + t))) & 0xf) << (4 * j);
+  }
+  return e;
+}
+
+// Offset (in elements, within a 64-column span) of B register i of step q for lane t:
+// logical group 2i + t/2 of the step, pair t % 2 within it (see span_group).
+__device__ __forceinline__ int frag_offset(int q, int i, int t) {
+  return 4 * span_group(q, 2 * i + t / 2) + 2 * (t % 2);
+}
+
 template <typename T, int NF, int U>
 __global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_small_wide(
     const T* __restrict__ values, const uint8_t* __restrict__ metadata,
     const T* __restrict__ x, const T* __restrict__ bias, T* __restrict__ y, int64_t batch,
     int64_t in, int64_t out) {
-  __shared__ float sum[NF][4][kWarp];
+  __shared__ float sum[1][NF][4][kWarp];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int g = lane >> 2, t = lane & 3;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * 16;
   const int64_t b0 = static_cast<int64_t>(blockIdx.y) * 8 * NF;
   for (int i = threadIdx.x; i < NF * 4 * kWarp; i += kSmallWarps * kWarp) {
-    (&sum[0][0][0])[i] = 0.f;
+    (&sum[0][0][0][0])[i] = 0.f;
   }
   const int64_t rt = r0 + g, rb = r0 + g + 8;
   const bool top_ok = rt < out, bottom_ok = rb < out;
@@ -212,7 +242,7 @@ __global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_small_wide(
 #pragma unroll
   for (int q = 0; q < 2; ++q)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) xoff[q][i] = 4 * span_group(q, 2 * i + t / 2) + 2 * (t % 2);
+    for (int i = 0; i < 4; ++i) xoff[q][i] = frag_offset(q, i, t);
   const T* xrow[NF];
   bool xok[NF];
 #pragma unroll
@@ -221,17 +251,10 @@ __global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_small_wide(
     xok[j] = b < batch;
     xrow[j] = x + (xok[j] ? b : 0) * in;
   }
-  // Metadata nibble j of step q for this lane's 16 columns is physical nibble 4j + 2q + t.
-  auto gather = [&](uint64_t m, int q) {
-    uint32_t e = 0;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) e |= static_cast<uint32_t>((m >> (4 * (4 * j + 2 * q + t))) & 0xf) << (4 * j);
-    return e;
-  };
 
   const int64_t spans = in / 64;
   const int64_t sb = spans * warp / kSmallWarps, se = spans * (warp + 1) / kSmallWarps;
-  float acc[NF][4] = {};
+  float acc[1][NF][4] = {};
   for (int64_t s0 = sb; s0 < se; s0 += U) {
     uint4 va[U], vb[U];
     uint64_t ma[U], mb[U];
@@ -251,33 +274,20 @@ __global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_small_wide(
                                 {va[u].z, vb[u].z, va[u].w, vb[u].w}};
 #pragma unroll
       for (int q = 0; q < 2; ++q) {
-        const uint32_t e = t < 2 ? gather(ma[u], q) | (gather(mb[u], q) << 16) : 0u;
+        const uint32_t e = t < 2 ? step_meta(ma[u], q, t) | (step_meta(mb[u], q, t) << 16) : 0u;
 #pragma unroll
         for (int j = 0; j < NF; ++j) {
           uint32_t b[4];
           const T* xs = xrow[j] + (s0 + u) * 64;
 #pragma unroll
           for (int i = 0; i < 4; ++i) b[i] = xok[j] ? detail::load_u32(xs + xoff[q][i]) : 0u;
-          detail::mma_sp_16832<T>(acc[j], a[q], b, e);
+          detail::mma_sp_16832<T>(acc[0][j], a[q], b, e);
         }
       }
     }
   }
 
-  __syncthreads();  // sum is zeroed
-#pragma unroll
-  for (int j = 0; j < NF; ++j)
-#pragma unroll
-    for (int q = 0; q < 4; ++q) atomicAdd(&sum[j][q][lane], acc[j][q]);
-  __syncthreads();
-#pragma unroll
-  for (int j = 0; j < NF; ++j) {
-    if (j % kSmallWarps != warp) continue;
-    float c[4];
-#pragma unroll
-    for (int q = 0; q < 4; ++q) c[q] = sum[j][q][lane];
-    detail::store_tile(c, bias, y, r0, b0 + 8 * j, out, batch, lane);
-  }
+  reduce_and_store<T, 1, NF>(sum, acc, bias, y, r0, b0, out, batch, NF);
 }
 
 // nm24_frag: the nm24_small_wide scheme for batches above kSmallBatch. There, every lane
@@ -288,12 +298,6 @@ __global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_small_wide(
 // contiguous bytes. A CTA owns 16 * MF output rows x 8 * NF batch columns; the batch tile
 // is the fast grid dimension, so the CTAs that share a row tile run together and its
 // weights come from HBM once. Its 8 warps split the input spans and sum in shared memory.
-
-// Offset (in elements, within a 64-column span) of B register i of step q for lane t:
-// logical group 2i + t/2 of the step, pair t % 2 within it (see span_group).
-__device__ __forceinline__ int frag_offset(int q, int i, int t) {
-  return 4 * span_group(q, 2 * i + t / 2) + 2 * (t % 2);
-}
 
 // xf[((bt * spans + s) * 2 + q) * 32 + lane]: the B registers of lane for step q of span s
 // and batch rows 8 bt .. 8 bt + 7 (zeros past the batch).
@@ -358,14 +362,6 @@ __global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_frag(
     mbot[i] = reinterpret_cast<const uint64_t*>(metadata + (bottom_ok[i] ? rb : 0) * (in / 8));
   }
   const uint4* xb = xf + bt0 * spans * 2 * kWarp + lane;
-  auto gather = [&](uint64_t m, int q) {
-    uint32_t e = 0;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      e |= static_cast<uint32_t>((m >> (4 * (4 * j + 2 * q + t))) & 0xf) << (4 * j);
-    }
-    return e;
-  };
   float acc[MF][NF][4] = {};
   // The B registers of both steps of span s for the NF batch tiles.
   auto load_b = [&](int64_t s, uint4 (&bx)[2][NF]) {
@@ -385,7 +381,7 @@ __global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_frag(
       for (int i = 0; i < MF; ++i) {
         const uint32_t a[4] = {q == 0 ? va[i].x : va[i].z, q == 0 ? vb[i].x : vb[i].z,
                                q == 0 ? va[i].y : va[i].w, q == 0 ? vb[i].y : vb[i].w};
-        const uint32_t e = t < 2 ? gather(ma[i], q) | (gather(mb[i], q) << 16) : 0u;
+        const uint32_t e = t < 2 ? step_meta(ma[i], q, t) | (step_meta(mb[i], q, t) << 16) : 0u;
 #pragma unroll
         for (int j = 0; j < NF; ++j) {
           if (j >= nj) break;
@@ -466,25 +462,7 @@ __global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_frag(
     detail::cp_async_wait<0>();
   }
 
-  __syncthreads();  // sum is zeroed
-#pragma unroll
-  for (int i = 0; i < MF; ++i)
-#pragma unroll
-    for (int j = 0; j < NF; ++j)
-#pragma unroll
-      for (int q = 0; q < 4; ++q) atomicAdd(&sum[i][j][q][lane], acc[i][j][q]);
-  __syncthreads();
-  // Warp w stores the tiles (i, j) with (i * NF + j) % 8 == w.
-#pragma unroll
-  for (int i = 0; i < MF; ++i)
-#pragma unroll
-    for (int j = 0; j < NF; ++j) {
-      if ((i * NF + j) % kSmallWarps != warp || j >= nj) continue;
-      float c[4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) c[q] = sum[i][j][q][lane];
-      detail::store_tile(c, bias, y, r0 + 16 * i, (bt0 + j) * 8, out, batch, lane);
-    }
+  reduce_and_store<T, MF, NF>(sum, acc, bias, y, r0, bt0 * 8, out, batch, nj);
 }
 
 // The fragment kernels' shapes (rows / 16, batch columns / 8, spans per register load
