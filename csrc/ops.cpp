@@ -199,6 +199,23 @@ bool run_by_batch(const cpu::Dense& d, const cpu::XLayout& layout, cpu::PackFn p
   return true;
 }
 
+// Runs fn(r0, r1) over the output rows split between threads in whole tiles of `window`
+// rows (each thread transposes or reads only its own tiles).
+template <typename Fn>
+void run_row_tiles(const cpu::Dense& d, const cpu::NM& w, int64_t window, const Fn& fn) {
+  const int64_t tiles = (d.out_features + window - 1) / window;
+  const int64_t work = d.batch * d.out_features * d.in_features * w.n / w.m;
+  const int64_t parts =
+      std::min<int64_t>(tiles, work < kMinParallelWork ? 1 : at::get_num_threads());
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t r0 = tiles * p / parts * window;
+      const int64_t r1 = std::min(d.out_features, tiles * (p + 1) / parts * window);
+      if (r0 < r1) fn(r0, r1);
+    }
+  });
+}
+
 // Runs the row-tile kernel when it applies, the rows split between threads in whole tiles
 // (each thread transposes only its own rows); returns false otherwise.
 // SPARSEPRUNE_NM=batched|tiles forces the N:M path (benchmarks only).
@@ -213,17 +230,7 @@ bool run_nm_tiles(const cpu::Dense& d, const cpu::NM& w, const cpu::KernelTable&
   // best; benchmarks/RESULTS.md) or 128 (AVX2, scalar transposes: slower than the batched
   // body at 8-32, 1.1-1.5x faster at 128, 1.5-2.2x at 1024).
   if (mode == 1 || (mode == 0 && d.batch < kernels.nm_tiles_min_batch)) return false;
-  const int64_t tiles = (d.out_features + window - 1) / window;
-  const int64_t work = d.batch * d.out_features * d.in_features * w.n / w.m;
-  const int64_t parts =
-      std::min<int64_t>(tiles, work < kMinParallelWork ? 1 : at::get_num_threads());
-  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t r0 = tiles * p / parts * window;
-      const int64_t r1 = std::min(d.out_features, tiles * (p + 1) / parts * window);
-      if (r0 < r1) kernel(d, w, r0, r1);
-    }
-  });
+  run_row_tiles(d, w, window, [&](int64_t r0, int64_t r1) { kernel(d, w, r0, r1); });
   return true;
 }
 
@@ -424,15 +431,8 @@ at::Tensor linear_nm_tiles_cpu(const at::Tensor& x, const at::Tensor& tile_value
   const at::Tensor tc = tile_cols.contiguous();
   const cpu::NMTileCopy copy{tv.data_ptr<float>(), tc.data_ptr<uint8_t>()};
   const cpu::NM w{nullptr, nullptr, n, m};
-  const int64_t work = p.dense.batch * out_features * in * n / m;
-  const int64_t parts =
-      std::min<int64_t>(tiles, work < kMinParallelWork ? 1 : at::get_num_threads());
-  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t q = p0; q < p1; ++q) {
-      const int64_t r0 = tiles * q / parts * 16;
-      const int64_t r1 = std::min(out_features, tiles * (q + 1) / parts * 16);
-      if (r0 < r1) kernels.nm_tiles_cached(p.dense, w, copy, r0, r1);
-    }
+  run_row_tiles(p.dense, w, 16, [&](int64_t r0, int64_t r1) {
+    kernels.nm_tiles_cached(p.dense, w, copy, r0, r1);
   });
   return finish(p);
 }

@@ -28,6 +28,7 @@ import torch
 
 from . import _ext  # noqa: F401  (registers the schemas before the Python parts below)
 from .formats import PackedWeight, bsr_to_dense, csr_to_dense, nm_columns, nm_decode
+from .tile_cache import copy_shape
 
 __all__ = ["linear"]
 
@@ -90,21 +91,17 @@ def _linear_nm_fake(x, values, metadata, bias, n, m):
     return _fake_output("sparseprune::linear_nm", x, values, bias, values.shape[0])
 
 
-def _tile_slots(in_features, n, m):
-    return ((in_features + 15) // 16 * (16 // m * n) + 15) // 16 * 16
-
-
 @torch.library.register_fake("sparseprune::nm_tiles_pack")
 def _nm_tiles_pack_fake(values, metadata, n, m, in_features):
     torch._check_value(values.dim() == 2, lambda: "sparseprune::nm_tiles_pack: values must be 2-D")
-    shape = ((values.shape[0] + 15) // 16, _tile_slots(in_features, n, m), 16)
+    shape = copy_shape(values.shape[0], in_features, n, m)
     return values.new_empty(shape), metadata.new_empty(shape)
 
 
 @torch.library.register_fake("sparseprune::linear_nm_tiles")
 def _linear_nm_tiles_fake(x, tile_values, tile_cols, bias, n, m, out_features):
     torch._check_value(
-        tile_values.shape == ((out_features + 15) // 16, _tile_slots(x.shape[-1], n, m), 16),
+        tile_values.shape == copy_shape(out_features, x.shape[-1], n, m),
         lambda: "sparseprune::linear_nm_tiles: tile_values do not match x and out_features")
     return _fake_output("sparseprune::linear_nm_tiles", x, tile_values, bias, out_features)
 

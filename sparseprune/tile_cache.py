@@ -47,12 +47,18 @@ def nm_tile_cache_enabled() -> bool:
     return _enabled
 
 
+def copy_shape(out_features: int, in_features: int, n: int, m: int) -> tuple[int, int, int]:
+    """Shape of the tile copy's tensors: [16-row tiles, slots per tile padded to whole
+    16-slot steps, 16] (``nm_tile_slots`` in csrc/cpu/kernels.h)."""
+    slots = ((in_features + 15) // 16 * (16 // m * n) + 15) // 16 * 16
+    return (out_features + 15) // 16, slots, 16
+
+
 def copy_nbytes(weight) -> int:
     """Bytes of the tile copy of an N:M ``weight`` (float32 values and one column byte per
-    slot, each 16-row tile padded to whole 16-slot steps)."""
-    out_f, in_f = weight.shape
-    slots = ((in_f + 15) // 16 * (16 // weight.m * weight.n) + 15) // 16 * 16
-    return (out_f + 15) // 16 * slots * 16 * (4 + 1)
+    slot)."""
+    tiles, slots, rows = copy_shape(*weight.shape, weight.n, weight.m)
+    return tiles * slots * rows * (4 + 1)
 
 
 def _applies(x, values, metadata, bias, m) -> bool:
