@@ -46,8 +46,16 @@ def main() -> int:
     ap.add_argument("--batches", default="8,16,32,64,128,256,512")
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--variants", default="",
+                    help="comma-separated kernels to time besides auto (default: all)")
     args = ap.parse_args()
     variants = _C.cuda_nm24_variants().split(", ")
+    if args.variants:
+        wanted = args.variants.split(",")
+        unknown = sorted(set(wanted) - set(variants))
+        if unknown:
+            ap.error(f"unknown variants {unknown}; known: {', '.join(variants)}")
+        variants = ["auto"] + [v for v in variants if v in wanted and v != "auto"]
     dtype = getattr(torch, args.dtype)
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     rows = []

@@ -132,6 +132,8 @@ __device__ __forceinline__ void mma_sp_16832<__nv_bfloat16>(float (&d)[4],
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// For compile-time trip counts in device code.
+__host__ __device__ constexpr int ceil_div_c(int a, int b) { return (a + b - 1) / b; }
 
 // Writes the accumulators of a 16(out) x 8(batch) mma tile: c0,c1 are (row g, batch 2t,
 // 2t+1), c2,c3 (row g + 8, same batch columns).

@@ -12,14 +12,17 @@
 //               the same split, with x first rewritten in mma fragment order so that the
 //               activations are one 16-byte load per lane per step; register or cp.async
 //               ring weight loads (variants named frag:RxB / ringS:RxB);
-//   nm24_tiled  larger batches: a CTA owns 64 or 128 rows x 32 or 64 batch columns,
-//               activations and weights staged through shared memory by cp.async
-//               (3 stages) and read by ldmatrix.
+//   nm24_tiled  larger batches when in_features % 64 != 0: a CTA owns 64 or 128 rows x 32
+//               or 64 batch columns, activations and weights staged through shared memory
+//               by cp.async (3 stages) and read by ldmatrix;
+//   gemm24      (spmm_nm24_gemm.cu) batch > 16, in_features % 64 == 0: 8 or 16 warps per
+//               CTA tile of up to 256 x 128, split over the input when tiles are few.
 // nm24_choice picks one (measured on an H200); SPARSEPRUNE_CUDA_NM24 forces one.
 // Any other n:m, fp32, or in_features not a multiple of 32 take the CUDA-core row kernels.
 #include <algorithm>
 #include <string>
 
+#include "nm24_gemm.cuh"
 #include "rows.cuh"
 
 namespace sparseprune {
@@ -480,7 +483,7 @@ struct FragShape {
 constexpr FragShape kFragShapes[] = {
     {1, 2, 2, 0}, {2, 4, 1, 0}, {1, 4, 1, 8}, {1, 2, 1, 4}, {2, 4, 1, 4}};
 constexpr int kFragVariants = sizeof(kFragShapes) / sizeof(kFragShapes[0]);
-constexpr int kLegacy = 1, kFirstFrag = 2;
+constexpr int kLegacy = 1, kFirstFrag = 2, kFirstGemm = kFirstFrag + kFragVariants;
 
 constexpr int frag_index(int mf, int nf, int s) {
   for (int k = 0; k < kFragVariants; ++k) {
@@ -681,49 +684,35 @@ bool frag_fits(int k, const Dense& d) {
          smem <= device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 << 10);
 }
 
-int64_t frag_ctas(int k, const Dense& d) {
-  const FragShape& f = kFragShapes[k];
-  return detail::ceil_div(d.out_features, 16 * f.mf) *
-         detail::ceil_div(detail::ceil_div(d.batch, 8), f.nf);
-}
-
-// The kernel family of a 2:4 tensor-core problem: kLegacy or kFirstFrag + an index of
-// kFragShapes. variant is 0 (automatic) or a forced one (nm24_variant); a variant that does
-// not fit (frag_fits) falls back to the legacy kernels.
+// The kernel family of a 2:4 tensor-core problem: kLegacy, kFirstFrag + an index of
+// kFragShapes or kFirstGemm + a gemm24 variant. variant is 0 (automatic) or a forced one
+// (nm24_variant); a variant that does not fit falls back to the legacy kernels.
 //
 // The automatic choice follows the H200 sweeps (benchmarks/cuda/nm24_sweep_h200_*.json,
 // five layer shapes): the legacy kernels up to batch 8 (nm24_small_wide streams weights
-// without the pre-pass); frag:16x16 to 16; ring8:16x32 to 32; frag:32x32 to 128; above, the
-// legacy tiled kernel unless its grid is small (a 768-row layer: 24 CTAs), where frag:32x32
-// was 3x faster. A shape whose grid would not cover the SMs takes frag:16x16 (4x the CTAs
-// of 32x32; 1.7x faster than 32x32 on 768x3072 at batch 64).
+// without any staging); frag:16x16 to 16 (frag:16x16 also where its grid would not cover
+// the SMs); above, the GEMM kernels: 128 x 64 tiles to batch 64 and on layers with fewer
+// than 2048 rows or inputs, 256 x 128 tiles (split over the input when they are few) on
+// the larger layers above batch 64. A GEMM variant that does not fit the device's shared
+// memory falls back to the next smaller one, then to the legacy kernels.
 int nm24_choice(const Dense& d, int variant) {
   const int64_t in = d.in_features, batch = d.batch;
   if (in % 64 != 0 || variant == kLegacy) return kLegacy;
+  if (variant >= kFirstGemm) return gemm24::fits(variant - kFirstGemm, d) ? variant : kLegacy;
   if (variant >= kFirstFrag) return frag_fits(variant - kFirstFrag, d) ? variant : kLegacy;
-  constexpr int kSmall = frag_index(1, 2, 0), kRing32 = frag_index(1, 4, 8),
-                kSquare = frag_index(2, 4, 0);
-  static_assert(kSmall >= 0 && kRing32 >= 0 && kSquare >= 0, "missing from kFragShapes");
-  int k;
-  if (batch <= kSmallBatch) {
-    return kLegacy;
-  } else if (batch <= 16) {
-    k = kSmall;
-  } else if (batch <= 32) {
-    k = kRing32;
-  } else if (batch <= 128) {
-    k = kSquare;
-  } else {
-    using Big = TiledShape<2, 8>;
-    const int64_t tiled_ctas =
-        detail::ceil_div(d.out_features, Big::kRows) * detail::ceil_div(batch, Big::kBatch);
-    if (tiled_ctas >= 64) return kLegacy;
-    k = kSquare;
+  constexpr int kSmall = frag_index(1, 2, 0);
+  static_assert(kSmall >= 0, "missing from kFragShapes");
+  if (batch <= kSmallBatch) return kLegacy;
+  if (batch <= 16) {
+    const bool ok = frag_fits(kSmall, d);
+    return ok ? kFirstFrag + kSmall : kLegacy;
   }
-  if (frag_ctas(k, d) < device_attr(cudaDevAttrMultiProcessorCount, 132) || !frag_fits(k, d)) {
-    k = kSmall;
+  const int big = gemm24::find(8, 256, 128), small = gemm24::find(8, 128, 64);
+  if (batch > 64 && d.out_features >= 2048 && in >= 2048 && big >= 0 && gemm24::fits(big, d)) {
+    return kFirstGemm + big;
   }
-  return frag_fits(k, d) ? kFirstFrag + k : kLegacy;
+  if (small >= 0 && gemm24::fits(small, d)) return kFirstGemm + small;
+  return frag_fits(kSmall, d) ? kFirstFrag + kSmall : kLegacy;
 }
 
 template <typename T>
@@ -734,6 +723,10 @@ void launch_tc(const Dense& d, const NM& w, cudaStream_t stream) {
   T* y = static_cast<T*>(d.y);
   const int64_t out = d.out_features, in = d.in_features, batch = d.batch;
   const int choice = nm24_choice(d, w.variant);
+  if (choice >= kFirstGemm) {
+    gemm24::launch(choice - kFirstGemm, d, w, stream);
+    return;
+  }
   if (choice >= kFirstFrag) {
     frag_path<T>(choice - kFirstFrag, values, w.metadata, x, static_cast<uint4*>(w.scratch),
                  bias, y, batch, in, out, stream);
@@ -808,18 +801,24 @@ int nm24_variant(const char* spec) {
   for (int k = 0; k < kFragVariants; ++k) {
     if (v == frag_name(kFragShapes[k])) return kFirstFrag + k;
   }
+  for (int k = 0; k < gemm24::count(); ++k) {
+    if (v == gemm24::name(k)) return kFirstGemm + k;
+  }
   return -1;
 }
 
 std::string nm24_variant_names() {
   std::string names = "auto, legacy";
   for (const FragShape& f : kFragShapes) names += ", " + frag_name(f);
+  for (int k = 0; k < gemm24::count(); ++k) names += ", " + gemm24::name(k);
   return names;
 }
 
 int64_t nm_scratch_bytes(const Dense& d, const NM& w) {
   if (!tensor_core_ok(d.dtype, w.n, w.m, d.in_features) || d.batch == 0) return 0;
-  if (nm24_choice(d, w.variant) < kFirstFrag) return 0;
+  const int choice = nm24_choice(d, w.variant);
+  if (choice >= kFirstGemm) return gemm24::scratch_bytes(choice - kFirstGemm, d);
+  if (choice < kFirstFrag) return 0;
   return detail::ceil_div(d.batch, 8) * 8 * d.in_features * 2;  // 8 rows of 16-bit values
 }
 

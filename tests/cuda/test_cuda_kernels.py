@@ -132,7 +132,8 @@ NM24_VARIANTS = (getattr(_C, "cuda_nm24_variants", lambda: "auto")()).split(", "
 NM24_SHAPES = [(48, 64), (100, 128), (33, 192), (384, 384), (257, 1024)]
 NM24_BATCHES = [1, 9, 16, 17, 40, 64, 130, 257]
 if QUICK:
-    NM24_SHAPES, NM24_BATCHES = [(100, 128), (33, 192)], [9, 17, 130]
+    # (70, 512): enough input steps for the GEMM kernels to split K.
+    NM24_SHAPES, NM24_BATCHES = [(100, 128), (33, 192), (70, 512)], [9, 17, 130]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -149,7 +150,8 @@ def test_nm24_variants(variant, dtype, monkeypatch):
 def test_nm24_variant_names():
     assert NM24_VARIANTS[:2] == ["auto", "legacy"]
     assert len(NM24_VARIANTS) > 2
-    assert all(v.startswith(("frag:", "ring")) for v in NM24_VARIANTS[2:])
+    assert all(v.startswith(("frag:", "ring", "gemm:")) for v in NM24_VARIANTS[2:])
+    assert any(v.startswith("gemm:") for v in NM24_VARIANTS)
 
 
 def test_nm24_unknown_variant(monkeypatch):

@@ -1,0 +1,354 @@
+// 2:4 weights at large batch, shaped as a GEMM: y^T [out, batch] = W x^T, with W the
+// compressed A operand of mma.sp m16n8k32 and x the B operand read from its row-major
+// [batch, in] layout as it is (32 inputs of one batch row are one column of B).
+//
+// The kernels of spmm_nm.cu split a small tile's work over the input dimension inside a CTA
+// (batch <= 128) or stage a 128 x 64 tile with 4 warps; at batch 128-512 both reread the
+// activations once per 16-128 output rows from L2 and ran at 0.25-0.7x cuSPARSELt on an
+// H200. Here a CTA of 8 warps owns ROWS output rows x BATCH columns (up to 256 x 128), so
+// every staged byte feeds 128-256 multiply-adds. Each 64-input step stages the tile's kept
+// values (64 bytes per row), metadata (8 bytes per row) and activations (128 bytes per
+// batch row) in shared memory by cp.async, kStages deep; each warp reads the fragments of
+// its 16 MF x 8 NF sub-tile with ldmatrix. Rows are XOR-swizzled in 16-byte chunks instead
+// of padded, so that an ldmatrix phase (8 rows, one chunk each) touches 8 different bank
+// groups and four stages of the largest tile fit next to a second CTA on sm_90.
+//
+// Few tiles leave SMs idle (a 4096-row layer at batch 128 is 16 tiles of 256 x 128): the
+// input dimension is then split over gridDim.z, each split writes fp32 partial sums and
+// split_sum adds them and the bias in a fixed order (deterministic; no atomics).
+#include <algorithm>
+#include <atomic>
+#include <string>
+#include <type_traits>
+
+#include "common.cuh"
+#include "nm24_gemm.cuh"
+
+namespace sparseprune {
+namespace cuda {
+namespace gemm24 {
+namespace {
+
+using detail::kWarp;
+
+constexpr int kStepK = 64;             // inputs per pipeline step
+constexpr int kMinStepsPerSplit = 4;   // a split shorter than this never fills its pipeline
+
+// Warps along the rows x along the batch, 16-row x 8-column mma tiles per warp in each
+// direction, pipeline stages, and the CTAs per SM the register budget is set for
+// (__launch_bounds__). The CTA tile is (16 wm mf) x (8 wn nf).
+struct Shape {
+  int wm, wn, mf, nf, stages, ctas;
+  __host__ __device__ constexpr int rows() const { return 16 * wm * mf; }
+  __host__ __device__ constexpr int batch() const { return 8 * wn * nf; }
+  // A step's kept values: kStepK / 2 per row, 2 bytes each.
+  __host__ __device__ constexpr int a_bytes() const { return rows() * kStepK; }
+  __host__ __device__ constexpr int x_bytes() const { return batch() * kStepK * 2; }
+  __host__ __device__ constexpr int stage_bytes() const {
+    return a_bytes() + x_bytes() + rows() * 8;
+  }
+  __host__ __device__ constexpr int smem_bytes() const { return stages * stage_bytes(); }
+  __host__ __device__ constexpr int threads() const { return wm * wn * kWarp; }
+};
+constexpr Shape kShapes[] = {
+    {4, 2, 4, 8, 4, 1}, {4, 4, 4, 4, 4, 1}, {2, 4, 4, 4, 4, 2}, {4, 4, 2, 4, 4, 1},
+    {4, 2, 2, 4, 4, 2}};
+constexpr int kCount = sizeof(kShapes) / sizeof(kShapes[0]);
+
+// Byte offset of 16-byte chunk c (0..3) of kept-value row r (64 bytes): the chunk is XORed
+// with row bits 1-2, so rows r..r+7 of one ldmatrix phase land in 8 distinct bank groups
+// (two 64-byte rows share a 128-byte bank line).
+__device__ __forceinline__ int a_off(int r, int c) {
+  return r * 64 + ((c ^ ((r >> 1) & 3)) << 4);
+}
+// Chunk c (0..7) of activation row r (128 bytes): XORed with the row's low 3 bits.
+__device__ __forceinline__ int x_off(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
+
+template <typename T, int WM, int WN, int MF, int NF, int S, int CTAS>
+__global__ __launch_bounds__(WM * WN * kWarp, CTAS) void nm24_gemm(
+    const T* __restrict__ values, const uint8_t* __restrict__ metadata,
+    const T* __restrict__ x, const T* __restrict__ bias, T* __restrict__ y,
+    float* __restrict__ partial, int64_t batch, int64_t in, int64_t out,
+    int64_t steps_per_split) {
+  constexpr Shape G{WM, WN, MF, NF, S, CTAS};
+  constexpr int kRows = G.rows(), kBatch = G.batch(), kStage = G.stage_bytes();
+  constexpr int kABytes = G.a_bytes(), kXBytes = G.x_bytes(), kThreads = G.threads();
+  extern __shared__ uint4 smem[];
+  uint8_t* const base = reinterpret_cast<uint8_t*>(smem);
+  const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
+  const int g = lane >> 2, t = lane & 3;
+  const int wrow = (warp % WM) * 16 * MF, wcol = (warp / WM) * 8 * NF;
+  const int64_t b0 = static_cast<int64_t>(blockIdx.x) * kBatch;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kRows;
+  const int64_t kb = static_cast<int64_t>(blockIdx.z) * steps_per_split;
+  const int64_t ke = min(in / kStepK, kb + steps_per_split);
+  const int64_t half_in = in / 2, meta_row = in / 8;
+
+  // Rows past `out` and batch rows past `batch` are zero-filled (their results are dropped).
+  auto load_stage = [&](int64_t s) {
+    uint8_t* const st = base + static_cast<int>((s - kb) % S) * kStage;
+#pragma unroll
+    for (int it = 0; it < detail::ceil_div_c(kRows * 4, kThreads); ++it) {
+      const int c = tid + it * kThreads, rr = c >> 2, ch = c & 3;
+      if (c >= kRows * 4) break;
+      const bool ok = r0 + rr < out;
+      detail::cp_async16(st + a_off(rr, ch),
+                         values + (ok ? r0 + rr : 0) * half_in + s * (kStepK / 2) + ch * 8,
+                         ok ? 16 : 0);
+    }
+    uint8_t* const xs = st + kABytes;
+#pragma unroll
+    for (int it = 0; it < detail::ceil_div_c(kBatch * 8, kThreads); ++it) {
+      const int c = tid + it * kThreads, rb = c >> 3, ch = c & 7;
+      if (c >= kBatch * 8) break;
+      const bool ok = b0 + rb < batch;
+      detail::cp_async16(xs + x_off(rb, ch), x + (ok ? b0 + rb : 0) * in + s * kStepK + ch * 8,
+                         ok ? 16 : 0);
+    }
+    uint8_t* const ms = xs + kXBytes;
+#pragma unroll
+    for (int it = 0; it < detail::ceil_div_c(kRows, kThreads); ++it) {
+      const int c = tid + it * kThreads;
+      if (c >= kRows) break;
+      const bool ok = r0 + c < out;
+      detail::cp_async8(ms + c * 8, metadata + (ok ? r0 + c : 0) * meta_row + s * 8,
+                        ok ? 8 : 0);
+    }
+  };
+
+#pragma unroll
+  for (int p = 0; p < S - 1; ++p) {
+    if (kb + p < ke) load_stage(kb + p);
+    detail::cp_async_commit();
+  }
+  float acc[MF][NF][4] = {};
+  for (int64_t s = kb; s < ke; ++s) {
+    detail::cp_async_wait<S - 2>();
+    __syncthreads();  // step s landed for every thread; the buffer of step s - 1 is free
+    if (s + S - 1 < ke) load_stage(s + S - 1);
+    detail::cp_async_commit();
+    const uint8_t* const st = base + static_cast<int>((s - kb) % S) * kStage;
+    const uint8_t* const xs = st + kABytes;
+    const uint8_t* const ms = xs + kXBytes;
+#pragma unroll
+    for (int kk = 0; kk < 2; ++kk) {
+      uint32_t a[MF][4], e[MF];
+#pragma unroll
+      for (int i = 0; i < MF; ++i) {
+        const int row = wrow + 16 * i + (lane & 7) + ((lane >> 3) & 1) * 8;
+        detail::ldmatrix_x4(a[i], st + a_off(row, kk * 2 + (lane >> 4)));
+        e[i] = 0u;
+        if (t < 2) {
+          const uint8_t* top = ms + (wrow + 16 * i + g) * 8 + kk * 4 + 2 * t;
+          e[i] = *reinterpret_cast<const uint16_t*>(top) |
+                 (static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(top + 64)) << 16);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < NF; ++j) {
+        uint32_t b[4];
+        detail::ldmatrix_x4(b, xs + x_off(wcol + 8 * j + (lane & 7), kk * 4 + (lane >> 3)));
+#pragma unroll
+        for (int i = 0; i < MF; ++i) detail::mma_sp_16832<T>(acc[i][j], a[i], b, e[i]);
+      }
+    }
+  }
+  detail::cp_async_wait<0>();
+
+  if (partial == nullptr) {
+#pragma unroll
+    for (int i = 0; i < MF; ++i)
+#pragma unroll
+      for (int j = 0; j < NF; ++j)
+        detail::store_tile(acc[i][j], bias, y, r0 + wrow + 16 * i, b0 + wcol + 8 * j, out,
+                           batch, lane);
+    return;
+  }
+  // Partial sums of this split, [batch, out] like y: lanes g = 0..7 write 8 consecutive rows.
+  float* const p = partial + static_cast<int64_t>(blockIdx.z) * batch * out;
+#pragma unroll
+  for (int i = 0; i < MF; ++i)
+#pragma unroll
+    for (int j = 0; j < NF; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const int64_t row = r0 + wrow + 16 * i + g + 8 * h;
+          const int64_t b = b0 + wcol + 8 * j + 2 * t + q;
+          if (row < out && b < batch) p[b * out + row] = acc[i][j][2 * h + q];
+        }
+}
+
+// y = bias + the sum of the splits' partials, four elements per thread when they align.
+template <typename T>
+__global__ __launch_bounds__(256) void split_sum(const float* __restrict__ partial, int splits,
+                                                 const T* __restrict__ bias, T* __restrict__ y,
+                                                 int64_t total, int64_t out) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (total % 4 == 0) {
+    for (int64_t v = first; v < total / 4; v += stride) {
+      float4 sum = reinterpret_cast<const float4*>(partial)[v];
+      for (int s = 1; s < splits; ++s) {
+        const float4 q = reinterpret_cast<const float4*>(partial + s * total)[v];
+        sum.x += q.x;
+        sum.y += q.y;
+        sum.z += q.z;
+        sum.w += q.w;
+      }
+      const float r[4] = {sum.x, sum.y, sum.z, sum.w};
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int64_t i = 4 * v + c;
+        y[i] = detail::from_float<T>(r[c] + (bias != nullptr ? detail::load_float(bias + i % out)
+                                                              : 0.f));
+      }
+    }
+    return;
+  }
+  for (int64_t i = first; i < total; i += stride) {
+    float sum = bias != nullptr ? detail::load_float(bias + i % out) : 0.f;
+    for (int s = 0; s < splits; ++s) sum += partial[s * total + i];
+    y[i] = detail::from_float<T>(sum);
+  }
+}
+
+// Calls f(std::integral_constant<int, k>) for the runtime variant k.
+template <int K = 0, typename F>
+void with_variant(int k, F&& f) {
+  if constexpr (K < kCount) {
+    if (k == K) {
+      f(std::integral_constant<int, K>{});
+    } else {
+      with_variant<K + 1>(k, f);
+    }
+  }
+}
+
+template <typename T, int K>
+auto kernel_of() {
+  constexpr Shape s = kShapes[K];
+  return &nm24_gemm<T, s.wm, s.wn, s.mf, s.nf, s.stages, s.ctas>;
+}
+
+int device_attr(cudaDeviceAttr attr, int fallback) {
+  int device = 0, value = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&value, attr, device) != cudaSuccess) {
+    return fallback;
+  }
+  return value;
+}
+
+// Resident CTAs of variant k per SM on the current device (registers and shared memory),
+// times the SM count; asked once per variant and device.
+int64_t slots(int k) {
+  constexpr int kDevices = 16;
+  static std::atomic<int> cache[kCount][kDevices];  // zero: not asked yet
+  int device = 0;
+  (void)cudaGetDevice(&device);
+  std::atomic<int>* c = device >= 0 && device < kDevices ? &cache[k][device] : nullptr;
+  if (c != nullptr && c->load() > 0) return c->load();
+  int per_sm = 0;
+  with_variant(k, [&](auto v) {
+    constexpr int K = decltype(v)::value;
+    const auto kernel = kernel_of<__half, K>();
+    (void)cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               kShapes[K].smem_bytes());
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kShapes[K].threads(),
+                                                      kShapes[K].smem_bytes()) != cudaSuccess) {
+      (void)cudaGetLastError();  // a failed query is not the caller's launch error
+      per_sm = 0;
+    }
+  });
+  const int n = std::max(per_sm, 1) * device_attr(cudaDevAttrMultiProcessorCount, 132);
+  if (c != nullptr) c->store(n);
+  return n;
+}
+
+int64_t tiles(const Shape& s, const Dense& d) {
+  return detail::ceil_div(d.out_features, s.rows()) * detail::ceil_div(d.batch, s.batch());
+}
+
+}  // namespace
+
+int count() { return kCount; }
+
+std::string name(int k) {
+  const Shape& s = kShapes[k];
+  return "gemm" + std::to_string(s.wm * s.wn) + ":" + std::to_string(s.rows()) + "x" +
+         std::to_string(s.batch());
+}
+
+int find(int warps, int rows, int batch) {
+  for (int k = 0; k < kCount; ++k) {
+    const Shape& s = kShapes[k];
+    if (s.wm * s.wn == warps && s.rows() == rows && s.batch() == batch) return k;
+  }
+  return -1;
+}
+
+bool fits(int k, const Dense& d) {
+  const Shape& s = kShapes[k];
+  return d.in_features % kStepK == 0 && detail::ceil_div(d.out_features, s.rows()) <= 65535 &&
+         detail::ceil_div(d.batch, s.batch()) <= 0x7fffffff &&
+         s.smem_bytes() <= device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 << 10);
+}
+
+int64_t splits(int k, const Dense& d) {
+  const int64_t steps = d.in_features / kStepK;
+  const int64_t want = std::min(slots(k) / std::max<int64_t>(tiles(kShapes[k], d), 1),
+                                steps / kMinStepsPerSplit);
+  if (want <= 1) return 1;
+  // Equal splits, none empty.
+  return detail::ceil_div(steps, detail::ceil_div(steps, std::min<int64_t>(want, 65535)));
+}
+
+int64_t scratch_bytes(int k, const Dense& d) {
+  const int64_t n = splits(k, d);
+  return n > 1 ? n * d.batch * d.out_features * static_cast<int64_t>(sizeof(float)) : 0;
+}
+
+void launch(int k, const Dense& d, const NM& w, cudaStream_t stream) {
+  const int64_t n = splits(k, d);
+  const int64_t steps = d.in_features / kStepK;
+  float* const partial = n > 1 ? static_cast<float*>(w.scratch) : nullptr;
+  auto go = [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    with_variant(k, [&](auto v) {
+      constexpr int K = decltype(v)::value;
+      constexpr Shape s = kShapes[K];
+      const auto kernel = kernel_of<T, K>();
+      // Above 48 KB; set on every launch so that every device gets it (host-side, no stream
+      // work). A failure resurfaces as the launch error.
+      (void)cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 s.smem_bytes());
+      const dim3 grid(static_cast<unsigned>(detail::ceil_div(d.batch, s.batch())),
+                      static_cast<unsigned>(detail::ceil_div(d.out_features, s.rows())),
+                      static_cast<unsigned>(n));
+      kernel<<<grid, s.threads(), s.smem_bytes(), stream>>>(
+          static_cast<const T*>(w.values), w.metadata, static_cast<const T*>(d.x),
+          static_cast<const T*>(d.bias), static_cast<T*>(d.y), partial, d.batch,
+          d.in_features, d.out_features, detail::ceil_div(steps, n));
+    });
+    if (partial != nullptr) {
+      const int64_t total = d.batch * d.out_features;
+      const int64_t blocks = std::min<int64_t>(
+          detail::ceil_div(detail::ceil_div(total, 4), 256),
+          4 * static_cast<int64_t>(device_attr(cudaDevAttrMultiProcessorCount, 132)));
+      split_sum<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
+          partial, static_cast<int>(n), static_cast<const T*>(d.bias), static_cast<T*>(d.y),
+          total, d.out_features);
+    }
+  };
+  if (d.dtype == DType::f16) {
+    go(static_cast<__half*>(nullptr));
+  } else if (d.dtype == DType::bf16) {
+    go(static_cast<__nv_bfloat16*>(nullptr));
+  }
+}
+
+}  // namespace gemm24
+}  // namespace cuda
+}  // namespace sparseprune
