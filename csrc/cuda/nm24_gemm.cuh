@@ -12,10 +12,10 @@ namespace cuda {
 namespace gemm24 {
 
 int count();
-// "gemmWARPS:ROWSxBATCH": variant k's warps per CTA and CTA tile.
+// "gemm:ROWSxBATCH", the CTA tile of variant k.
 std::string name(int k);
-// The variant with this many warps and this tile, or -1.
-int find(int warps, int rows, int batch);
+// The variant with this CTA tile, or -1.
+int find(int rows, int batch);
 // Whether variant k can run this problem on the current device (in_features % 64 == 0, grid
 // limits, shared memory the device lets a block opt in to).
 bool fits(int k, const Dense& d);

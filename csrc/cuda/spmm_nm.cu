@@ -690,28 +690,25 @@ bool frag_fits(int k, const Dense& d) {
 //
 // The automatic choice follows the H200 sweeps (benchmarks/cuda/nm24_sweep_h200_*.json,
 // five layer shapes): the legacy kernels up to batch 8 (nm24_small_wide streams weights
-// without any staging); frag:16x16 to 16 (frag:16x16 also where its grid would not cover
-// the SMs); above, the GEMM kernels: 128 x 64 tiles to batch 64 and on layers with fewer
-// than 2048 rows or inputs, 256 x 128 tiles (split over the input when they are few) on
-// the larger layers above batch 64. A GEMM variant that does not fit the device's shared
-// memory falls back to the next smaller one, then to the legacy kernels.
+// without any staging); frag:16x16 to 16; above, the GEMM kernels: 128 x 64 tiles to batch
+// 64 and on layers with fewer than 2048 rows or inputs (from batch 9 on layers with fewer
+// than 2048 rows), 256 x 128 tiles (split over the input when they are few) on the larger
+// layers above batch 64. A GEMM variant that does not fit the device's shared memory falls
+// back to the smaller tile, then to frag:16x16, then to the legacy kernels.
 int nm24_choice(const Dense& d, int variant) {
   const int64_t in = d.in_features, batch = d.batch;
   if (in % 64 != 0 || variant == kLegacy) return kLegacy;
   if (variant >= kFirstGemm) return gemm24::fits(variant - kFirstGemm, d) ? variant : kLegacy;
   if (variant >= kFirstFrag) return frag_fits(variant - kFirstFrag, d) ? variant : kLegacy;
+  if (batch <= kSmallBatch) return kLegacy;
   constexpr int kSmall = frag_index(1, 2, 0);
   static_assert(kSmall >= 0, "missing from kFragShapes");
-  if (batch <= kSmallBatch) return kLegacy;
-  if (batch <= 16) {
-    const bool ok = frag_fits(kSmall, d);
-    return ok ? kFirstFrag + kSmall : kLegacy;
+  const int big = gemm24::find(256, 128), small = gemm24::find(128, 64);
+  const bool large = d.out_features >= 2048 && in >= 2048;
+  if (batch > 64 && large && big >= 0 && gemm24::fits(big, d)) return kFirstGemm + big;
+  if ((batch > 16 || d.out_features < 2048) && small >= 0 && gemm24::fits(small, d)) {
+    return kFirstGemm + small;
   }
-  const int big = gemm24::find(8, 256, 128), small = gemm24::find(8, 128, 64);
-  if (batch > 64 && d.out_features >= 2048 && in >= 2048 && big >= 0 && gemm24::fits(big, d)) {
-    return kFirstGemm + big;
-  }
-  if (small >= 0 && gemm24::fits(small, d)) return kFirstGemm + small;
   return frag_fits(kSmall, d) ? kFirstFrag + kSmall : kLegacy;
 }
 
