@@ -28,9 +28,11 @@ double ns_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
 }
 
-// ns per FMA of 12 chains; Permute adds a vpermps in front of every FMA. Compiled for
-// AVX-512 by attribute (the file has no ISA flags); main checks the CPU first.
-template <bool Permute>
+// ns per FMA of 12 chains; Permute 1 adds a vpermps (any of 16 lanes) in front of every
+// FMA, 2 a vpermilps (within each 128-bit lane: a 2:4 or 1:4 group broadcast to all four
+// lanes). Compiled for AVX-512 by attribute (the file has no ISA flags); main checks the CPU
+// first.
+template <int Permute>
 __attribute__((noinline, target("avx512f,fma"))) double chain(long iters) {
   alignas(64) float seed[16 * 12];
   for (int i = 0; i < 16 * 12; ++i) seed[i] = 1e-3f * static_cast<float>(i);
@@ -45,7 +47,9 @@ __attribute__((noinline, target("avx512f,fma"))) double chain(long iters) {
   for (long i = 0; i < iters; ++i) {
     __asm__ volatile("" : "+v"(id), "+v"(v));  // keep the operands live, not hoisted
     for (int b = 0; b < 12; ++b) {
-      const __m512 p = Permute ? _mm512_permutexvar_ps(id, xv[b]) : xv[b];
+      const __m512 p = Permute == 1   ? _mm512_permutexvar_ps(id, xv[b])
+                       : Permute == 2 ? _mm512_permutevar_ps(xv[b], id)
+                                      : xv[b];
       acc[b] = _mm512_fmadd_ps(p, v, acc[b]);
     }
   }
@@ -88,9 +92,10 @@ int main() {
     return 1;
   }
   const long iters = 20000000;
-  chain<false>(iters / 10);  // warm up the clock
-  std::printf("in registers, 12 chains: FMA alone %.3f ns, vpermps + FMA %.3f ns\n",
-              chain<false>(iters), chain<true>(iters));
+  chain<0>(iters / 10);  // warm up the clock
+  std::printf("in registers, 12 chains: FMA alone %.3f ns, vpermps + FMA %.3f ns, "
+              "vpermilps + FMA %.3f ns\n",
+              chain<0>(iters), chain<1>(iters), chain<2>(iters));
   std::printf("| shape (out x in) | batch | pattern | ns per 512-bit FMA |\n|---|---|---|---|\n");
   const int64_t shapes[][2] = {{384, 384}, {1536, 384}, {384, 1536}, {3072, 768}, {4096, 4096}};
   const int64_t patterns[][2] = {{2, 4}, {1, 4}, {2, 8}, {4, 8}};

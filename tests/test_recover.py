@@ -1,6 +1,7 @@
 """Recovery by distillation (sparseprune.recover) and the text corpus (sparseprune.corpus)."""
 
 import copy
+import random
 
 import pytest
 import torch
@@ -193,3 +194,25 @@ def test_experiment_rejects_a_bad_in_domain_repeat(tmp_path):
     from sparseprune.bench.recovery import run
     with pytest.raises(ValueError, match="in_domain_repeat must be >= 1"):
         run(("2:4",), in_domain_repeat=0, out=tmp_path)
+
+
+def test_group_by_length_keeps_every_text_and_cuts_padding():
+    from sparseprune.bench.recovery import GROUP_CHUNK_BATCHES, group_by_length
+    rng = random.Random(3)
+    texts = [f"t{i}" for i in range(1000)]
+    lengths = [rng.randint(5, 128) for _ in texts]
+    out = group_by_length(texts, lengths, 16, seed=0)
+    assert sorted(out) == sorted(texts)
+    assert out == group_by_length(texts, lengths, 16, seed=0)  # seeded
+    assert out != group_by_length(texts, lengths, 16, seed=1)
+    length = dict(zip(texts, lengths))
+
+    def padded(order):
+        return sum(16 * max(length[t] for t in order[i:i + 16])
+                   for i in range(0, len(order) - 15, 16))
+    assert padded(out) < 0.7 * padded(texts)
+    chunk = 16 * GROUP_CHUNK_BATCHES  # sorted inside each chunk, not across chunks
+    first = [length[t] for t in out[:chunk]]
+    assert first == sorted(first)
+    with pytest.raises(ValueError, match="lengths"):
+        group_by_length(texts, lengths[:-1], 16, seed=0)

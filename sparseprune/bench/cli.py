@@ -107,6 +107,9 @@ def add_parsers(sub) -> None:
     rc.add_argument("--in-domain-repeat", type=int, default=1,
                     help="batches of the training pydoc_data paragraphs (the evaluation's "
                     "domain) appear this many times per epoch (1)")
+    rc.add_argument("--group-by-length", action="store_true",
+                    help="batch paragraphs of similar length together (fewer padded tokens, "
+                    "more steps per minute)")
     rc.add_argument("--resume", action="store_true",
                     help="checkpoint every 50 steps in --out and resume from there")
     rc.add_argument("--out", default="recover-out")
@@ -278,7 +281,8 @@ def run_recover(args, parser=None) -> int:
     run(tuple(s for s in args.settings.split(",") if s), steps=args.steps, lr=args.lr,
         batch_size=args.batch_size, n_eval=args.eval, seed=args.seed, out=args.out,
         resume=args.resume, progress=not args.no_progress, bf16=not args.fp32,
-        layer_weight=args.layer_weight, in_domain_repeat=args.in_domain_repeat)
+        layer_weight=args.layer_weight, in_domain_repeat=args.in_domain_repeat,
+        by_length=args.group_by_length)
     return 0
 
 
