@@ -8,10 +8,11 @@
 // H200. Here a CTA of 8 warps owns ROWS output rows x BATCH columns (up to 256 x 128), so
 // every staged byte feeds 128-256 multiply-adds. Each 64-input step stages the tile's kept
 // values (64 bytes per row), metadata (8 bytes per row) and activations (128 bytes per
-// batch row) in shared memory by cp.async, kStages deep; each warp reads the fragments of
+// batch row) in shared memory by cp.async, 4 stages deep; each warp reads the fragments of
 // its 16 MF x 8 NF sub-tile with ldmatrix. Rows are XOR-swizzled in 16-byte chunks instead
 // of padded, so that an ldmatrix phase (8 rows, one chunk each) touches 8 different bank
-// groups and four stages of the largest tile fit next to a second CTA on sm_90.
+// groups with no padding bytes (4 stages of 256 x 128: 139 KB; of 128 x 64: 69 KB, two
+// CTAs per SM).
 //
 // Few tiles leave SMs idle (a 4096-row layer at batch 128 is 16 tiles of 256 x 128): the
 // input dimension is then split over gridDim.z, each split writes fp32 partial sums and
