@@ -12,7 +12,8 @@ temperature-softened logits (``"kl"``); plus, for sentence-transformers outputs,
 the token embeddings (``token_weight``), and an optional task loss. The pruner's optimizer
 lock keeps pruned weights exactly zero through every step; a pruner with a schedule is
 stepped every optimizer step (prune a little, recover, repeat). Gradient accumulation, bf16
-autocast on the CPU, a tqdm progress bar and resumable checkpoints are options.
+autocast on the CPU, a tqdm progress bar, resumable checkpoints and a cache of the teacher's
+outputs per batch are options.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class RecoverConfig:
     task_weight: float = 0.0     # with task_loss
     bf16: bool = False           # torch.autocast("cpu", bfloat16) for the forward passes
     train_mode: bool = False     # student.train() (dropout on) instead of eval()
+    # Keep the teacher's outputs of each batch from its first use on (the teacher is frozen
+    # and in eval mode, so they never change): one teacher forward per batch instead of per
+    # step, for the memory of every batch's outputs.
+    cache_teacher: bool = False
     seed: int = 0
     checkpoint: str | os.PathLike | None = None
     checkpoint_every: int = 100
@@ -237,11 +242,22 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, *,
         torch.manual_seed(config.seed)
         random.seed(config.seed)
 
-    def batch_at(i: int):
+    def batch_index(i: int) -> int:
         epoch, pos = divmod(i, len(batches))
         order = list(range(len(batches)))
         random.Random(config.seed * 1_000_003 + epoch).shuffle(order)
-        return batches[order[pos]]
+        return order[pos]
+
+    teacher_cache: dict[int, dict] = {}
+
+    def teacher_outputs(k: int) -> dict:
+        if k in teacher_cache:
+            return teacher_cache[k]
+        with torch.no_grad(), autocast:
+            out = outputs(_feed(teacher, batches[k]))
+        if config.cache_teacher:
+            teacher_cache[k] = out
+        return out
 
     progress = None
     if config.progress:
@@ -257,9 +273,9 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, *,
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for micro in range(config.grad_accum):
-            batch = batch_at(step * config.grad_accum + micro)
-            with torch.no_grad(), autocast:
-                t_out = outputs(_feed(teacher, batch))
+            k = batch_index(step * config.grad_accum + micro)
+            batch = batches[k]
+            t_out = teacher_outputs(k)
             with autocast:
                 raw = _feed(student, batch)
                 loss = distill_loss(outputs(raw), t_out, config)

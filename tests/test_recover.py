@@ -216,3 +216,33 @@ def test_group_by_length_keeps_every_text_and_cuts_padding():
     assert first == sorted(first)
     with pytest.raises(ValueError, match="lengths"):
         group_by_length(texts, lengths[:-1], 16, seed=0)
+
+
+class CountingTeacher(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_cached_teacher_gives_the_same_run_with_one_forward_per_batch(grad_accum):
+    teacher = mlp()
+    data = batches(n=6)
+    student_a, pruner_a = pruned_student(teacher)
+    plain = CountingTeacher(teacher)
+    ref = distill(student_a, plain, data, pruner=pruner_a,
+                  config=cfg(steps=15, grad_accum=grad_accum))
+    assert plain.calls == 15 * grad_accum
+    student_b, pruner_b = pruned_student(teacher)
+    counted = CountingTeacher(teacher)
+    cached = distill(student_b, counted, data, pruner=pruner_b,
+                     config=cfg(steps=15, grad_accum=grad_accum, cache_teacher=True))
+    assert counted.calls == len(data)  # 15 * grad_accum uses cycle through all 6 batches
+    assert cached.losses == ref.losses
+    for (na, pa), (nb, pb) in zip(student_a.state_dict().items(),
+                                  student_b.state_dict().items()):
+        assert na == nb and torch.equal(pa, pb), na

@@ -103,7 +103,7 @@ def train_batches(tokenizer, texts, batch_size: int, max_tokens: int, *,
 def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, dense_emb,
                 *, steps: int, lr: float, seed: int, checkpoint_dir: Path | None,
                 time_rounds: int, progress: bool, bf16: bool = True,
-                layer_weight: float = 0.0) -> dict:
+                layer_weight: float = 0.0, cache_teacher: bool = False) -> dict:
     if setting.gradual:  # the schedule takes the first 60%: give recovery the same as others
         steps = int(steps * 1.3)
     st = copy.deepcopy(dense_st)
@@ -137,7 +137,8 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
         res = distill(st, dense_st, batches, pruner=pruner,
                       config=RecoverConfig(steps=steps, lr=lr, seed=seed, checkpoint=ckpt,
                                            checkpoint_every=50, progress=progress, bf16=bf16,
-                                           layer_weight=layer_weight))
+                                           layer_weight=layer_weight,
+                                           cache_teacher=cache_teacher))
     finally:
         for m in (st, dense_st):
             m[0].auto_model.config.output_hidden_states = False
@@ -182,7 +183,7 @@ def run(settings=DEFAULT_SETTINGS, *, steps: int = 700, lr: float = 2e-4,
         seed: int = 0, out: str | os.PathLike = "recover-out", resume: bool = False,
         time_rounds: int = 9, progress: bool = True, bf16: bool = True,
         layer_weight: float = 0.0, in_domain_repeat: int = 1,
-        by_length: bool = False) -> list[dict]:
+        by_length: bool = False, cache_teacher: bool = False) -> list[dict]:
     if in_domain_repeat < 1:
         raise ValueError(f"in_domain_repeat must be >= 1, got {in_domain_repeat}")
     out = Path(out)
@@ -216,8 +217,10 @@ def run(settings=DEFAULT_SETTINGS, *, steps: int = 700, lr: float = 2e-4,
         r = run_setting(SETTINGS[name], dense_st, calib_batches, batches, evaluation,
                         dense_emb, steps=steps, lr=lr, seed=seed,
                         checkpoint_dir=out if resume else None, time_rounds=time_rounds,
-                        progress=progress, bf16=bf16, layer_weight=layer_weight)
+                        progress=progress, bf16=bf16, layer_weight=layer_weight,
+                        cache_teacher=cache_teacher)
         r["in_domain_repeat"] = in_domain_repeat
+        r["cache_teacher"] = cache_teacher
         r["by_length"] = by_length
         r["padded_tokens_per_epoch"] = padded
         results.append(r)
