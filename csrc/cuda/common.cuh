@@ -131,6 +131,26 @@ __device__ __forceinline__ void mma_sp_16832<__nv_bfloat16>(float (&d)[4],
         "r"(b[3]), "r"(e));
 }
 
+// The mma.sp metadata word of k-tile kk (0 or 1) of a 64-input step for the 16 rows whose
+// step metadata (8 bytes per row, rows consecutive) starts at `rows` in shared memory:
+// lanes t < 2 of group g supply row g in the low half and row g + 8 in the high half.
+__device__ __forceinline__ uint32_t smem_step_meta(const uint8_t* rows, int kk, int g, int t) {
+  if (t >= 2) return 0u;
+  const uint8_t* top = rows + g * 8 + kk * 4 + 2 * t;
+  return *reinterpret_cast<const uint16_t*>(top) |
+         (static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(top + 64)) << 16);
+}
+
+// An attribute of the current device (fallback if the query fails).
+inline int device_attr(cudaDeviceAttr attr, int fallback) {
+  int device = 0, value = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&value, attr, device) != cudaSuccess) {
+    return fallback;
+  }
+  return value;
+}
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // For compile-time trip counts in device code.
 __host__ __device__ constexpr int ceil_div_c(int a, int b) { return (a + b - 1) / b; }

@@ -584,12 +584,7 @@ __global__ __launch_bounds__(kTiledWarps * kWarp) void nm24_tiled(
       for (int i = 0; i < MF; ++i) {
         const int row = wr + 16 * i + (lane & 7) + ((lane >> 3) & 1) * 8;
         detail::ldmatrix_x4(a[i], ab + row * kAPitch + kk * 16 + (lane >> 4) * 8);
-        e[i] = 0u;
-        if (t < 2) {
-          const uint8_t* top = mb + (wr + 16 * i + g) * 8 + kk * 4 + 2 * t;
-          e[i] = *reinterpret_cast<const uint16_t*>(top) |
-                 (static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(top + 64)) << 16);
-        }
+        e[i] = detail::smem_step_meta(mb + (wr + 16 * i) * 8, kk, g, t);
       }
 #pragma unroll
       for (int j = 0; j < NF; ++j) {
@@ -664,16 +659,6 @@ void frag_path(int k, const T* values, const uint8_t* metadata, const T* x, uint
   launch_frag_variant<T>(k, values, metadata, xf, bias, y, batch, in, out, stream);
 }
 
-// An attribute of the current device (fallback if the query fails).
-int device_attr(cudaDeviceAttr attr, int fallback) {
-  int device = 0, value = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&value, attr, device) != cudaSuccess) {
-    return fallback;
-  }
-  return value;
-}
-
 // Whether fragment variant k can run on this problem and device: a grid of at most 65535
 // row tiles, and its ring (with the reduction buffer) within the shared memory a block may
 // opt in to (227 KB on sm_90, 163 KB on sm_80, 99 KB on sm_86/89).
@@ -681,7 +666,7 @@ bool frag_fits(int k, const Dense& d) {
   const FragShape& f = kFragShapes[k];
   const int smem = (f.s == 0 ? 0 : ring_bytes(f.mf, f.s)) + f.mf * f.nf * 4 * kWarp * 4;
   return detail::ceil_div(d.out_features, 16 * f.mf) <= 65535 &&
-         smem <= device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 << 10);
+         smem <= detail::device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 << 10);
 }
 
 // The kernel family of a 2:4 tensor-core problem: kLegacy, kFirstFrag + an index of

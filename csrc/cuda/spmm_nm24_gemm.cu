@@ -139,12 +139,7 @@ __global__ __launch_bounds__(WM * WN * kWarp, CTAS) void nm24_gemm(
       for (int i = 0; i < MF; ++i) {
         const int row = wrow + 16 * i + (lane & 7) + ((lane >> 3) & 1) * 8;
         detail::ldmatrix_x4(a[i], st + a_off(row, kk * 2 + (lane >> 4)));
-        e[i] = 0u;
-        if (t < 2) {
-          const uint8_t* top = ms + (wrow + 16 * i + g) * 8 + kk * 4 + 2 * t;
-          e[i] = *reinterpret_cast<const uint16_t*>(top) |
-                 (static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(top + 64)) << 16);
-        }
+        e[i] = detail::smem_step_meta(ms + (wrow + 16 * i) * 8, kk, g, t);
       }
 #pragma unroll
       for (int j = 0; j < NF; ++j) {
@@ -234,15 +229,6 @@ auto kernel_of() {
   return &nm24_gemm<T, s.wm, s.wn, s.mf, s.nf, s.stages, s.ctas>;
 }
 
-int device_attr(cudaDeviceAttr attr, int fallback) {
-  int device = 0, value = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&value, attr, device) != cudaSuccess) {
-    return fallback;
-  }
-  return value;
-}
-
 // Resident CTAs of variant k per SM on the current device (registers and shared memory),
 // times the SM count; asked once per variant and device.
 int64_t slots(int k) {
@@ -264,7 +250,7 @@ int64_t slots(int k) {
       per_sm = 0;
     }
   });
-  const int n = std::max(per_sm, 1) * device_attr(cudaDevAttrMultiProcessorCount, 132);
+  const int n = std::max(per_sm, 1) * detail::device_attr(cudaDevAttrMultiProcessorCount, 132);
   if (c != nullptr) c->store(n);
   return n;
 }
@@ -292,7 +278,7 @@ bool fits(int k, const Dense& d) {
   const Shape& s = kShapes[k];
   return d.in_features % kStepK == 0 && detail::ceil_div(d.out_features, s.rows()) <= 65535 &&
          detail::ceil_div(d.batch, s.batch()) <= 0x7fffffff &&
-         s.smem_bytes() <= device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 << 10);
+         s.smem_bytes() <= detail::device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 << 10);
 }
 
 int64_t splits(int k, const Dense& d) {
@@ -335,7 +321,7 @@ void launch(int k, const Dense& d, const NM& w, cudaStream_t stream) {
       const int64_t total = d.batch * d.out_features;
       const int64_t blocks = std::min<int64_t>(
           detail::ceil_div(detail::ceil_div(total, 4), 256),
-          4 * static_cast<int64_t>(device_attr(cudaDevAttrMultiProcessorCount, 132)));
+          4 * static_cast<int64_t>(detail::device_attr(cudaDevAttrMultiProcessorCount, 132)));
       split_sum<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
           partial, static_cast<int>(n), static_cast<const T*>(d.bias), static_cast<T*>(d.y),
           total, d.out_features);
