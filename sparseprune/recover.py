@@ -163,6 +163,22 @@ def _feed(model: nn.Module, batch):
     return model(batch)
 
 
+def default_optimizer(params: list, config: RecoverConfig) -> torch.optim.Optimizer:
+    """AdamW, fused where every parameter is a dense float tensor on a device that has
+    the fused kernel (CPU, CUDA): the same update in one pass over each tensor instead of
+    a dozen, which took 84-91 ms of a ~600 ms MiniLM step here against 23 ms fused."""
+    fusable = bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point and not p.is_sparse
+        and p.device == params[0].device for p in params)
+    if fusable:
+        try:
+            return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                                     fused=True)
+        except (RuntimeError, ValueError):  # a torch build without the fused kernel there
+            pass
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
 def _lr_factor(step: int, config: RecoverConfig) -> float:
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
@@ -218,7 +234,7 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, *,
 
     params = [p for p in student.parameters() if p.requires_grad]
     if optimizer is None:
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = default_optimizer(params, config)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     if pruner is not None:
         pruner.lock(optimizer)

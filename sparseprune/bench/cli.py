@@ -113,6 +113,9 @@ def add_parsers(sub) -> None:
     rc.add_argument("--cache-teacher", action="store_true",
                     help="keep the dense teacher's outputs of every batch after its first use "
                     "(one teacher forward per batch, not per step; memory for all of them)")
+    rc.add_argument("--freeze-embeddings", action="store_true",
+                    help="do not train the student's word embeddings (half of MiniLM's "
+                    "parameters, never pruned): a cheaper backward and optimizer step")
     rc.add_argument("--resume", action="store_true",
                     help="checkpoint every 50 steps in --out and resume from there")
     rc.add_argument("--out", default="recover-out")
@@ -285,7 +288,8 @@ def run_recover(args, parser=None) -> int:
         batch_size=args.batch_size, n_eval=args.eval, seed=args.seed, out=args.out,
         resume=args.resume, progress=not args.no_progress, bf16=not args.fp32,
         layer_weight=args.layer_weight, in_domain_repeat=args.in_domain_repeat,
-        by_length=args.group_by_length, cache_teacher=args.cache_teacher)
+        by_length=args.group_by_length, cache_teacher=args.cache_teacher,
+        freeze_embeddings=args.freeze_embeddings)
     return 0
 
 

@@ -103,11 +103,14 @@ def train_batches(tokenizer, texts, batch_size: int, max_tokens: int, *,
 def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, dense_emb,
                 *, steps: int, lr: float, seed: int, checkpoint_dir: Path | None,
                 time_rounds: int, progress: bool, bf16: bool = True,
-                layer_weight: float = 0.0, cache_teacher: bool = False) -> dict:
+                layer_weight: float = 0.0, cache_teacher: bool = False,
+                freeze_embeddings: bool = False) -> dict:
     if setting.gradual:  # the schedule takes the first 60%: give recovery the same as others
         steps = int(steps * 1.3)
     st = copy.deepcopy(dense_st)
     model = st[0].auto_model
+    if freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     schedule = (CubicSchedule(start=0, end=max(1, int(steps * 0.6)),
                               frequency=max(1, steps // 40)) if setting.gradual else None)
     pruner = Pruner(model, PruneConfig(pattern=setting.pattern, sparsity=setting.sparsity,
@@ -143,6 +146,7 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
         for m in (st, dense_st):
             m[0].auto_model.config.output_hidden_states = False
     train_s = time.perf_counter() - t0
+    before_s = train_s - res.seconds
     rows = pruner.report()
     achieved = sum(r.zeros for r in rows) / sum(r.numel for r in rows)
     pruner.finalize()
@@ -161,7 +165,9 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
             "criterion": setting.criterion, "layer_weight": layer_weight,
             "sparsity_of_pruned_layers": achieved, "steps": steps, "lr": lr,
             "one_shot": one_shot, "recovered": recovered, "recovered_on_sparse_kernels": sparse_q,
-            "train_seconds": train_s, "final_loss": res.losses[-1], "first_loss": res.losses[0],
+            "train_seconds": train_s, "prune_and_evaluate_seconds": before_s,
+            "freeze_embeddings": freeze_embeddings,
+            "final_loss": res.losses[-1], "first_loss": res.losses[0],
             "swapped_layers": len(report.swapped),
             "formats": sorted({r.format for r in report.swapped}),
             "speedup_b32x128": t["dense"].median / t["sparse"].median}
@@ -183,7 +189,8 @@ def run(settings=DEFAULT_SETTINGS, *, steps: int = 700, lr: float = 2e-4,
         seed: int = 0, out: str | os.PathLike = "recover-out", resume: bool = False,
         time_rounds: int = 9, progress: bool = True, bf16: bool = True,
         layer_weight: float = 0.0, in_domain_repeat: int = 1,
-        by_length: bool = False, cache_teacher: bool = False) -> list[dict]:
+        by_length: bool = False, cache_teacher: bool = False,
+        freeze_embeddings: bool = False) -> list[dict]:
     if in_domain_repeat < 1:
         raise ValueError(f"in_domain_repeat must be >= 1, got {in_domain_repeat}")
     out = Path(out)
@@ -218,7 +225,7 @@ def run(settings=DEFAULT_SETTINGS, *, steps: int = 700, lr: float = 2e-4,
                         dense_emb, steps=steps, lr=lr, seed=seed,
                         checkpoint_dir=out if resume else None, time_rounds=time_rounds,
                         progress=progress, bf16=bf16, layer_weight=layer_weight,
-                        cache_teacher=cache_teacher)
+                        cache_teacher=cache_teacher, freeze_embeddings=freeze_embeddings)
         r["in_domain_repeat"] = in_domain_repeat
         r["cache_teacher"] = cache_teacher
         r["by_length"] = by_length
