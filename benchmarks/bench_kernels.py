@@ -30,7 +30,7 @@ PATTERNS = {name: (("csr", p.sparsity) if p.kind == "unstructured" else ("nm", p
                    if p.kind == "nm" else ("bsr", (p.block, p.sparsity)))
             for name, p in shapes.PATTERNS.items()}
 ROTATE_BYTES = sweep.ROTATE_BYTES
-clone_packed = sweep._clone_packed
+clone_packed = sweep.clone_packed
 
 
 def prune(weight, pattern):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import sparseprune as sp
 from sparseprune import masks, tile_cache
-from sparseprune.bench.sweep import ROTATE_BYTES, _clone_packed, rotating
+from sparseprune.bench.sweep import ROTATE_BYTES, clone_packed, rotating
 from sparseprune.bench.timing import interleaved
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -40,7 +40,7 @@ for (o, i) in shapes:
         w = torch.randn(o, i)
         k = masks.n_m(w.abs(), n, m)
         packed = sp.NMWeight.from_dense(w * k, n, m, k)
-        packs = rotating(lambda: _clone_packed(packed), packed.nbytes, ROTATE_BYTES)
+        packs = rotating(lambda: clone_packed(packed), packed.nbytes, ROTATE_BYTES)
         dense_ws = rotating(w.clone, w.numel() * 4, ROTATE_BYTES)
         # The A/B flips the module's switch directly: set_nm_tile_cache(False) would drop the
         # copies made here, one per rotated weight before timing.

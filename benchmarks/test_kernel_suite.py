@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from sparseprune.bench.shapes import PATTERNS
-from sparseprune.bench.sweep import ROTATE_BYTES, _clone_packed, pack, prune, rotating
+from sparseprune.bench.sweep import ROTATE_BYTES, clone_packed, pack, prune, rotating
 
 SHAPES = ((1536, 384), (4096, 4096))
 CASE_PATTERNS = ("90%", "2:4", "16x16@80%")
@@ -64,7 +64,7 @@ def test_sparse(benchmark, shape, batch, pattern):
     weight, bias = _weight(shape)
     pruned = prune(weight, PATTERNS[pattern])
     packed = pack(pruned, PATTERNS[pattern])
-    packs = rotating(lambda: _clone_packed(packed), packed.nbytes, ROTATE_BYTES)
+    packs = rotating(lambda: clone_packed(packed), packed.nbytes, ROTATE_BYTES)
     x = torch.randn(batch, shape[1])
     benchmark.group = f"{_ids(shape)} b{batch}"
     benchmark.extra_info.update(pattern=pattern, nnz=packed.nnz, packed_bytes=packed.nbytes)

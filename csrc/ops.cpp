@@ -95,17 +95,19 @@ Problem make_problem(const char* op, const at::Tensor& x, const at::Tensor& weig
 }
 
 // Splits rows [0, rows) into `parts` ranges of about equal cost, where row r costs its
-// nonzeros plus one (the per-row overhead): the split follows nonzeros, not rows.
-std::vector<int64_t> split_by_nonzeros(const int64_t* offsets, int64_t rows, int64_t parts) {
+// nonzeros plus one (the per-row overhead): the split follows nonzeros, not rows. Row r
+// starts at offsets[r * stride] (stride: segments per row of an 8-bit CSR, else 1).
+std::vector<int64_t> split_by_nonzeros(const int64_t* offsets, int64_t rows, int64_t parts,
+                                       int64_t stride = 1) {
   std::vector<int64_t> bounds(parts + 1, rows);
   bounds[0] = 0;
-  const int64_t total = offsets[rows] + rows;
+  const int64_t total = offsets[rows * stride] + rows;
   for (int64_t p = 1; p < parts; ++p) {
     const int64_t target = total / parts * p + total % parts * p / parts;
     int64_t lo = bounds[p - 1], hi = rows;  // first r with cost(r) >= target
     while (lo < hi) {
       const int64_t mid = lo + (hi - lo) / 2;
-      if (offsets[mid] + mid < target) {
+      if (offsets[mid * stride] + mid < target) {
         lo = mid + 1;
       } else {
         hi = mid;
@@ -235,7 +237,8 @@ bool run_nm_tiles(const cpu::Dense& d, const cpu::NM& w, const cpu::KernelTable&
 }
 
 template <typename Fn>
-void run_ranges(const int64_t* offsets, int64_t rows, int64_t work, const Fn& fn) {
+void run_ranges(const int64_t* offsets, int64_t rows, int64_t work, const Fn& fn,
+                int64_t stride = 1) {
   if (rows == 0) return;
   const int64_t threads = work < kMinParallelWork ? 1 : at::get_num_threads();
   const int64_t parts = std::min<int64_t>(rows, threads);
@@ -243,7 +246,7 @@ void run_ranges(const int64_t* offsets, int64_t rows, int64_t work, const Fn& fn
     fn(0, rows);
     return;
   }
-  const std::vector<int64_t> bounds = split_by_nonzeros(offsets, rows, parts);
+  const std::vector<int64_t> bounds = split_by_nonzeros(offsets, rows, parts, stride);
   at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       if (bounds[p] < bounds[p + 1]) fn(bounds[p], bounds[p + 1]);
@@ -260,12 +263,16 @@ at::Tensor linear_csr_cpu(const at::Tensor& x, const at::Tensor& row_offsets,
   Problem p = make_problem(op, x, values, bias, out_features);
   const int64_t nnz = values.numel();
   TORCH_CHECK_VALUE(values.dim() == 1, op, ": values must be 1-D, got shape ", values.sizes());
-  check_index_tensor(op, "row_offsets", row_offsets, at::kLong, out_features + 1);
-  const bool idx16 = col_indices.scalar_type() == at::kUInt16;
-  TORCH_CHECK_TYPE(idx16 || col_indices.scalar_type() == at::kInt, op,
-                   ": col_indices must be uint16 or int32, got ", col_indices.scalar_type());
-  check_index_tensor(op, "col_indices", col_indices, col_indices.scalar_type(), nnz);
-  TORCH_CHECK_VALUE(!idx16 || p.dense.in_features <= 65536, op,
+  const at::ScalarType it = col_indices.scalar_type();
+  TORCH_CHECK_TYPE(it == at::kUInt16 || it == at::kInt || it == at::kByte, op,
+                   ": col_indices must be uint16, int32 or uint8 (8-bit CSR), got ", it);
+  // 8-bit CSR: offsets of every (row, segment of kCsrSegment columns); see cpu::Csr.
+  const bool seg8 = it == at::kByte;
+  const int64_t segments =
+      seg8 ? (p.dense.in_features + cpu::kCsrSegment - 1) / cpu::kCsrSegment : 1;
+  check_index_tensor(op, "row_offsets", row_offsets, at::kLong, out_features * segments + 1);
+  check_index_tensor(op, "col_indices", col_indices, it, nnz);
+  TORCH_CHECK_VALUE(it != at::kUInt16 || p.dense.in_features <= 65536, op,
                     ": uint16 col_indices address at most 65536 columns, x has ",
                     p.dense.in_features);
   const at::Tensor ro = row_offsets.contiguous();
@@ -274,7 +281,9 @@ at::Tensor linear_csr_cpu(const at::Tensor& x, const at::Tensor& row_offsets,
   check_offsets_ends(op, "row_offsets", ro, nnz);
 
   const cpu::Csr w{ro.data_ptr<int64_t>(), ci.data_ptr(), vals.data_ptr(),
-                   idx16 ? cpu::IndexType::u16 : cpu::IndexType::i32};
+                   seg8 ? cpu::IndexType::u8
+                        : (it == at::kUInt16 ? cpu::IndexType::u16 : cpu::IndexType::i32),
+                   segments};
   const cpu::KernelTable& kernels = cpu::active_kernels();
   if (run_by_batch(p.dense, kernels.csr_x, kernels.pack, out_features,
                    [&](const cpu::Dense& d, const cpu::XPacked& xp, int64_t r0, int64_t r1) {
@@ -283,7 +292,8 @@ at::Tensor linear_csr_cpu(const at::Tensor& x, const at::Tensor& row_offsets,
     return finish(p);
   const PackedActivations xa = pack_activations(p.dense, kernels.csr_x, kernels.pack);
   run_ranges(w.row_offsets, out_features, nnz * p.dense.batch,
-             [&](int64_t r0, int64_t r1) { kernels.csr(p.dense, w, xa.xp, r0, r1); });
+             [&](int64_t r0, int64_t r1) { kernels.csr(p.dense, w, xa.xp, r0, r1); },
+             segments);
   return finish(p);
 }
 

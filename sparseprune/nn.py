@@ -26,7 +26,9 @@ the entries inside stored blocks are nonzero), else unstructured. Then:
   at batch 1, where no row tiles run). bfloat16 N:M (no row-tile kernel; CSR won 9 of 16
   cases), the AVX2 and scalar kernels, and CUDA weights keep ``"csr"``; ``format="nm"``
   still packs N:M there;
-* everything else -> ``"csr"``.
+* everything else -> ``"csr"``, with 8-bit column indices on the CPU from
+  :data:`CSR8_MIN_DENSITY` (20%) nonzeros on, 16-bit below (:func:`csr_index_bits`; the same
+  for ``format="csr"``). A module moved to CUDA repacks 8-bit CSR to 16-bit.
 
 The rule comes from ``benchmarks/bench_formats.py`` (same weight packed both ways, interleaved
 against dense; MiniLM/BERT shapes, batches 1 / 8 / 128 / 4096; numbers in
@@ -60,6 +62,7 @@ __all__ = [
     "SparseLinear",
     "SparsifyReport",
     "choose_format",
+    "csr_index_bits",
     "detect_pattern",
     "sparsify",
 ]
@@ -73,6 +76,12 @@ _BLOCK_FILL = 0.9
 # Below this share of nonzeros in the stored slots/blocks, CSR (nonzeros only) is used.
 _STRUCTURE_FILL = 0.5
 _FORMATS = ("auto", "csr", "bsr", "nm")
+#: From this share of nonzeros on, CPU CSR weights are packed with 8-bit column indices:
+#: against 16-bit on the MiniLM/BERT/4096x4096 shapes (benchmarks/bench_csr8.py, fp32, 2
+#: threads) 8-bit ran 0.99-1.14x at batch 1 and 1.02-1.29x at batch 8-128 at 50% and 70%
+#: sparsity; at 90% 1.03-1.21x at batch 8-32 but 0.85-1.00x at batch 1, so sparser
+#: weights keep 16-bit indices.
+CSR8_MIN_DENSITY = 0.2
 #: pattern kind -> the format ``format="auto"`` packs it in (see the module docstring);
 #: N:M only where :func:`choose_format` finds the row-tile kernel, CSR elsewhere.
 AUTO_FORMAT = {"nm": "nm", "block": "bsr", "unstructured": "csr"}
@@ -163,6 +172,16 @@ def choose_format(pattern: Pattern, dtype: torch.dtype = torch.float32,
     return choice
 
 
+def csr_index_bits(weight: torch.Tensor, device: torch.device | str = "cpu") -> int | None:
+    """Column index width a CSR weight is packed with: 8 (8-bit CSR, see
+    :class:`~sparseprune.formats.CSRWeight`) for CPU weights with at least
+    :data:`CSR8_MIN_DENSITY` nonzeros, else None (16-bit; 32-bit past 65536 columns)."""
+    if torch.device(device).type != "cpu" or weight.numel() == 0:
+        return None
+    density = int(torch.count_nonzero(weight)) / weight.numel()
+    return 8 if density >= CSR8_MIN_DENSITY else None
+
+
 def _pack_weight(weight: torch.Tensor, format: str, block=None, n=None, m=None,
                  mask=None) -> tuple[PackedWeight, Pattern]:
     if not isinstance(format, str) or format not in _FORMATS:
@@ -208,7 +227,8 @@ def _pack_weight(weight: torch.Tensor, format: str, block=None, n=None, m=None,
     elif format == "nm":
         packed = pack(weight, "nm", mask=mask, n=n or pattern.n, m=m or pattern.m)
     else:
-        packed = pack(weight, "csr", mask=mask)
+        packed = pack(weight, "csr", mask=mask,
+                      index_bits=csr_index_bits(weight, weight.device))
     return packed, pattern
 
 
@@ -243,6 +263,17 @@ class _PackedModule(nn.Module):
     @property
     def _fields(self) -> tuple[str, ...]:
         return _CLASSES[self.format]._tensor_fields
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        # 8-bit CSR is a CPU layout: on another device, the same entries with 16/32-bit
+        # column indices (the values keep their order, so the parameter is untouched).
+        if self.format == "csr" and self.col_indices.dtype == torch.uint8 \
+                and self.col_indices.device.type not in ("cpu", "meta"):
+            wide = self.packed_weight().with_index_bits(None)
+            self._buffers["row_offsets"] = wide.row_offsets
+            self._buffers["col_indices"] = wide.col_indices
+        return self
 
     @property
     def _values_name(self) -> str:
@@ -316,11 +347,13 @@ class _PackedModule(nn.Module):
             except FormatError as e:
                 raise FormatError(f"loading {prefix.rstrip('.') or type(self).__name__}: "
                                   f"{e}") from None
-            # The number of stored entries may differ from this module's: resize our tensors
-            # (keeping their device and, for the values, dtype) so the copy below fits.
+            # The number of stored entries (and the CSR index width) may differ from this
+            # module's: resize our tensors (keeping their device and, for the values, dtype)
+            # so the copy below fits; index tensors take the incoming dtype (copying 16-bit
+            # columns into an 8-bit buffer would truncate them).
             for f, t in incoming.items():
                 mine = getattr(self, f)
-                if mine.shape != t.shape:
+                if mine.shape != t.shape or (f != self._values_name and mine.dtype != t.dtype):
                     fresh = torch.empty(t.shape, dtype=mine.dtype if f == self._values_name
                                         else t.dtype, device=mine.device)
                     if f == self._values_name:

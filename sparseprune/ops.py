@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 
 from . import _ext  # noqa: F401  (registers the schemas before the Python parts below)
-from .formats import PackedWeight, bsr_to_dense, csr_to_dense, nm_columns, nm_decode
+from .formats import (PackedWeight, bsr_to_dense, csr_coords, csr_segments, csr_to_dense,
+                      nm_columns, nm_decode)
 from .tile_cache import copy_shape
 
 __all__ = ["linear"]
@@ -66,9 +67,10 @@ def _fake_output(op, x, values, bias, out_features):
 
 @torch.library.register_fake("sparseprune::linear_csr")
 def _linear_csr_fake(x, row_offsets, col_indices, values, bias, out_features):
-    torch._check_value(row_offsets.shape == (out_features + 1,),
+    runs = out_features * (csr_segments(x.shape[-1]) if col_indices.dtype == torch.uint8 else 1)
+    torch._check_value(row_offsets.shape == (runs + 1,),
                        lambda: "sparseprune::linear_csr: row_offsets must have out_features + 1 "
-                       "entries")
+                       "entries (8-bit CSR: out_features * segments + 1)")
     torch._check_value(col_indices.shape == values.shape,
                        lambda: "sparseprune::linear_csr: col_indices and values differ in length")
     return _fake_output("sparseprune::linear_csr", x, values, bias, out_features)
@@ -141,10 +143,7 @@ def _csr_backward(ctx, grad_y):
     _, row_offsets, col_indices, values = ctx.saved_tensors
 
     def value_grad(grad_w):
-        rows = torch.repeat_interleave(
-            torch.arange(ctx.shape[0], device=values.device), row_offsets.diff(),
-            output_size=values.numel())
-        return grad_w[rows, col_indices.to(torch.int64)]
+        return grad_w[csr_coords(row_offsets, col_indices, ctx.shape)]
 
     gx, gv, gb = _grads(ctx, grad_y,
                         lambda: csr_to_dense(row_offsets, col_indices, values, ctx.shape),

@@ -204,6 +204,64 @@ def test_csr_rows_may_start_anywhere_in_the_columns():
     assert torch.equal(packed.to_dense(), w)
 
 
+@pytest.mark.parametrize("shape", [(3, 0), (0, 300), (1, 1), (5, 255), (5, 256), (7, 257),
+                                   (4, 1000), (2, 70001)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_8bit_csr_round_trip(shape, dtype):
+    w = sparse_weight(*shape, 0.3, dtype=dtype)
+    packed = sp.CSRWeight.from_dense(w, index_bits=8)
+    assert packed.col_indices.dtype == torch.uint8 and packed.index_bits == 8
+    assert packed.row_offsets.shape == (shape[0] * -(-shape[1] // 256) + 1,)
+    assert torch.equal(packed.to_dense(), w)
+    wide = packed.with_index_bits(None)
+    assert wide.index_bits in (16, 32) and torch.equal(wide.to_dense(), w)
+    ref = sp.CSRWeight.from_dense(w)
+    assert torch.equal(wide.row_offsets, ref.row_offsets)
+    assert torch.equal(wide.col_indices, ref.col_indices)
+    back = wide.with_index_bits(8)
+    assert torch.equal(back.row_offsets, packed.row_offsets)
+    assert torch.equal(back.col_indices, packed.col_indices)
+
+
+def test_8bit_csr_keeps_explicit_zeros_and_packs_under_15_percent_at_90():
+    torch.manual_seed(0)
+    w = torch.randn(512, 4096)
+    keep = torch.rand(512, 4096).argsort(1) < 410  # 410 of 4096 kept per row: 90%
+    w[~keep] = 0
+    w[0, 5] = 0.0
+    keep[0, 5] = True
+    packed = sp.CSRWeight.from_dense(w, mask=keep, index_bits=8)
+    assert packed.nnz == int(keep.sum())
+    dense_bytes = w.numel() * 4
+    assert packed.nbytes / dense_bytes < 0.134
+    assert sp.CSRWeight.from_dense(w, mask=keep).nbytes / dense_bytes > 0.150
+
+
+def test_8bit_csr_rejects_bad_index_bits():
+    with pytest.raises(ValueError, match="index_bits"):
+        sp.CSRWeight.from_dense(torch.ones(2, 2), index_bits=4)
+    with pytest.raises(ValueError, match="index_bits"):
+        _csr().with_index_bits(16)
+
+
+def _csr8():
+    w = sparse_weight(4, 300, 0.5, zero_rows=False)
+    w[:, 256:] = 1.0  # every row holds the 44 columns of the ragged last segment
+    return sp.CSRWeight.from_dense(w, index_bits=8)
+
+
+@pytest.mark.parametrize("corrupt", [
+    lambda p: _with(p, row_offsets=p.row_offsets[::2].contiguous()),  # one run per row
+    # past the 44 columns of the last segment (the first entry of row 0's last run)
+    lambda p: _with(p, col_indices=p.col_indices.clone().index_fill_(
+        0, p.row_offsets[1:2], 200)),
+    lambda p: _with(p, col_indices=p.col_indices.flip(0).contiguous()),
+])
+def test_malformed_8bit_csr_names_the_field(corrupt):
+    with pytest.raises(FormatError, match=r"\.(row_offsets|col_indices)"):
+        corrupt(_csr8())
+
+
 def test_format_error_is_value_error():
     assert issubclass(FormatError, ValueError)
 

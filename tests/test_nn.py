@@ -419,3 +419,36 @@ def test_sparsify_transformers_bert():
     with torch.inference_mode():
         torch.testing.assert_close(model(input_ids=ids).last_hidden_state,
                                    dense(input_ids=ids).last_hidden_state, rtol=1e-4, atol=1e-4)
+
+
+def test_csr_index_width_follows_density():
+    # 8-bit column indices from 20% nonzeros on (CSR8_MIN_DENSITY), 16-bit below; either
+    # computes the linear's output, and a state dict of one loads into a module of the other
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 600, generator=gen)
+    mods = {}
+    for sparsity, bits in ((0.5, 8), (0.7, 8), (0.9, 16)):
+        lin = nn.Linear(600, 40)
+        with torch.no_grad():
+            lin.weight.mul_(sp.masks.unstructured(lin.weight.abs(), sparsity))
+        sl = SparseLinear.from_linear(lin)
+        assert sl.format == "csr" and sl.col_indices.element_size() * 8 == bits, sparsity
+        assert sl.packed_weight().index_bits == bits
+        assert_matches(sl(x), reference(x, lin.weight, lin.bias), torch.float32)
+        mods[sparsity] = (sl, lin)
+    (sl8, lin8), (sl16, lin16) = mods[0.5], mods[0.9]
+    state8, state16 = copy.deepcopy(sl8.state_dict()), copy.deepcopy(sl16.state_dict())
+    sl16.load_state_dict(state8)
+    assert sl16.col_indices.dtype == torch.uint8
+    assert_matches(sl16(x), reference(x, lin8.weight, lin8.bias), torch.float32)
+    sl8.load_state_dict(state16)  # and back: 16-bit into an 8-bit module
+    assert sl8.col_indices.dtype == torch.uint16
+    assert_matches(sl8(x), reference(x, lin16.weight, lin16.bias), torch.float32)
+    # the same number of stored entries both ways: only the index width differs
+    lin = nn.Linear(600, 40)
+    with torch.no_grad():
+        lin.weight.mul_(sp.masks.unstructured(lin.weight.abs(), 0.5))
+    a, b = SparseLinear.from_linear(lin), SparseLinear.from_linear(lin)
+    b.load_state_dict({**b.state_dict(), **a.packed_weight().with_index_bits(None).tensors()})
+    assert b.col_indices.dtype == torch.uint16 and a.col_indices.dtype == torch.uint8
+    assert_matches(b(x), reference(x, lin.weight, lin.bias), torch.float32)

@@ -17,7 +17,8 @@ LEADING = [(1,), (5,), (0,), (2, 3)]
 
 def packings(w, dtype):
     """(name, packed, dense it stands for) for every format and pattern of the test."""
-    out = [("csr", sp.CSRWeight.from_dense(w), w)]
+    out = [("csr", sp.CSRWeight.from_dense(w), w),
+           ("csr8", sp.CSRWeight.from_dense(w, index_bits=8), w)]
     out += [(f"bsr{b}", sp.BSRWeight.from_dense(w, b), w) for b in BLOCKS]
     for n, m in NM:
         wn = (w.float() * sp.masks.n_m(w.float().abs(), n, m)).to(dtype)
@@ -127,6 +128,71 @@ def test_wide_csr_with_int32_indices(isa):
     assert_matches(packed.linear(x), reference(x, w), torch.float32)
 
 
+@pytest.mark.parametrize("in_f", [255, 256, 257, 600, 1000])
+@pytest.mark.parametrize("batch", [1, 5, 16, 33, 161])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_8bit_csr_over_segments(isa, in_f, batch, dtype):
+    # several 256-column segments, the last one ragged or full, whole segments empty in
+    # some rows (columns 256-511 zeroed in rows 0-9), one dense row, an all-zero row
+    gen = torch.Generator().manual_seed(in_f * 1000 + batch)
+    w = sparse_weight(70, in_f, 0.15, dtype=dtype, gen=gen)
+    w[:10, 256:512] = 0
+    w[11] = torch.randn(in_f, generator=gen).to(dtype)
+    w[12] = 0
+    packed = sp.CSRWeight.from_dense(w, index_bits=8)
+    assert packed.index_bits == 8 and packed.segments == -(-in_f // 256)
+    x, bias = torch.randn(batch, in_f, generator=gen).to(dtype), torch.randn(70).to(dtype)
+    assert_matches(packed.linear(x, bias), reference(x, w, bias), dtype)
+    y = packed.linear(x, bias)
+    assert torch.equal(packed.linear(x, bias), y)  # repeated calls: bitwise the same
+
+
+@pytest.mark.parametrize("batch", [1, 2, 17])
+def test_8bit_csr_many_segment_starts_per_vector(isa, batch):
+    # rows so sparse that one vector of 16 entries spans many 256-column segments (the
+    # batch-1 AVX-512 gather handles two segment starts per vector without a loop, more in
+    # a fallback loop), empty segments between kept ones, and full segments around them
+    gen = torch.Generator().manual_seed(batch)
+    w = torch.zeros(8, 4096)
+    w[0, ::256] = 1.0                                   # one entry in each of 16 segments
+    w[1, 255::256] = 2.0                                # the last column of each segment
+    w[2, [0, 1300, 1301, 4095]] = 3.0                   # segments 0, 5 and 15 only
+    w[3, 512:1024] = torch.randn(512, generator=gen)    # two full segments
+    w[3, [3, 2000]] = 1.5
+    w[4, ::97] = torch.randn(43, generator=gen)         # ~2-3 entries per segment
+    w[6] = torch.randn(4096, generator=gen) * (torch.rand(4096, generator=gen) < 0.02)
+    w[7, 4000:] = 1.0                                   # the ragged end of the last segment
+    packed = sp.CSRWeight.from_dense(w, index_bits=8)
+    x = torch.randn(batch, 4096, generator=gen)
+    assert_matches(packed.linear(x), reference(x, w), torch.float32)
+    narrow = w[:, :3000].contiguous()  # a ragged last segment (3000 = 11 * 256 + 184)
+    packed = sp.CSRWeight.from_dense(narrow, index_bits=8)
+    assert_matches(packed.linear(x[:, :3000]), reference(x[:, :3000], narrow), torch.float32)
+
+
+def test_8bit_csr_opcheck():
+    torch.manual_seed(3)
+    w = sparse_weight(9, 600, 0.2)
+    csr = sp.CSRWeight.from_dense(w, index_bits=8)
+    for grad in (False, True):
+        x = torch.randn(2, 3, 600, requires_grad=grad)
+        values = csr.values.detach().clone().requires_grad_(grad)
+        torch.library.opcheck(torch.ops.sparseprune.linear_csr.default,
+                              (x, csr.row_offsets, csr.col_indices, values, None, 9))
+
+
+def test_8bit_csr_raw_op_checks_offsets_length():
+    csr = sp.CSRWeight.from_dense(sparse_weight(4, 600, 0.3), index_bits=8)
+    x = torch.randn(2, 600)
+    with pytest.raises(ValueError, match="row_offsets"):
+        torch.ops.sparseprune.linear_csr(x, csr.row_offsets[:5].contiguous(), csr.col_indices,
+                                         csr.values, None, 4)
+    # the same offsets read as one run per row do not fit 16-bit indices either
+    with pytest.raises(ValueError, match="row_offsets"):
+        torch.ops.sparseprune.linear_csr(x, csr.row_offsets, csr.col_indices.to(torch.uint16),
+                                         csr.values, None, 4)
+
+
 def test_non_contiguous_input_is_handled(isa):
     w = sparse_weight(12, 20, 0.5)
     x = torch.randn(20, 6).t()  # [6, 20], not contiguous
@@ -190,6 +256,7 @@ def test_opcheck(index, requires_grad):
 
 @pytest.mark.parametrize("name,make", [
     ("csr", lambda w: sp.CSRWeight.from_dense(w)),
+    ("csr8", lambda w: sp.CSRWeight.from_dense(w, index_bits=8)),
     ("bsr", lambda w: sp.BSRWeight.from_dense(w, (8, 8))),
     ("nm", lambda w: sp.NMWeight.from_dense(w * sp.masks.n_m(w.abs(), 2, 4), 2, 4)),
 ])
@@ -223,11 +290,12 @@ class _SparseMLP(torch.nn.Module):
         return torch.relu(self.packed.linear(x, self.bias)) * 2 + 1
 
 
-@pytest.mark.parametrize("fmt", ["csr", "bsr", "nm"])
+@pytest.mark.parametrize("fmt", ["csr", "csr8", "bsr", "nm"])
 def test_torch_compile_fullgraph_matches_eager(fmt):
     torch.manual_seed(2)
     w = sparse_weight(24, 40, 0.3)
     packed = {"csr": lambda: sp.CSRWeight.from_dense(w),
+              "csr8": lambda: sp.CSRWeight.from_dense(w, index_bits=8),
               "bsr": lambda: sp.BSRWeight.from_dense(w, (4, 4)),
               "nm": lambda: sp.NMWeight.from_dense(w * sp.masks.n_m(w.abs(), 1, 4), 1, 4)}[fmt]()
     model = _SparseMLP(packed, torch.randn(24))
@@ -283,7 +351,7 @@ def test_raw_op_checks_sizes(csr):
         ops.linear_csr(x, csr.row_offsets, csr.col_indices, csr.values, None, 5)
     with pytest.raises(ValueError, match="col_indices must be 1-D"):
         ops.linear_csr(x, csr.row_offsets, csr.col_indices[:-1], csr.values, None, 6)
-    with pytest.raises(TypeError, match="col_indices must be uint16 or int32"):
+    with pytest.raises(TypeError, match="col_indices must be uint16, int32 or uint8"):
         ops.linear_csr(x, csr.row_offsets, csr.col_indices.long(), csr.values, None, 6)
     bad_end = csr.row_offsets.clone()
     bad_end[-1] -= 1

@@ -65,6 +65,62 @@ inline void dot_batched(const I* cols, const T* vals, int64_t count, const float
   }
 }
 
+// dot_batched over the segments of an 8-bit CSR row (kernels.h: Csr): entries bounds[s] ..
+// bounds[s + 1] index the activations of segment s, kCsrSegment columns after those of
+// segment s - 1. The accumulators stay in registers from one segment to the next.
+template <class V, int NV, typename T>
+inline void dot_batched_segments(const uint8_t* cols, const T* vals, const int64_t* bounds,
+                                 int64_t segments, const float* xt, float* out) {
+  constexpr int W = NV * V::kLanes;
+  constexpr int64_t kStride = kCsrSegment * W;
+  int64_t k = bounds[0];
+  if constexpr (NV == 1) {
+    using R = typename V::reg;  // named chains, as in dot_batched
+    R a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();
+    for (int64_t s = 0; s < segments; ++s, xt += kStride) {
+      auto step = [&](int64_t j, R acc) {
+        return V::fmadd(V::set1(load_f32(vals[j])),
+                        V::load(xt + static_cast<int64_t>(cols[j]) * W), acc);
+      };
+      const int64_t k1 = bounds[s + 1];
+      for (; k + 4 <= k1; k += 4) {
+        a0 = step(k, a0);
+        a1 = step(k + 1, a1);
+        a2 = step(k + 2, a2);
+        a3 = step(k + 3, a3);
+      }
+      for (; k < k1; ++k) a0 = step(k, a0);
+    }
+    V::store(out, V::add(V::add(a0, a1), V::add(a2, a3)));
+    return;
+  }
+  constexpr int U = NV >= 4 ? 1 : 4 / NV;
+  typename V::reg acc[U][NV];
+  for (int u = 0; u < U; ++u)
+    for (int v = 0; v < NV; ++v) acc[u][v] = V::zero();
+  for (int64_t s = 0; s < segments; ++s, xt += kStride) {
+    const int64_t k1 = bounds[s + 1];
+    for (; k + U <= k1; k += U) {
+      for (int u = 0; u < U; ++u) {
+        const float* xr = xt + static_cast<int64_t>(cols[k + u]) * W;
+        const typename V::reg w = V::set1(load_f32(vals[k + u]));
+        for (int v = 0; v < NV; ++v)
+          acc[u][v] = V::fmadd(w, V::load(xr + v * V::kLanes), acc[u][v]);
+      }
+    }
+    for (; k < k1; ++k) {
+      const float* xr = xt + static_cast<int64_t>(cols[k]) * W;
+      const typename V::reg w = V::set1(load_f32(vals[k]));
+      for (int v = 0; v < NV; ++v) acc[0][v] = V::fmadd(w, V::load(xr + v * V::kLanes), acc[0][v]);
+    }
+  }
+  for (int v = 0; v < NV; ++v) {
+    typename V::reg s = acc[0][v];
+    for (int u = 1; u < U; ++u) s = V::add(s, acc[u][v]);
+    V::store(out + v * V::kLanes, s);
+  }
+}
+
 // Writes one output row r for the `rows` real batch rows of a chunk starting at `first`.
 template <typename T>
 inline void store_column(const Dense& d, const float* acc, int64_t first, int64_t rows,

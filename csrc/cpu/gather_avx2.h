@@ -12,6 +12,10 @@ template <>
 inline __m256i load_idx<int32_t>(const int32_t* p) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
 }
+template <>
+inline __m256i load_idx<uint8_t>(const uint8_t* p) {
+  return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+}
 
 template <typename T>
 inline __m256 load_vals(const T* p);
@@ -33,11 +37,21 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// Partial sums of one output row at batch 1 (two vector chains and the scalar rest), kept
+// across the segments of an 8-bit CSR row.
+struct GatherAcc {
+  __m256 a0 = _mm256_setzero_ps();
+  __m256 a1 = _mm256_setzero_ps();
+  float rest = 0.f;
+  float sum() const { return hsum(_mm256_add_ps(a0, a1)) + rest; }
+};
+
+// acc += vals[k0..k1) * x[cols[k0..k1)].
 template <typename I, typename T>
-inline float row_dot_gather(const I* cols, const T* vals, int64_t k0, int64_t k1,
-                            const float* x) {
-  __m256 acc0 = _mm256_setzero_ps();
-  __m256 acc1 = _mm256_setzero_ps();
+inline void gather_fma(const I* cols, const T* vals, int64_t k0, int64_t k1, const float* x,
+                       GatherAcc& acc) {
+  __m256 acc0 = acc.a0;
+  __m256 acc1 = acc.a1;
   int64_t k = k0;
   for (; k + 16 <= k1; k += 16) {
     const __m256 x0 = _mm256_i32gather_ps(x, load_idx(cols + k), 4);
@@ -49,7 +63,26 @@ inline float row_dot_gather(const I* cols, const T* vals, int64_t k0, int64_t k1
     const __m256 x0 = _mm256_i32gather_ps(x, load_idx(cols + k), 4);
     acc0 = _mm256_fmadd_ps(load_vals(vals + k), x0, acc0);
   }
-  float acc = hsum(_mm256_add_ps(acc0, acc1));
-  for (; k < k1; ++k) acc += load_f32(vals[k]) * x[cols[k]];
-  return acc;
+  float rest = acc.rest;
+  for (; k < k1; ++k) rest += load_f32(vals[k]) * x[cols[k]];
+  acc.a0 = acc0;
+  acc.a1 = acc1;
+  acc.rest = rest;
+}
+
+// acc += the entries of an 8-bit CSR row (segment offsets bounds[0..nseg]), segment by
+// segment from each segment's first column.
+template <typename T>
+inline void gather_fma_segments(const uint8_t* cols, const T* vals, const int64_t* bounds,
+                                int64_t nseg, const float* x, GatherAcc& acc) {
+  for (int64_t s = 0; s < nseg; ++s)
+    gather_fma(cols, vals, bounds[s], bounds[s + 1], x + s * kCsrSegment, acc);
+}
+
+template <typename I, typename T>
+inline float row_dot_gather(const I* cols, const T* vals, int64_t k0, int64_t k1,
+                            const float* x) {
+  GatherAcc acc;
+  gather_fma(cols, vals, k0, k1, x, acc);
+  return acc.sum();
 }

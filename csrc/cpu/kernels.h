@@ -18,7 +18,11 @@ namespace sparseprune {
 namespace cpu {
 
 enum class DType : int { f32 = 0, bf16 = 1 };
-enum class IndexType : int { u16 = 0, i32 = 1 };
+// u8: 8-bit CSR, the matrix seen as segments of kCsrSegment columns (Csr below).
+enum class IndexType : int { u16 = 0, i32 = 1, u8 = 2 };
+
+// Columns per segment of an 8-bit CSR weight.
+constexpr int64_t kCsrSegment = 256;
 
 // The helpers below have internal linkage on purpose: the per-ISA translation units are
 // compiled with wider instruction sets, and an inline function with external linkage
@@ -83,12 +87,18 @@ struct Dense {
   DType dtype;
 };
 
-// CSR: row r holds entries row_offsets[r] .. row_offsets[r + 1].
+// CSR: row r holds entries row_offsets[r] .. row_offsets[r + 1]. 8-bit CSR (u8) is the
+// CSR of W seen as [out * segments, kCsrSegment]: row r's entries of columns
+// s * kCsrSegment + (0 .. kCsrSegment) are row_offsets[r * segments + s] ..
+// row_offsets[r * segments + s + 1], each index the column within its segment. One byte
+// less per entry than 16-bit indices for 8 bytes per segment: 90% sparse fp32 weights pack
+// to 13.3% of dense instead of 15.05%.
 struct Csr {
-  const int64_t* row_offsets;  // [out + 1]
-  const void* col_indices;     // [nnz], uint16 or int32
+  const int64_t* row_offsets;  // [out * segments + 1]
+  const void* col_indices;     // [nnz], uint16, int32 or uint8
   const void* values;          // [nnz], dtype
   IndexType index_type;
+  int64_t segments = 1;        // ceil(in / kCsrSegment) for u8, else 1
 };
 
 // BSR: dense bh x bw blocks; block row i covers rows i*bh .. min(out, (i+1)*bh), block

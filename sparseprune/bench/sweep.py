@@ -95,7 +95,7 @@ def rotating(make_copy: Callable[[], object], nbytes: int, rotate_bytes: int):
     return itertools.cycle([make_copy() for _ in range(copies_for(nbytes, rotate_bytes))])
 
 
-def _clone_packed(packed):
+def clone_packed(packed):
     """A copy in fresh memory. Bypasses ``dataclasses.replace`` on purpose: that re-runs
     validation (up to 0.5 s per copy of a large N:M weight), and the tensors are bit-identical
     clones of an already validated weight."""
@@ -250,7 +250,7 @@ def _case(cfg, weight, bias, pruned, packed32, pattern, dname, threads, shape, b
     # Copies are ordinary tensors, as a model's weights are (made under inference_mode they
     # would be inference tensors, which have no version counter for the tile copies' check).
     with torch.inference_mode(False):
-        packs = rotating(lambda: _clone_packed(packed), packed.nbytes, cfg.rotate_bytes)
+        packs = rotating(lambda: clone_packed(packed), packed.nbytes, cfg.rotate_bytes)
     tile_copies = isinstance(packed, NMWeight) and tile_cache.nm_tile_cache_enabled()
     if tile_copies:  # every copy's tile copy made before timing (once per weight in use)
         with torch.no_grad():

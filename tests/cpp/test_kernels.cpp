@@ -1,5 +1,6 @@
 // Kernel core against a dense double-precision product, for every ISA this CPU runs,
 // on random matrices of awkward shapes. No torch, no Python.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -147,6 +148,29 @@ void run_case(Isa isa, const Case& c, DType dtype) {
     k.csr(d, csr, xp, 0, c.out / 2);
     k.csr(d, csr, xp, c.out / 2, c.out);
     expect_close(it == IndexType::u16 ? "csr/u16" : "csr/i32", isa, c, y, ref);
+  }
+
+  // 8-bit CSR: offsets per (row, segment of kCsrSegment columns), in-segment indices.
+  {
+    const int64_t segs = (c.in + kCsrSegment - 1) / kCsrSegment;
+    std::vector<int64_t> offsets{0};
+    std::vector<uint8_t> c8;
+    std::vector<T> vals;
+    for (int64_t r = 0; r < c.out; ++r)
+      for (int64_t s = 0; s < segs; ++s) {
+        for (int64_t j = s * kCsrSegment; j < std::min(c.in, (s + 1) * kCsrSegment); ++j)
+          if (wf[r * c.in + j] != 0.f) {
+            c8.push_back(uint8_t(j - s * kCsrSegment));
+            vals.push_back(w[r * c.in + j]);
+          }
+        offsets.push_back(int64_t(vals.size()));
+      }
+    const Csr csr{offsets.data(), c8.data(), vals.data(), IndexType::u8, segs};
+    std::fill(y.begin(), y.end(), T{});
+    const XPacked xp = pack_for(d, k.csr_x, buf, k.pack);
+    k.csr(d, csr, xp, 0, c.out / 2);
+    k.csr(d, csr, xp, c.out / 2, c.out);
+    expect_close("csr/u8", isa, c, y, ref);
   }
 
   // BSR, ragged block grids: every block that holds a nonzero is stored.

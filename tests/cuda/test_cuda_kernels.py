@@ -238,6 +238,31 @@ def test_sparse_linear_moves_between_devices(fmt):
     torch.testing.assert_close(back(x), y_cpu, rtol=2e-3, atol=2e-3)
 
 
+def test_8bit_csr_repacks_when_moved_to_cuda():
+    # 8-bit CSR is a CPU layout: CSRWeight.to and SparseLinear.to repack it to 16-bit
+    torch.manual_seed(0)
+    w = _weight(48, 600, torch.float32, 9)
+    w = w * masks.unstructured(w.abs(), 0.6)
+    c8 = sp.CSRWeight.from_dense(w, index_bits=8)
+    moved = c8.to(DEV)
+    assert moved.index_bits == 16 and torch.equal(moved.to_dense().cpu(), w)
+    x = torch.randn(5, 600)
+    torch.testing.assert_close(moved.linear(x.to(DEV)).cpu(), c8.linear(x), rtol=1e-4,
+                               atol=1e-4)
+    with pytest.raises(TypeError, match="8-bit"):
+        torch.ops.sparseprune.linear_csr(x.to(DEV), c8.row_offsets.to(DEV),
+                                         c8.col_indices.to(DEV), c8.values.to(DEV), None, 48)
+    lin = torch.nn.Linear(600, 48)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    sl = sp.SparseLinear.from_linear(lin, "csr").requires_grad_(False)
+    assert sl.col_indices.dtype == torch.uint8
+    y = sl(x)
+    on_gpu = sl.to(DEV)
+    assert on_gpu.col_indices.dtype == torch.uint16
+    torch.testing.assert_close(on_gpu(x.to(DEV)).cpu(), y, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("fmt", ["csr", "bsr", "nm"])
 def test_autograd_on_cuda(fmt):
     w = _weight(32, 64, torch.float32, 6)
