@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from .. import formats, masks, tile_cache
 from ..formats import NMWeight
+from ..nn import csr_index_bits
 from .limits import measure
 from .shapes import BATCHES, DTYPES, PATTERNS, SHAPE_SETS, Pattern
 from .timing import interleaved
@@ -78,7 +79,8 @@ def pack(pruned: torch.Tensor, pattern: Pattern) -> formats.PackedWeight:
         return formats.NMWeight.from_dense(pruned, *pattern.nm)
     if pattern.kind == "block":
         return formats.BSRWeight.from_dense(pruned, pattern.block)
-    return formats.CSRWeight.from_dense(pruned)
+    # The index width SparseLinear would pick (8-bit from 20% nonzeros on; sparseprune.nn).
+    return formats.CSRWeight.from_dense(pruned, index_bits=csr_index_bits(pruned))
 
 
 #: tiny layers would need tens of thousands of copies; past this count they may be timed
