@@ -26,13 +26,16 @@ ap.add_argument("--patterns", default="90%,70%,50%")
 ap.add_argument("--batches", default="1,8,16,32,128")
 ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
 ap.add_argument("--rounds", type=int, default=15)
+ap.add_argument("--isa", help="force the kernels to this ISA (e.g. avx2; default: the best)")
 ap.add_argument("--json", help="also write the rows here")
 args = ap.parse_args()
 torch.set_num_threads(2)
+if args.isa:
+    sp.set_isa(args.isa)
 dtype = getattr(torch, args.dtype)
 m = machine_info()
 print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | {m['cpu']} | 2 threads | "
-      f"kernels {m['isa']} | {args.dtype} | commit {m['git_commit']} | rounds {args.rounds}")
+      f"kernels {sp.cpu_capability()} | {args.dtype} | commit {m['git_commit']} | rounds {args.rounds}")
 print("| shape | pattern | batch | 16-bit vs dense | 8-bit vs dense | 8-bit / 16-bit speed | "
       "16-bit bytes | 8-bit bytes |")
 print("|---|---|---|---|---|---|---|---|")

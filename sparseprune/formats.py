@@ -97,6 +97,20 @@ def _row_counts(keep: torch.Tensor) -> torch.Tensor:
     return counts
 
 
+def _segment_counts(keep: torch.Tensor, segs: int) -> torch.Tensor:
+    """Kept entries per (row, segment of CSR_SEGMENT columns), int64 ``[out * segs]``,
+    row-chunked like :func:`_row_counts`."""
+    out_f, in_f = keep.shape
+    counts = torch.empty(out_f, segs, dtype=torch.int64, device=keep.device)
+    pad = segs * CSR_SEGMENT - in_f
+    for rows in _row_chunks(out_f, in_f):
+        part = keep[rows]
+        if pad:
+            part = torch.nn.functional.pad(part.to(torch.uint8), (0, pad))
+        counts[rows] = part.reshape(part.shape[0], segs, CSR_SEGMENT).sum(2)
+    return counts.reshape(-1)
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -484,12 +498,11 @@ class CSRWeight(PackedWeight):
         values = weight.reshape(-1)[flat]
         if index_bits == 8:
             segs = csr_segments(in_f)
-            cols = flat % max(in_f, 1)
-            counts = torch.bincount(flat // max(in_f, 1) * segs + cols // CSR_SEGMENT,
-                                    minlength=out_f * segs)
             row_offsets = torch.zeros(out_f * segs + 1, dtype=torch.int64, device=weight.device)
-            torch.cumsum(counts, 0, out=row_offsets[1:])
-            return cls(row_offsets, (cols % CSR_SEGMENT).to(torch.uint8), values, (out_f, in_f))
+            torch.cumsum(_segment_counts(keep, segs), 0, out=row_offsets[1:])
+            # int64 -> uint8 keeps the low byte: the column within its 256-column segment
+            cols = (flat % max(in_f, 1)).to(torch.uint8)
+            return cls(row_offsets, cols, values, (out_f, in_f))
         row_offsets = torch.zeros(out_f + 1, dtype=torch.int64, device=weight.device)
         torch.cumsum(_row_counts(keep), 0, out=row_offsets[1:])
         col_indices = (flat % max(in_f, 1)).to(csr_index_dtype(in_f))

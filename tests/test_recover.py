@@ -9,7 +9,7 @@ from torch import nn
 
 import sparseprune as sp
 from sparseprune import corpus
-from sparseprune.recover import RecoverConfig, distill
+from sparseprune.recover import RecoverConfig, default_optimizer, distill
 
 
 def mlp(seed=0, out=8):
@@ -49,6 +49,24 @@ def test_loss_decreases_and_masked_weights_stay_zero():
         w = pruner.layers[name].weight
         assert torch.count_nonzero(w[~keep]) == 0
         assert keep.float().mean() == pytest.approx(0.3, abs=0.02)
+
+
+def test_default_optimizer_is_fused_adamw_and_matches_the_unfused_one():
+    # fused=True where the parameters allow it; the same update as the for-loop AdamW
+    teacher = mlp()
+    results = []
+    for fused in (True, False):
+        student, pruner = pruned_student(teacher)
+        params = [p for p in student.parameters() if p.requires_grad]
+        opt = (default_optimizer(params, cfg()) if fused else
+               torch.optim.AdamW(params, lr=cfg().lr, weight_decay=cfg().weight_decay))
+        assert opt.defaults["fused"] is (True if fused else None)
+        distill(student, teacher, batches(), pruner=pruner, optimizer=opt, config=cfg(steps=20))
+        results.append(torch.cat([p.detach().reshape(-1) for p in params]))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+    # parameters on two devices cannot share a fused step: the for-loop AdamW
+    mixed = [nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(3, device="meta"))]
+    assert not default_optimizer(mixed, cfg()).defaults.get("fused")
 
 
 @pytest.mark.parametrize("loss", ["cosine", "mse"])
@@ -246,3 +264,26 @@ def test_cached_teacher_gives_the_same_run_with_one_forward_per_batch(grad_accum
     for (na, pa), (nb, pb) in zip(student_a.state_dict().items(),
                                   student_b.state_dict().items()):
         assert na == nb and torch.equal(pa, pb), na
+
+
+def test_recover_cli_best_runs_each_setting_with_its_recipe(monkeypatch):
+    # `sparseprune recover --best`: the four SparseGPT settings, each with its own steps and
+    # learning rate, and the shared options (the experiment itself is not run here)
+    from sparseprune.bench import recovery
+    from sparseprune.cli import main
+
+    seen = {}
+
+    def fake_run(settings, **kw):
+        seen.update(kw, settings=settings)
+        return []
+
+    monkeypatch.setattr(recovery, "run", fake_run)
+    assert main(["recover", "--best", "--out", "unused"]) == 0
+    assert seen["settings"] == tuple(recovery.BEST) and seen["recipes"] == recovery.BEST
+    for key, value in recovery.BEST_OPTIONS.items():
+        assert seen[key] == value, key
+    assert set(recovery.BEST) <= set(recovery.SETTINGS)
+    seen.clear()
+    assert main(["recover", "--settings", "2:4", "--steps", "5", "--out", "unused"]) == 0
+    assert seen["settings"] == ("2:4",) and seen["recipes"] is None and seen["steps"] == 5

@@ -90,7 +90,8 @@ def add_parsers(sub) -> None:
     rc = sub.add_parser("recover", help="prune MiniLM and recover it by distillation from the "
                         "dense model; held-out quality, training time, sparse speed",
                         description="The MiniLM recovery experiment (sparseprune/bench/"
-                        "recovery.py): Wanda pruning, then distillation with masks locked on "
+                        "recovery.py): Wanda or SparseGPT pruning, then distillation with masks "
+                        "locked on "
                         "pydoc_data + stdlib docstrings, evaluated on held-out pydoc_data "
                         "paragraphs.")
     rc.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
@@ -116,6 +117,11 @@ def add_parsers(sub) -> None:
     rc.add_argument("--freeze-embeddings", action="store_true",
                     help="do not train the student's word embeddings (half of MiniLM's "
                     "parameters, never pruned): a cheaper backward and optimizer step")
+    rc.add_argument("--best", action="store_true",
+                    help="the four SparseGPT settings with the best measured recipe each "
+                    "(sparseprune/bench/recovery.py, BEST; ~20 min each): replaces "
+                    "--settings, --steps, --lr, --layer-weight, --in-domain-repeat, "
+                    "--group-by-length, --cache-teacher and --freeze-embeddings")
     rc.add_argument("--resume", action="store_true",
                     help="checkpoint every 50 steps in --out and resume from there")
     rc.add_argument("--out", default="recover-out")
@@ -281,15 +287,20 @@ def run_bench(args, parser=None) -> int:
 def run_recover(args, parser=None) -> int:
     import os
 
-    from .recovery import run
+    from .recovery import BEST, BEST_OPTIONS, run
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    run(tuple(s for s in args.settings.split(",") if s), steps=args.steps, lr=args.lr,
-        batch_size=args.batch_size, n_eval=args.eval, seed=args.seed, out=args.out,
-        resume=args.resume, progress=not args.no_progress, bf16=not args.fp32,
-        layer_weight=args.layer_weight, in_domain_repeat=args.in_domain_repeat,
-        by_length=args.group_by_length, cache_teacher=args.cache_teacher,
-        freeze_embeddings=args.freeze_embeddings)
+    options = dict(layer_weight=args.layer_weight, in_domain_repeat=args.in_domain_repeat,
+                   by_length=args.group_by_length, cache_teacher=args.cache_teacher,
+                   freeze_embeddings=args.freeze_embeddings)
+    settings = tuple(s for s in args.settings.split(",") if s)
+    recipes = None
+    if args.best:
+        settings, recipes = tuple(BEST), BEST
+        options.update(BEST_OPTIONS)
+    run(settings, steps=args.steps, lr=args.lr, batch_size=args.batch_size, n_eval=args.eval,
+        seed=args.seed, out=args.out, resume=args.resume, progress=not args.no_progress,
+        bf16=not args.fp32, recipes=recipes, **options)
     return 0
 
 

@@ -49,8 +49,22 @@ SETTINGS = {
     # SparseGPT starts from a better one-shot model (it also updates the kept weights).
     "2:4/sparsegpt": Setting("2:4/sparsegpt", "2:4", None, criterion="sparsegpt"),
     "70%/sparsegpt": Setting("70%/sparsegpt", "unstructured", 0.7, criterion="sparsegpt"),
+    # SparseGPT along the gradual schedule (each step re-solves with the dense model's input
+    # statistics) and SparseGPT's weight update for a fixed block mask.
+    "90%/sparsegpt": Setting("90%/sparsegpt", "unstructured", 0.9, gradual=True,
+                             criterion="sparsegpt"),
+    "16x16@50%/sparsegpt": Setting("16x16@50%/sparsegpt", "block:16x16", 0.5,
+                                   criterion="sparsegpt"),
 }
 DEFAULT_SETTINGS = ("2:4", "70%", "90%", "16x16@50%")
+
+#: The best measured recipe per setting (benchmarks/RESULTS.md, "Recovery", session 9):
+#: setting -> (steps, lr), run with BEST_OPTIONS; each fits the 20-minute budget on the
+#: project's 2-core machine (the gradual 90% runs its steps x1.3 and 24 SparseGPT re-solves).
+BEST = {"2:4/sparsegpt": (2100, 4e-4), "70%/sparsegpt": (2100, 7e-4),
+        "90%/sparsegpt": (1400, 7e-4), "16x16@50%/sparsegpt": (2100, 7e-4)}
+BEST_OPTIONS = dict(layer_weight=1.0, in_domain_repeat=4, by_length=True, cache_teacher=True,
+                    freeze_embeddings=True)
 
 
 def _encode(st, texts, batch=32):
@@ -190,7 +204,11 @@ def run(settings=DEFAULT_SETTINGS, *, steps: int = 700, lr: float = 2e-4,
         time_rounds: int = 9, progress: bool = True, bf16: bool = True,
         layer_weight: float = 0.0, in_domain_repeat: int = 1,
         by_length: bool = False, cache_teacher: bool = False,
-        freeze_embeddings: bool = False) -> list[dict]:
+        freeze_embeddings: bool = False,
+        recipes: dict[str, tuple[int, float]] | None = None) -> list[dict]:
+    """Runs ``settings`` one after the other (every one with ``steps`` and ``lr``, or with
+    its own ``recipes[name] = (steps, lr)``; :data:`BEST` for the published runs) and writes
+    recover.json / recover.md to ``out``."""
     if in_domain_repeat < 1:
         raise ValueError(f"in_domain_repeat must be >= 1, got {in_domain_repeat}")
     out = Path(out)
@@ -221,8 +239,9 @@ def run(settings=DEFAULT_SETTINGS, *, steps: int = 700, lr: float = 2e-4,
     for name in settings:
         if name not in SETTINGS:
             raise ValueError(f"unknown setting {name!r}; choose from {sorted(SETTINGS)}")
+        n_steps, n_lr = (recipes or {}).get(name, (steps, lr))
         r = run_setting(SETTINGS[name], dense_st, calib_batches, batches, evaluation,
-                        dense_emb, steps=steps, lr=lr, seed=seed,
+                        dense_emb, steps=n_steps, lr=n_lr, seed=seed,
                         checkpoint_dir=out if resume else None, time_rounds=time_rounds,
                         progress=progress, bf16=bf16, layer_weight=layer_weight,
                         cache_teacher=cache_teacher, freeze_embeddings=freeze_embeddings)
