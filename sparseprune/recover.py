@@ -23,6 +23,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ from torch import nn
 from .pruning import Pruner
 from .pruning.locking import has_mask
 
-__all__ = ["RecoverConfig", "RecoverResult", "distill", "default_outputs", "distill_loss"]
+__all__ = ["RecoverConfig", "RecoverResult", "distill", "default_outputs", "distill_loss",
+           "native_bf16"]
 
 LOSSES = ("cosine", "mse", "kl")
 
@@ -55,7 +57,9 @@ class RecoverConfig:
     layer_weight: float = 0.0    # MSE of every layer's hidden states, where outputs have them
     temperature: float = 2.0     # "kl" only
     task_weight: float = 0.0     # with task_loss
-    bf16: bool = False           # torch.autocast("cpu", bfloat16) for the forward passes
+    # torch.autocast("cpu", bfloat16) for the forward passes: True, False, or "auto" (only
+    # where the CPU multiplies bf16 natively, see native_bf16()).
+    bf16: bool | str = False
     train_mode: bool = False     # student.train() (dropout on) instead of eval()
     # Keep the teacher's outputs of each batch from its first use on (the teacher is frozen
     # and in eval mode, so they never change): one teacher forward per batch instead of per
@@ -79,6 +83,22 @@ class RecoverConfig:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not isinstance(self.bf16, bool) and self.bf16 != "auto":
+            raise ValueError(f"bf16 must be True, False or 'auto', got {self.bf16!r}")
+
+    def use_bf16(self) -> bool:
+        """Whether the forward passes run under bf16 autocast."""
+        return native_bf16() if self.bf16 == "auto" else bool(self.bf16)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX, as oneDNN sees it).
+    Elsewhere bf16 autocast is emulated: measured here on an AVX2-only AMD EPYC (Zen 3), a
+    MiniLM distillation step took ~14 s under autocast, against well under 1 s in fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @dataclasses.dataclass
@@ -280,7 +300,12 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, *,
         from tqdm.auto import tqdm
         progress = tqdm(total=config.steps, initial=start, desc="recover", unit="step")
     t0 = time.perf_counter()
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16)
+    bf16 = config.use_bf16()
+    if bf16 and config.bf16 is True and not native_bf16():
+        warnings.warn("bf16 autocast on a CPU without native bf16 (no AVX512-BF16/AMX) is "
+                      "emulated and many times slower than fp32; use bf16='auto' or False",
+                      RuntimeWarning, stacklevel=2)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
     for step in range(start, config.steps):
         for g, lr in zip(optimizer.param_groups, base_lrs):
             g["lr"] = lr * _lr_factor(step, config)

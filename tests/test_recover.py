@@ -105,11 +105,48 @@ def test_gradual_schedule_reaches_target():
         assert torch.count_nonzero(pruner.layers[name].weight[~keep]) == 0
 
 
+@pytest.mark.filterwarnings("ignore:bf16 autocast on a CPU without native bf16")
 def test_bf16_autocast_runs():
     teacher = mlp()
     student, pruner = pruned_student(teacher)
     res = distill(student, teacher, batches(4), pruner=pruner, config=cfg(steps=5, bf16=True))
     assert len(res.losses) == 5 and all(torch.isfinite(torch.tensor(res.losses)))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_auto_follows_the_cpu(monkeypatch, native):
+    import sparseprune.recover as rec
+
+    monkeypatch.setattr(rec, "native_bf16", lambda: native)
+    assert cfg(bf16="auto").use_bf16() is native
+    assert cfg(bf16=True).use_bf16() and not cfg(bf16=False).use_bf16()
+    seen = []
+    real = torch.autocast
+
+    def spy(device, dtype=None, enabled=True, **kw):
+        seen.append(enabled)
+        return real(device, dtype=dtype, enabled=enabled, **kw)
+
+    monkeypatch.setattr(rec.torch, "autocast", spy)
+    teacher = mlp()
+    student, pruner = pruned_student(teacher)
+    distill(student, teacher, batches(2), pruner=pruner, config=cfg(steps=2, bf16="auto"))
+    assert seen == [native]
+
+
+def test_forced_bf16_without_native_support_warns(monkeypatch):
+    import sparseprune.recover as rec
+
+    monkeypatch.setattr(rec, "native_bf16", lambda: False)
+    teacher = mlp()
+    student, pruner = pruned_student(teacher)
+    with pytest.warns(RuntimeWarning, match="emulated"):
+        distill(student, teacher, batches(2), pruner=pruner, config=cfg(steps=2, bf16=True))
+
+
+def test_bf16_option_is_checked():
+    with pytest.raises(ValueError, match="bf16 must be"):
+        cfg(bf16="yes")
 
 
 def test_resume_from_checkpoint_matches_uninterrupted(tmp_path):

@@ -102,7 +102,9 @@ def add_parsers(sub) -> None:
     rc.add_argument("--batch-size", type=int, default=16)
     rc.add_argument("--eval", type=int, default=500, help="held-out paragraphs (500)")
     rc.add_argument("--seed", type=int, default=0)
-    rc.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    rc.add_argument("--fp32", action="store_true",
+                    help="no bf16 autocast (default: bf16 autocast where the CPU has native "
+                    "bf16, AVX512-BF16 or AMX; fp32 elsewhere)")
     rc.add_argument("--layer-weight", type=float, default=0.0,
                     help="also match every encoder layer's hidden states, with this weight")
     rc.add_argument("--in-domain-repeat", type=int, default=1,
@@ -300,7 +302,7 @@ def run_recover(args, parser=None) -> int:
         options.update(BEST_OPTIONS)
     run(settings, steps=args.steps, lr=args.lr, batch_size=args.batch_size, n_eval=args.eval,
         seed=args.seed, out=args.out, resume=args.resume, progress=not args.no_progress,
-        bf16=not args.fp32, recipes=recipes, **options)
+        bf16=False if args.fp32 else "auto", recipes=recipes, **options)
     return 0
 
 

@@ -116,7 +116,7 @@ def train_batches(tokenizer, texts, batch_size: int, max_tokens: int, *,
 
 def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, dense_emb,
                 *, steps: int, lr: float, seed: int, checkpoint_dir: Path | None,
-                time_rounds: int, progress: bool, bf16: bool = True,
+                time_rounds: int, progress: bool, bf16: bool | str = "auto",
                 layer_weight: float = 0.0, cache_teacher: bool = False,
                 freeze_embeddings: bool = False) -> dict:
     if setting.gradual:  # the schedule takes the first 60%: give recovery the same as others
@@ -150,12 +150,12 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
     # Hidden states of every layer are returned only while distilling with layer_weight.
     for m in (st, dense_st):
         m[0].auto_model.config.output_hidden_states = layer_weight > 0
+    rcfg = RecoverConfig(steps=steps, lr=lr, seed=seed, checkpoint=ckpt, checkpoint_every=50,
+                         progress=progress, bf16=bf16, layer_weight=layer_weight,
+                         cache_teacher=cache_teacher)
     try:
         res = distill(st, dense_st, batches, pruner=pruner,
-                      config=RecoverConfig(steps=steps, lr=lr, seed=seed, checkpoint=ckpt,
-                                           checkpoint_every=50, progress=progress, bf16=bf16,
-                                           layer_weight=layer_weight,
-                                           cache_teacher=cache_teacher))
+                      config=rcfg)
     finally:
         for m in (st, dense_st):
             m[0].auto_model.config.output_hidden_states = False
@@ -177,6 +177,7 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
                          "sparse": lambda: st(dict(feats))}, rounds=time_rounds, warmup=2)
     return {"setting": setting.name, "pattern": setting.pattern, "gradual": setting.gradual,
             "criterion": setting.criterion, "layer_weight": layer_weight,
+            "bf16_autocast": rcfg.use_bf16(), "cpu": torch.backends.cpu.get_cpu_capability(),
             "sparsity_of_pruned_layers": achieved, "steps": steps, "lr": lr,
             "one_shot": one_shot, "recovered": recovered, "recovered_on_sparse_kernels": sparse_q,
             "train_seconds": train_s, "prune_and_evaluate_seconds": before_s,
@@ -201,7 +202,7 @@ def load_split(n_eval: int, n_calib: int, *, seed: int, max_tokens: int = 128):
 def run(settings=DEFAULT_SETTINGS, *, steps: int = 700, lr: float = 2e-4,
         batch_size: int = 16, max_tokens: int = 128, n_eval: int = 500, n_calib: int = 64,
         seed: int = 0, out: str | os.PathLike = "recover-out", resume: bool = False,
-        time_rounds: int = 9, progress: bool = True, bf16: bool = True,
+        time_rounds: int = 9, progress: bool = True, bf16: bool | str = "auto",
         layer_weight: float = 0.0, in_domain_repeat: int = 1,
         by_length: bool = False, cache_teacher: bool = False,
         freeze_embeddings: bool = False,

@@ -49,7 +49,7 @@ def run(*, ffn: float = 0.5, heads: float = 0.25, criterion: str = "wanda", step
         max_tokens: int = 128, n_eval: int = 500, n_calib: int = 64, seed: int = 0,
         round_to: int = 16, refit: bool = True, gradual: bool = False,
         out: str | os.PathLike = "shrink-out",
-        time_rounds: int = 15, progress: bool = True, bf16: bool = True) -> dict:
+        time_rounds: int = 15, progress: bool = True, bf16: bool | str = "auto") -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
