@@ -1,8 +1,12 @@
-// N:M x dense, AVX2: a row's slot columns are decoded (scalar) into a small buffer, then
-// consumed by the batch-1 gather dot product or by the batched body (batched.h).
+// N:M x dense, AVX2. Where n divides 8 and m <= 16 (2:4, 1:4, 4:8, 2:8, 1:2, ...), the
+// bit-packed metadata of 8 slots is one 32-bit word, decoded in a register (broadcast,
+// variable shifts, mask, plus each slot's group column); other n:m decode slot by slot.
+// Batch 1: the decoded columns drive a gather. Larger batches: a row's columns are decoded
+// into a small buffer that the batched body (batched.h) consumes.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 #include "cpu/kernels.h"
@@ -26,6 +30,117 @@ void decode_row(const NM& w, const uint8_t* row_meta, int64_t slots, int64_t row
   }
 }
 
+// Decodes 8 slots per step in a register (n divides 8, index bits <= 4): slot s0 + j of a
+// step starting at slot s0 (a multiple of 8) lies in group s0 / n + j / n, and its index
+// is bits [j * bits, (j + 1) * bits) of the 32-bit word at byte s0 * bits / 8.
+struct Decoder8 {
+  __m256i shift;       // j * bits
+  __m256i field;       // (1 << bits) - 1
+  __m256i group_cols;  // m * (j / n)
+  int64_t cols_per_step, bits, row_bytes, slots;
+  bool usable;
+};
+
+Decoder8 make_decoder8(const NM& w, int64_t in_features) {
+  Decoder8 dc{};
+  dc.bits = nm_index_bits(w.m);
+  dc.row_bytes = nm_meta_row_bytes(in_features, w.n, w.m);
+  dc.slots = nm_slots_per_row(in_features, w.n, w.m);
+  dc.usable = 8 % w.n == 0 && dc.bits <= 4;
+  if (!dc.usable) return dc;
+  alignas(32) int32_t shift[8], cols[8];
+  for (int j = 0; j < 8; ++j) {
+    shift[j] = j * static_cast<int32_t>(dc.bits);
+    cols[j] = static_cast<int32_t>(j / w.n * w.m);
+  }
+  dc.shift = _mm256_load_si256(reinterpret_cast<const __m256i*>(shift));
+  dc.field = _mm256_set1_epi32((1 << dc.bits) - 1);
+  dc.group_cols = _mm256_load_si256(reinterpret_cast<const __m256i*>(cols));
+  dc.cols_per_step = 8 / w.n * w.m;
+  return dc;
+}
+
+// Input columns of slots [s0, s0 + 8) (s0 = step * 8); lanes past the row's last slot hold
+// columns of its padding. Never reads past the row's metadata.
+inline __m256i decode8(const Decoder8& dc, const uint8_t* row_meta, int64_t step) {
+  const int64_t byte0 = step * dc.bits;  // 8 slots x bits / 8
+  uint32_t word = 0;
+  if (dc.row_bytes - byte0 >= 4) {
+    std::memcpy(&word, row_meta + byte0, 4);
+  } else {
+    for (int64_t b = byte0; b < dc.row_bytes; ++b)
+      word |= static_cast<uint32_t>(row_meta[b]) << (8 * (b - byte0));
+  }
+  const __m256i idx =
+      _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int32_t>(word)), dc.shift),
+                       dc.field);
+  const __m256i base = _mm256_set1_epi32(static_cast<int32_t>(step * dc.cols_per_step));
+  return _mm256_add_epi32(_mm256_add_epi32(base, dc.group_cols), idx);
+}
+
+// The slot columns of one row into cols[0 .. slots rounded up to 8).
+void decode_row8(const Decoder8& dc, const uint8_t* row_meta, int32_t* cols) {
+  for (int64_t step = 0; step * 8 < dc.slots; ++step)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(cols + step * 8), decode8(dc, row_meta, step));
+}
+
+// x[c0 + rel[j]] for rel in [0, 16), from two contiguous loads of x[c0 .. c0 + 16): a
+// permute of each half and a blend on bit 3 of rel. Columns at or past `in` read as 0.
+inline __m256 window16(const float* x, int64_t c0, int64_t in, __m256i rel) {
+  __m256 lo, hi;
+  if (c0 + 16 <= in) {
+    lo = _mm256_loadu_ps(x + c0);
+    hi = _mm256_loadu_ps(x + c0 + 8);
+  } else {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i left = _mm256_set1_epi32(static_cast<int32_t>(in - c0));
+    lo = _mm256_maskload_ps(x + c0, _mm256_cmpgt_epi32(left, lane));
+    hi = _mm256_maskload_ps(x + c0 + 8,
+                            _mm256_cmpgt_epi32(left, _mm256_add_epi32(lane, _mm256_set1_epi32(8))));
+  }
+  const __m256 a = _mm256_permutevar8x32_ps(lo, rel);
+  const __m256 b = _mm256_permutevar8x32_ps(hi, rel);
+  return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(rel, 28)));
+}
+
+// Batch 1: sum over the row's slots of vals[s] * x[col(s)], decoding 8 slots per step and
+// fetching their activations with a gather (or, where 8 slots span 16 columns, two loads
+// and permutes), two chains; the last partial step scalar.
+template <typename T>
+float row_dot_decode8(const Decoder8& dc, const NM& w, const uint8_t* row_meta, const T* vals,
+                      const float* x, int64_t in) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  const int64_t full = dc.slots / 8;
+  int64_t step = 0;
+  if (dc.cols_per_step == 16) {
+    for (; step < full; ++step) {
+      const __m256i rel = _mm256_sub_epi32(decode8(dc, row_meta, step),
+                                           _mm256_set1_epi32(static_cast<int32_t>(step * 16)));
+      const __m256 xv = window16(x, step * 16, in, rel);
+      if (step & 1) {
+        acc1 = _mm256_fmadd_ps(load_vals(vals + step * 8), xv, acc1);
+      } else {
+        acc0 = _mm256_fmadd_ps(load_vals(vals + step * 8), xv, acc0);
+      }
+    }
+  }
+  for (; step + 2 <= full; step += 2) {
+    const __m256 x0 = _mm256_i32gather_ps(x, decode8(dc, row_meta, step), 4);
+    const __m256 x1 = _mm256_i32gather_ps(x, decode8(dc, row_meta, step + 1), 4);
+    acc0 = _mm256_fmadd_ps(load_vals(vals + step * 8), x0, acc0);
+    acc1 = _mm256_fmadd_ps(load_vals(vals + step * 8 + 8), x1, acc1);
+  }
+  if (step < full) {
+    const __m256 x0 = _mm256_i32gather_ps(x, decode8(dc, row_meta, step), 4);
+    acc0 = _mm256_fmadd_ps(load_vals(vals + step * 8), x0, acc0);
+  }
+  float rest = 0.f;
+  for (int64_t s = full * 8; s < dc.slots; ++s)
+    rest += load_f32(vals[s]) *
+            x[s / w.n * w.m + nm_slot_index(row_meta, dc.row_bytes, s, static_cast<int>(dc.bits))];
+  return hsum(_mm256_add_ps(acc0, acc1)) + rest;
+}
+
 template <typename T>
 void nm_avx2(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin,
              int64_t row_end) {
@@ -33,11 +148,25 @@ void nm_avx2(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin,
   const int64_t slots = nm_slots_per_row(d.in_features, w.n, w.m);
   const int64_t row_bytes = nm_meta_row_bytes(d.in_features, w.n, w.m);
   const T* vals = static_cast<const T*>(w.values);
-  Scratch<int32_t> cols(slots);
+  const Decoder8 dc = make_decoder8(w, d.in_features);
+  Scratch<int32_t> cols((slots + 7) / 8 * 8);
+  auto decode = [&](int64_t r) {
+    if (dc.usable) {
+      decode_row8(dc, w.metadata + r * row_bytes, cols.data());
+    } else {
+      decode_row(w, w.metadata + r * row_bytes, slots, row_bytes, bits, cols.data());
+    }
+  };
   if (xp.plan.full_width == 1) {
     for (int64_t r = row_begin; r < row_end; ++r) {
-      decode_row(w, w.metadata + r * row_bytes, slots, row_bytes, bits, cols.data());
-      float acc = row_dot_gather(cols.data(), vals + r * slots, 0, slots, xp.xt);
+      float acc;
+      if (dc.usable) {
+        acc = row_dot_decode8(dc, w, w.metadata + r * row_bytes, vals + r * slots, xp.xt,
+                              d.in_features);
+      } else {
+        decode(r);
+        acc = row_dot_gather(cols.data(), vals + r * slots, 0, slots, xp.xt);
+      }
       store_column<T>(d, &acc, 0, 1, r);
     }
     return;
@@ -48,7 +177,7 @@ void nm_avx2(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin,
     const float* xt = xp.xt + xp.plan.offset(c);
     ChunkWriter<T, NV * V::kLanes> out(d, xp.plan.first_row(c), xp.plan.rows(c));
     for (int64_t r = row_begin; r < row_end; ++r) {
-      decode_row(w, w.metadata + r * row_bytes, slots, row_bytes, bits, cols.data());
+      decode(r);
       dot_batched<V, NV>(cols.data(), vals + r * slots, slots, xt, out.slot(r));
     }
   });
