@@ -7,7 +7,7 @@ The chain: importance scores -> masks (:mod:`sparseprune.masks`) -> packed weigh
 
 from . import _ext  # noqa: F401  (loads the extension: the ops exist from here on)
 from . import formats, io, masks, nn, ops, pruning, scores, structured, tile_cache
-from ._ext import available_isas, cpu_capability, set_isa, use_isa
+from ._ext import available_isas, cpu_capability, native_bf16, set_isa, use_isa
 from .formats import BSRWeight, CSRWeight, FormatError, NMWeight, PackedWeight, pack
 from .io import load, save
 from .nn import SparseConv2d, SparseLinear, sparsify
@@ -29,6 +29,7 @@ __all__ = [
     "SparseLinear",
     "available_isas",
     "cpu_capability",
+    "native_bf16",
     "formats",
     "io",
     "load",

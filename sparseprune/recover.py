@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._ext import native_bf16
 from .pruning import Pruner
 from .pruning.locking import has_mask
 
-__all__ = ["RecoverConfig", "RecoverResult", "distill", "default_outputs", "distill_loss",
-           "native_bf16"]
+__all__ = ["RecoverConfig", "RecoverResult", "distill", "default_outputs", "distill_loss"]
 
 LOSSES = ("cosine", "mse", "kl")
 
@@ -58,7 +58,7 @@ class RecoverConfig:
     temperature: float = 2.0     # "kl" only
     task_weight: float = 0.0     # with task_loss
     # torch.autocast("cpu", bfloat16) for the forward passes: True, False, or "auto" (only
-    # where the CPU multiplies bf16 natively, see native_bf16()).
+    # where the CPU multiplies bf16 natively, sparseprune.native_bf16()).
     bf16: bool | str = False
     train_mode: bool = False     # student.train() (dropout on) instead of eval()
     # Keep the teacher's outputs of each batch from its first use on (the teacher is frozen
@@ -89,16 +89,6 @@ class RecoverConfig:
     def use_bf16(self) -> bool:
         """Whether the forward passes run under bf16 autocast."""
         return native_bf16() if self.bf16 == "auto" else bool(self.bf16)
-
-
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX, as oneDNN sees it).
-    Elsewhere bf16 autocast is emulated: measured here on an AVX2-only AMD EPYC (Zen 3), a
-    MiniLM distillation step took ~14 s under autocast, against ~0.9 s in fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 @dataclasses.dataclass

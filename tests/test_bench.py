@@ -142,3 +142,21 @@ def test_break_even_interpolates():
     assert by_batch[1]["sparsity"] == pytest.approx(0.6) and by_batch[1]["bound"] == "interpolated"
     assert by_batch[8]["sparsity"] == 0.5 and by_batch[8]["bound"] == "at or below"
     assert by_batch[32]["sparsity"] is None
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_baselines_only_where_bf16_is_native_or_swept(monkeypatch, native):
+    monkeypatch.setattr(sweep, "native_bf16", lambda: native)
+    fp32_only = sweep.SweepConfig(dtypes=("float32",))
+    both = sweep.SweepConfig(dtypes=("float32", "bfloat16"))
+    assert sweep.baseline_dtypes(fp32_only) == (("float32", "bfloat16") if native
+                                                else ("float32",))
+    assert sweep.baseline_dtypes(both) == ("float32", "bfloat16")
+    cfg = sweep.SweepConfig(shapes=((16, 32),), patterns=("50%",), batches=(1,),
+                            dtypes=("float32",), threads=(1,), rounds=1, min_rounds=1,
+                            budget_s=0.01, baselines=False, pack_rounds=1,
+                            limit_kwargs=dict(copy_bytes=1 << 16, gemm_n=32, rounds=1))
+    res = sweep.run(cfg, progress=False)
+    assert ("bfloat16_s" in res["dense"][0]) is native
+    assert ("bfloat16" in res["limits"][0]["gemm_GFLOPs"]) is native
+    report.markdown({**res, "machine": {}})  # a missing bf16 baseline prints as "-"

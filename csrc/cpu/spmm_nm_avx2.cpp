@@ -84,46 +84,58 @@ void decode_row8(const Decoder8& dc, const uint8_t* row_meta, int32_t* cols) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(cols + step * 8), decode8(dc, row_meta, step));
 }
 
-// x[c0 + rel[j]] for rel in [0, 16), from two contiguous loads of x[c0 .. c0 + 16): a
-// permute of each half and a blend on bit 3 of rel. Columns at or past `in` read as 0.
-inline __m256 window16(const float* x, int64_t c0, int64_t in, __m256i rel) {
-  __m256 lo, hi;
-  if (c0 + 16 <= in) {
-    lo = _mm256_loadu_ps(x + c0);
-    hi = _mm256_loadu_ps(x + c0 + 8);
+// x[c0 + rel[j]] for rel in [0, C), C = 16 or 32, from C / 8 contiguous loads of
+// x[c0 .. c0 + C): a permute of each and blends on bits 3 (and 4) of rel. Columns at or
+// past `in` read as 0.
+template <int C>
+inline __m256 window(const float* x, int64_t c0, int64_t in, __m256i rel) {
+  constexpr int H = C / 8;
+  __m256 part[H];
+  if (c0 + C <= in) {
+    for (int h = 0; h < H; ++h) part[h] = _mm256_loadu_ps(x + c0 + 8 * h);
   } else {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i left = _mm256_set1_epi32(static_cast<int32_t>(in - c0));
-    lo = _mm256_maskload_ps(x + c0, _mm256_cmpgt_epi32(left, lane));
-    hi = _mm256_maskload_ps(x + c0 + 8,
-                            _mm256_cmpgt_epi32(left, _mm256_add_epi32(lane, _mm256_set1_epi32(8))));
+    for (int h = 0; h < H; ++h)
+      part[h] = _mm256_maskload_ps(
+          x + c0 + 8 * h, _mm256_cmpgt_epi32(left, _mm256_add_epi32(lane, _mm256_set1_epi32(8 * h))));
   }
-  const __m256 a = _mm256_permutevar8x32_ps(lo, rel);
-  const __m256 b = _mm256_permutevar8x32_ps(hi, rel);
-  return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(rel, 28)));
+  for (int h = 0; h < H; ++h) part[h] = _mm256_permutevar8x32_ps(part[h], rel);
+  const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(rel, 28));
+  const __m256 lo = _mm256_blendv_ps(part[0], part[1], bit3);
+  if constexpr (C == 16) {
+    return lo;
+  } else {
+    const __m256 hi = _mm256_blendv_ps(part[2], part[3], bit3);
+    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(rel, 27)));
+  }
 }
 
 // Batch 1: sum over the row's slots of vals[s] * x[col(s)], decoding 8 slots per step and
-// fetching their activations with a gather (or, where 8 slots span 16 columns, two loads
-// and permutes), two chains; the last partial step scalar.
+// fetching their activations with contiguous loads and permutes where 8 slots span 16 or
+// 32 columns (2:4, 4:8, 1:4, 2:8, ...), else with a gather; two chains; the last partial
+// step scalar.
 template <typename T>
 float row_dot_decode8(const Decoder8& dc, const NM& w, const uint8_t* row_meta, const T* vals,
                       const float* x, int64_t in) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   const int64_t full = dc.slots / 8;
   int64_t step = 0;
-  if (dc.cols_per_step == 16) {
+  auto windows = [&](auto cols) {
+    constexpr int C = decltype(cols)::value;
     for (; step < full; ++step) {
       const __m256i rel = _mm256_sub_epi32(decode8(dc, row_meta, step),
-                                           _mm256_set1_epi32(static_cast<int32_t>(step * 16)));
-      const __m256 xv = window16(x, step * 16, in, rel);
+                                           _mm256_set1_epi32(static_cast<int32_t>(step * C)));
+      const __m256 xv = window<C>(x, step * C, in, rel);
       if (step & 1) {
         acc1 = _mm256_fmadd_ps(load_vals(vals + step * 8), xv, acc1);
       } else {
         acc0 = _mm256_fmadd_ps(load_vals(vals + step * 8), xv, acc0);
       }
     }
-  }
+  };
+  if (dc.cols_per_step == 16) windows(std::integral_constant<int, 16>{});
+  if (dc.cols_per_step == 32) windows(std::integral_constant<int, 32>{});
   for (; step + 2 <= full; step += 2) {
     const __m256 x0 = _mm256_i32gather_ps(x, decode8(dc, row_meta, step), 4);
     const __m256 x1 = _mm256_i32gather_ps(x, decode8(dc, row_meta, step + 1), 4);

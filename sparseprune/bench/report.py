@@ -135,10 +135,11 @@ def markdown(results: dict) -> str:
                   "| shape | threads | batch | fp32 (us) | bf16 (us) | fp32 GFLOP/s | "
                   "bf16 GFLOP/s |", "|---|---|---|---|---|---|---|"]
         for d in results["dense"]:
+            bf16_s = d.get("bfloat16_s")  # absent where bf16 is emulated (baseline_dtypes)
             lines.append(f"| {d['shape']} | {d['threads']} | {d['batch']} | "
-                         f"{_us(d['float32_s'])} | {_us(d['bfloat16_s'])} | "
+                         f"{_us(d['float32_s'])} | {_us(bf16_s)} | "
                          f"{d['flops'] / d['float32_s'] / 1e9:.1f} | "
-                         f"{d['flops'] / d['bfloat16_s'] / 1e9:.1f} |")
+                         f"{_f(bf16_s and d['flops'] / bf16_s / 1e9)} |")
         lines.append("")
     if results.get("pack"):
         lines += ["## One-off pack cost (from_dense + validation, fp32)", "",

@@ -32,6 +32,7 @@ from .. import formats, masks, tile_cache
 from ..formats import NMWeight
 from ..nn import csr_index_bits
 from .limits import measure
+from .._ext import native_bf16
 from .shapes import BATCHES, DTYPES, PATTERNS, SHAPE_SETS, Pattern
 from .timing import interleaved
 
@@ -132,6 +133,14 @@ def timed(candidates: dict, cfg: SweepConfig) -> dict:
     return {name: (v, rounds) for name, v in t.items()}
 
 
+def baseline_dtypes(cfg: SweepConfig) -> tuple[str, ...]:
+    """Dtypes of the dense baselines and GEMM limits: fp32, the swept dtypes, and bf16 where
+    the CPU multiplies it natively. Emulated bf16 GEMMs (AVX2-only CPUs) are tens of times
+    slower than fp32 and would dominate the sweep's time for a number nobody would use."""
+    extra = ("bfloat16",) if native_bf16() else ()
+    return tuple(d for d in DTYPES if d == "float32" or d in cfg.dtypes or d in extra)
+
+
 def _cases(cfg: SweepConfig) -> int:
     return len(cfg.threads) * len(cfg.shapes) * len(cfg.batches) * (
         1 + len(cfg.dtypes) * len(cfg.patterns))
@@ -158,7 +167,7 @@ def run(cfg: SweepConfig, *, progress: bool = True,
     try:
         for threads in cfg.threads:
             bar.set_description(f"limits, {threads} threads")
-            limits = measure(threads, tuple(DTYPES), **cfg.limit_kwargs)
+            limits = measure(threads, baseline_dtypes(cfg), **cfg.limit_kwargs)
             out["limits"].append(limits.as_dict())
             torch.set_num_threads(threads)
             for out_f, in_f in cfg.shapes:
@@ -188,7 +197,7 @@ def run(cfg: SweepConfig, *, progress: bool = True,
             # taken while another job held the cores would understate the machine (and
             # overstate every "% of limit")
             bar.set_description(f"limits again, {threads} threads")
-            again = measure(threads, tuple(DTYPES), **cfg.limit_kwargs).as_dict()
+            again = measure(threads, baseline_dtypes(cfg), **cfg.limit_kwargs).as_dict()
             out["limits"][-1] = _best_limits(out["limits"][-1], again)
     finally:
         torch.set_num_threads(previous_threads)
@@ -204,13 +213,14 @@ def _best_limits(first: dict, second: dict) -> dict:
 
 
 def _dense_baselines(out, cfg, weight, bias, shape, threads, bar):
-    """Dense F.linear in every dtype (fp32 and bf16 always), interleaved, per batch."""
-    ws = {d: (weight.to(DTYPES[d]), bias.to(DTYPES[d])) for d in DTYPES}
+    """Dense F.linear in each of :func:`baseline_dtypes`, interleaved, per batch."""
+    dtypes = baseline_dtypes(cfg)
+    ws = {d: (weight.to(DTYPES[d]), bias.to(DTYPES[d])) for d in dtypes}
     rot = {d: rotating(w.clone, w.numel() * w.element_size(), cfg.rotate_bytes)
            for d, (w, _) in ws.items()}
     for batch in cfg.batches:
-        xs = {d: torch.randn(batch, weight.shape[1]).to(DTYPES[d]) for d in DTYPES}
-        cands = {d: (lambda d=d: F.linear(xs[d], next(rot[d]), ws[d][1])) for d in DTYPES}
+        xs = {d: torch.randn(batch, weight.shape[1]).to(DTYPES[d]) for d in dtypes}
+        cands = {d: (lambda d=d: F.linear(xs[d], next(rot[d]), ws[d][1])) for d in dtypes}
         t = timed(cands, cfg)
         row = {"shape": shape, "out": weight.shape[0], "in": weight.shape[1], "batch": batch,
                "threads": threads, "flops": 2 * batch * weight.numel()}
