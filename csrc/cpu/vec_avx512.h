@@ -20,6 +20,10 @@ struct V512 {
 // Lanes of this ISA's widest vector (chunk widths: see XLayout in dispatch.cpp).
 constexpr int64_t kLanes = 16;
 
+// 8-bit CSR batched products walk segment-major once the activation chunk outgrows L1
+// (not measured on an AVX-512 machine yet: row by row as before).
+constexpr bool kSegmentMajor = false;
+
 // Calls f(Tag<vector>, integral_constant<vectors per chunk>) for a chunk width. Width 8
 // uses ymm (AVX-512VL encodings): half the cost of a padded zmm chunk on cores that
 // split zmm operations in two.
