@@ -112,7 +112,7 @@ const KernelTable& kernels_for(Isa isa) {
   constexpr XLayout avx2_blocks{8, 4, 8, false};
   // The AVX2 row tiles only when forced (SPARSEPRUNE_NM=tiles): on an AVX2-only Zen 3 the
   // batched body (vectorized decode, column tiles) beat them at every measured shape and
-  // batch 128-256 but one (1.2-1.6x; RESULTS.md, "AVX2-only machine"). They had been the
+  // batch 128-256 but one (1.15-1.65x; RESULTS.md, "AVX2-only machine"). They had been the
   // default from batch 128 after a Zen 4 run forced to AVX2, against the older batched body.
   constexpr int64_t kAvx2TilesOff = INT64_MAX;
   static const KernelTable avx2{spmm_csr_avx2, avx2_x, spmm_bsr_avx2, avx2_blocks,
