@@ -181,6 +181,11 @@ bool run_by_batch(const cpu::Dense& d, const cpu::XLayout& layout, cpu::PackFn p
                     (tasks % threads != 0 && tasks < kUnevenChunksPerThread * threads)))
     return false;
   const int64_t elem = d.dtype == cpu::DType::f32 ? 4 : 2;
+  // A last part of one batch row goes through a chunk, as it does in the whole batch's plan
+  // (not the batch-1 kernel): every output keeps the same summation order whether the
+  // threads split the batch or the rows (a batch of 161 = 5 * 32 + 1 differed in the bits).
+  cpu::XLayout part_layout = layout;
+  part_layout.plain_batch1 = false;
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
     // torch's allocator aligns to 64 bytes: a chunk row must not straddle cache lines.
     const at::Tensor buf_t = at::empty({width * d.in_features}, at::kFloat);
@@ -192,7 +197,7 @@ bool run_by_batch(const cpu::Dense& d, const cpu::XLayout& layout, cpu::PackFn p
       part.x = static_cast<const char*>(d.x) + first * d.in_features * elem;
       part.y = static_cast<char*>(d.y) + first * d.out_features * elem;
       cpu::XPacked xp;
-      xp.plan = cpu::plan_x(part.batch, d.in_features, layout);
+      xp.plan = cpu::plan_x(part.batch, d.in_features, part_layout);
       pack(part, xp.plan, buf, 0, d.in_features);
       xp.xt = buf;
       kernel(part, xp, 0, rows);

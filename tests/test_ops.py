@@ -101,7 +101,7 @@ def test_nm_path_override_is_checked(monkeypatch):
         w.linear(torch.randn(20, 32))
 
 
-@pytest.mark.parametrize("batch", [1, 37, 150])
+@pytest.mark.parametrize("batch", [1, 37, 150, 161])
 def test_repeated_calls_and_thread_counts_are_bitwise_identical(isa, batch):
     # every output element is summed by one thread in a fixed order, so neither a second
     # call nor another thread count may change a single bit
@@ -168,6 +168,53 @@ def test_8bit_csr_many_segment_starts_per_vector(isa, batch):
     narrow = w[:, :3000].contiguous()  # a ragged last segment (3000 = 11 * 256 + 184)
     packed = sp.CSRWeight.from_dense(narrow, index_bits=8)
     assert_matches(packed.linear(x[:, :3000]), reference(x[:, :3000], narrow), torch.float32)
+
+
+@pytest.mark.parametrize("in_f", [600, 1100])
+@pytest.mark.parametrize("batch", [9, 16, 33, 161])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_8bit_csr_dense_enough_for_segment_major(isa, in_f, batch, dtype):
+    # >= 64 entries per (row, segment) on average and activation chunks past L1: the AVX2
+    # kernel goes segment by segment over blocks of 32 rows (csr_rows.h); 70 rows = two
+    # full blocks and a ragged one, segments empty in some rows, an all-zero row, a ragged
+    # last segment (1100 = 4 * 256 + 76)
+    gen = torch.Generator().manual_seed(in_f + batch)
+    w = sparse_weight(70, in_f, 0.7, dtype=dtype, gen=gen, zero_rows=False)
+    w[:5, 256:512] = 0
+    w[40] = 0
+    packed = sp.CSRWeight.from_dense(w, index_bits=8)
+    x, bias = torch.randn(batch, in_f, generator=gen).to(dtype), torch.randn(70).to(dtype)
+    y = packed.linear(x, bias)
+    assert_matches(y, reference(x, w, bias), dtype)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the rows split otherwise: the same bits
+        assert torch.equal(packed.linear(x, bias), y)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("batch", [9, 16, 33, 161])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nm_column_tiles(isa, batch, dtype, monkeypatch):
+    # 2:4, 4:8 and 1:2 with a row's activations past L1 take the AVX2 batched body's column
+    # tiles (spmm_nm_avx2.cpp); 1101 columns end in a ragged group; 70 rows = 2 blocks + 6
+    monkeypatch.setenv("SPARSEPRUNE_NM", "batched")
+    gen = torch.Generator().manual_seed(batch)
+    w = sparse_weight(70, 1101, 0.8, gen=gen)
+    x, bias = torch.randn(batch, 1101, generator=gen), torch.randn(70)
+    threads = torch.get_num_threads()
+    for n, m in [(2, 4), (4, 8), (1, 2), (1, 4)]:
+        wn = (w * sp.masks.n_m(w.abs(), n, m)).to(dtype)
+        packed = sp.NMWeight.from_dense(wn, n, m)
+        xd, bd = x.to(dtype), bias.to(dtype)
+        y = packed.linear(xd, bd)
+        assert_matches(y, reference(xd, wn, bd), dtype)
+        try:
+            torch.set_num_threads(1)
+            assert torch.equal(packed.linear(xd, bd), y)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def test_8bit_csr_opcheck():

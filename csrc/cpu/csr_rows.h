@@ -71,8 +71,10 @@ void csr_rows(const Dense& d, const Csr& w, const XPacked& xp, int64_t row_begin
     const float* xt = xp.xt + xp.plan.offset(c);
     ChunkWriter<T, W> out(d, xp.plan.first_row(c), xp.plan.rows(c));
     if constexpr (kSegmented && kSegmentMajor && W >= 16) {
-      const int64_t row_segments = (row_end - row_begin) * nseg;
-      const int64_t entries = w.row_offsets[row_end * nseg] - w.row_offsets[row_begin * nseg];
+      // The whole weight's average, not this thread's rows': a row's summation order must
+      // not depend on how the rows were split between threads (bitwise-equal outputs).
+      const int64_t row_segments = d.out_features * nseg;
+      const int64_t entries = w.row_offsets[row_segments] - w.row_offsets[0];
       if (d.in_features * W * static_cast<int64_t>(sizeof(float)) > kTileBytes &&
           entries >= kSegmentMajorMinEntries * row_segments) {
         csr_segment_major<V, NV>(w, cols, vals, row_begin, row_end, xt, out);
