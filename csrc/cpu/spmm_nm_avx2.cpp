@@ -1,8 +1,10 @@
 // N:M x dense, AVX2. Where n divides 8 and m <= 16 (2:4, 1:4, 4:8, 2:8, 1:2, ...), the
 // bit-packed metadata of 8 slots is one 32-bit word, decoded in a register (broadcast,
 // variable shifts, mask, plus each slot's group column); other n:m decode slot by slot.
-// Batch 1: the decoded columns drive a gather. Larger batches: a row's columns are decoded
-// into a small buffer that the batched body (batched.h) consumes.
+// Batch 1: where 8 slots span 16 or 32 columns, contiguous loads of x and permutes; else
+// the decoded columns drive a gather. Larger batches: a row's columns are decoded into a
+// small buffer that the batched body (batched.h) consumes, column tile by column tile for
+// 2:4-dense patterns once a row's activations outgrow L1.
 #include <immintrin.h>
 
 #include <algorithm>
