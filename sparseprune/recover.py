@@ -291,7 +291,7 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, *,
         progress = tqdm(total=config.steps, initial=start, desc="recover", unit="step")
     t0 = time.perf_counter()
     bf16 = config.use_bf16()
-    if bf16 and config.bf16 is True and not native_bf16():
+    if config.bf16 is True and not native_bf16():
         warnings.warn("bf16 autocast on a CPU without native bf16 (no AVX512-BF16/AMX) is "
                       "emulated and many times slower than fp32; use bf16='auto' or False",
                       RuntimeWarning, stacklevel=2)

@@ -167,6 +167,24 @@ class ChunkWriter {
   alignas(64) float buf_[kRows * W];
 };
 
+// Runs body(r0, rows, acc) over [row_begin, row_end) in blocks of Writer::kRows rows,
+// acc[i] being the writer's zeroed W-float slot of row r0 + i (the writer flushes once per
+// block): for kernels that add a row's entries to its sums in several passes (column tiles).
+template <int W, class Writer, class Body>
+inline void zeroed_row_blocks(Writer& out, int64_t row_begin, int64_t row_end,
+                              const Body& body) {
+  constexpr int64_t kBlock = Writer::kRows;
+  float* acc[kBlock];
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kBlock) {
+    const int64_t rows = row_end - r0 < kBlock ? row_end - r0 : kBlock;
+    for (int64_t i = 0; i < rows; ++i) {
+      acc[i] = out.slot(r0 + i);
+      for (int j = 0; j < W; ++j) acc[i][j] = 0.f;
+    }
+    body(r0, rows, acc);
+  }
+}
+
 // Runs body(Tag<V>, integral_constant<NV>, chunk) for every chunk of the plan, with the
 // vector type and count the ISA uses for that chunk's width (with_width).
 template <typename Body>

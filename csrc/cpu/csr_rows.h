@@ -22,15 +22,8 @@ template <class V, int NV, typename T, typename Writer>
 void csr_segment_major(const Csr& w, const uint8_t* cols, const T* vals, int64_t row_begin,
                        int64_t row_end, const float* xt, Writer& out) {
   constexpr int W = NV * V::kLanes;
-  constexpr int64_t kBlock = Writer::kRows;
   const int64_t nseg = w.segments;
-  float* acc[kBlock];
-  for (int64_t r0 = row_begin; r0 < row_end; r0 += kBlock) {
-    const int64_t rows = row_end - r0 < kBlock ? row_end - r0 : kBlock;
-    for (int64_t i = 0; i < rows; ++i) {
-      acc[i] = out.slot(r0 + i);  // one flush of the writer per block: kBlock slots
-      for (int j = 0; j < W; ++j) acc[i][j] = 0.f;
-    }
+  zeroed_row_blocks<W>(out, row_begin, row_end, [&](int64_t r0, int64_t rows, float** acc) {
     for (int64_t s = 0; s < nseg; ++s) {
       const float* xs = xt + s * kCsrSegment * W;
       for (int64_t i = 0; i < rows; ++i) {
@@ -38,7 +31,7 @@ void csr_segment_major(const Csr& w, const uint8_t* cols, const T* vals, int64_t
         dot_batched<V, NV, uint8_t, T, true>(cols + b[0], vals + b[0], b[1] - b[0], xs, acc[i]);
       }
     }
-  }
+  });
 }
 
 // A CSR row range: batch 1 through the ISA's gather dot product (gather_fma or
@@ -64,6 +57,12 @@ void csr_rows(const Dense& d, const Csr& w, const XPacked& xp, int64_t row_begin
     }
     return;
   }
+  // The whole weight's average, not this thread's rows': a row's summation order must not
+  // depend on how the rows were split between threads (bitwise-equal outputs).
+  const int64_t row_segments = d.out_features * nseg;
+  const bool dense_segments =
+      kSegmented && w.row_offsets[row_segments] - w.row_offsets[0] >=
+                        kSegmentMajorMinEntries * row_segments;
   for_each_chunk(xp.plan, [&](auto v, auto nv, int64_t c) {
     using V = typename decltype(v)::type;
     constexpr int NV = decltype(nv)::value;
@@ -71,12 +70,7 @@ void csr_rows(const Dense& d, const Csr& w, const XPacked& xp, int64_t row_begin
     const float* xt = xp.xt + xp.plan.offset(c);
     ChunkWriter<T, W> out(d, xp.plan.first_row(c), xp.plan.rows(c));
     if constexpr (kSegmented && kSegmentMajor && W >= 16) {
-      // The whole weight's average, not this thread's rows': a row's summation order must
-      // not depend on how the rows were split between threads (bitwise-equal outputs).
-      const int64_t row_segments = d.out_features * nseg;
-      const int64_t entries = w.row_offsets[row_segments] - w.row_offsets[0];
-      if (d.in_features * W * static_cast<int64_t>(sizeof(float)) > kTileBytes &&
-          entries >= kSegmentMajorMinEntries * row_segments) {
+      if (dense_segments && d.in_features * W * static_cast<int64_t>(sizeof(float)) > kTileBytes) {
         csr_segment_major<V, NV>(w, cols, vals, row_begin, row_end, xt, out);
         return;
       }

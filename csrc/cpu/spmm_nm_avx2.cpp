@@ -80,10 +80,19 @@ inline __m256i decode8(const Decoder8& dc, const uint8_t* row_meta, int64_t step
   return _mm256_add_epi32(_mm256_add_epi32(base, dc.group_cols), idx);
 }
 
-// The slot columns of one row into cols[0 .. slots rounded up to 8).
-void decode_row8(const Decoder8& dc, const uint8_t* row_meta, int32_t* cols) {
-  for (int64_t step = 0; step * 8 < dc.slots; ++step)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(cols + step * 8), decode8(dc, row_meta, step));
+// The columns of a row's slots [8 * step_begin, 8 * step_end) into cols[0 ..).
+void decode_steps8(const Decoder8& dc, const uint8_t* row_meta, int64_t step_begin,
+                   int64_t step_end, int32_t* cols) {
+  for (int64_t step = step_begin; step < step_end; ++step)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(cols + (step - step_begin) * 8),
+                        decode8(dc, row_meta, step));
+}
+
+// Mask of the first `left` (clamped to 0..8) lanes.
+inline __m256i lanes8(int64_t left) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const int32_t n = static_cast<int32_t>(left < 0 ? 0 : (left > 8 ? 8 : left));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
 }
 
 // x[c0 + rel[j]] for rel in [0, C), C = 16 or 32, from C / 8 contiguous loads of
@@ -96,11 +105,8 @@ inline __m256 window(const float* x, int64_t c0, int64_t in, __m256i rel) {
   if (c0 + C <= in) {
     for (int h = 0; h < H; ++h) part[h] = _mm256_loadu_ps(x + c0 + 8 * h);
   } else {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i left = _mm256_set1_epi32(static_cast<int32_t>(in - c0));
     for (int h = 0; h < H; ++h)
-      part[h] = _mm256_maskload_ps(
-          x + c0 + 8 * h, _mm256_cmpgt_epi32(left, _mm256_add_epi32(lane, _mm256_set1_epi32(8 * h))));
+      part[h] = _mm256_maskload_ps(x + c0 + 8 * h, lanes8(in - c0 - 8 * h));
   }
   for (int h = 0; h < H; ++h) part[h] = _mm256_permutevar8x32_ps(part[h], rel);
   const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(rel, 28));
@@ -163,30 +169,20 @@ template <class V, int NV, typename T, typename Writer>
 void nm_column_tiles(const Decoder8& dc, const NM& w, const T* vals, int64_t row_begin,
                      int64_t row_end, const float* xt, int32_t* cols, Writer& out) {
   constexpr int W = NV * V::kLanes;
-  constexpr int64_t kBlock = Writer::kRows;
   const int64_t steps = (dc.slots + 7) / 8;
   const int64_t tile_steps =
       std::max<int64_t>(1, (16 << 10) / (W * static_cast<int64_t>(sizeof(float))) / dc.cols_per_step);
-  float* acc[kBlock];
-  for (int64_t r0 = row_begin; r0 < row_end; r0 += kBlock) {
-    const int64_t rows = std::min(kBlock, row_end - r0);
-    for (int64_t i = 0; i < rows; ++i) {
-      acc[i] = out.slot(r0 + i);  // one flush of the writer per block: kBlock slots
-      for (int j = 0; j < W; ++j) acc[i][j] = 0.f;
-    }
+  zeroed_row_blocks<W>(out, row_begin, row_end, [&](int64_t r0, int64_t rows, float** acc) {
     for (int64_t t0 = 0; t0 < steps; t0 += tile_steps) {
       const int64_t t1 = std::min(steps, t0 + tile_steps);
       const int64_t s1 = std::min(dc.slots, t1 * 8);
       for (int64_t i = 0; i < rows; ++i) {
-        const uint8_t* meta = w.metadata + (r0 + i) * dc.row_bytes;
-        for (int64_t st = t0; st < t1; ++st)
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(cols + (st - t0) * 8),
-                              decode8(dc, meta, st));
+        decode_steps8(dc, w.metadata + (r0 + i) * dc.row_bytes, t0, t1, cols);
         dot_batched<V, NV, int32_t, T, true>(cols, vals + (r0 + i) * dc.slots + t0 * 8,
                                              s1 - t0 * 8, xt, acc[i]);
       }
     }
-  }
+  });
 }
 
 template <typename T>
@@ -200,7 +196,7 @@ void nm_avx2(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin,
   Scratch<int32_t> cols((slots + 7) / 8 * 8);
   auto decode = [&](int64_t r) {
     if (dc.usable) {
-      decode_row8(dc, w.metadata + r * row_bytes, cols.data());
+      decode_steps8(dc, w.metadata + r * row_bytes, 0, (slots + 7) / 8, cols.data());
     } else {
       decode_row(w, w.metadata + r * row_bytes, slots, row_bytes, bits, cols.data());
     }
@@ -269,12 +265,6 @@ void build_tile8(const NM& w, int64_t in, int64_t r0, int64_t rows, int64_t s_be
       }
     }
   }
-}
-
-inline __m256i lanes8(int64_t left) {
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const int32_t n = static_cast<int32_t>(left < 0 ? 0 : (left > 8 ? 8 : left));
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
 }
 
 template <int BT>
