@@ -50,7 +50,7 @@ VALUE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # Row-chunked helpers keep their temporaries near this many elements, so packing and
 # validating a large layer does not peak at several times its size.
-_CHUNK_ELEMS = 1 << 20
+_CHUNK_ELEMS = 1 << 18
 
 
 class FormatError(ValueError):
@@ -210,7 +210,9 @@ def _check_finite(owner, field, values: torch.Tensor):
             _fail(owner, field, "contains NaN or Inf")
 
 
-def _check_dense_input(weight, mask):
+def _check_dense_input(weight, mask, default_keep=True):
+    """Checks the weight and mask; returns the mask, or ``weight != 0`` when it is None
+    (None instead with ``default_keep=False``, for callers that compare row chunks)."""
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
     if weight.dim() != 2:
@@ -220,7 +222,7 @@ def _check_dense_input(weight, mask):
         raise ValueError(f"weight dtype must be float32 or bfloat16 (or float16, for CUDA), "
                          f"got {weight.dtype}")
     if mask is None:
-        return weight != 0
+        return weight != 0 if default_keep else None
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         raise TypeError("mask must be a bool tensor (True = keep)")
     if mask.shape != weight.shape:
@@ -613,7 +615,7 @@ class BSRWeight(PackedWeight):
         where = tiles.nonzero()
         pick = (where[:, 0], where[:, 1])
         blocks = grid.view(rows_b, bh, cols_b, bw).permute(0, 2, 1, 3)[pick]
-        blocks.mul_(kept.view(rows_b, bh, cols_b, bw).permute(0, 2, 1, 3)[pick])
+        blocks.masked_fill_(~kept.view(rows_b, bh, cols_b, bw).permute(0, 2, 1, 3)[pick], 0)
         return cls(offsets, where[:, 1].to(torch.int32), blocks.contiguous(), (out_f, in_f))
 
     def to_dense(self) -> torch.Tensor:
@@ -685,7 +687,7 @@ class NMWeight(PackedWeight):
         """Packs ``weight * mask`` (default mask: ``weight != 0``), which must keep at most
         ``n`` entries in every group of ``m`` consecutive columns; ValueError otherwise
         (make such a mask with :func:`sparseprune.masks.n_m`)."""
-        keep = _check_dense_input(weight, mask)
+        keep = _check_dense_input(weight, mask, default_keep=False)
         for name, v in (("n", n), ("m", m)):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{name} must be an int, got {type(v).__name__}")
@@ -700,11 +702,9 @@ class NMWeight(PackedWeight):
         # Row chunks end to end, so no temporary is the size of the whole weight.
         for rows in _row_chunks(out_f, padded):
             count = rows.stop - rows.start
-            pad_w = weight.new_zeros(count, padded)
-            pad_w[:, :in_f] = weight[rows]
+            w_rows = weight[rows]
             pad_k = torch.zeros(count, padded, dtype=torch.bool, device=weight.device)
-            pad_k[:, :in_f] = keep[rows]
-            pad_w.mul_(pad_k)
+            pad_k[:, :in_f] = w_rows != 0 if keep is None else keep[rows]
             k = pad_k.view(count, groups, m)
             counts = k.sum(-1)
             if bool((counts > n).any()):
@@ -722,7 +722,8 @@ class NMWeight(PackedWeight):
             pad_slot = cols >= in_f
             indices = torch.where(pad_slot, 0, indices)
             cols = torch.where(pad_slot, nm_columns(indices, n, m), cols)
-            values[rows] = torch.where(pad_slot, 0, pad_w.gather(1, cols))
+            kept = pad_k.gather(1, cols) & ~pad_slot
+            values[rows] = torch.where(kept, w_rows.gather(1, cols), 0)
             metadata[rows] = nm_encode(indices, in_f, n, m)
         return cls(values, metadata, n, m, (out_f, in_f))
 

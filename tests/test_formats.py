@@ -88,6 +88,18 @@ def test_mask_keeps_explicit_zeros():
     assert torch.equal(packed.to_dense(), w * mask)
 
 
+@pytest.mark.parametrize("fmt,kw", [("csr", {}), ("csr", {"index_bits": 8}),
+                                    ("bsr", {"block": (2, 2)}), ("nm", {"n": 2, "m": 4})])
+def test_masked_out_entries_never_reach_the_packed_values(fmt, kw):
+    # What a mask drops is not read: a NaN or Inf there is not an error.
+    mask = sp.masks.n_m(torch.rand(6, 10), 2, 4)
+    w = torch.randn(6, 10)
+    w[~mask] = float("nan")
+    w[0, ~mask[0]] = float("inf")
+    packed = sp.pack(w, fmt, mask=mask, **kw)
+    assert torch.equal(packed.to_dense(), torch.where(mask, w, 0))
+
+
 @settings(max_examples=60, deadline=None)
 @given(out_f=st.integers(0, 12), in_f=st.integers(0, 40), m=st.integers(2, 32),
        data=st.data())
