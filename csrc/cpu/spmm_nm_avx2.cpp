@@ -176,7 +176,13 @@ void nm_column_tiles(const Decoder8& dc, const NM& w, const T* vals, int64_t row
     for (int64_t t0 = 0; t0 < steps; t0 += tile_steps) {
       const int64_t t1 = std::min(steps, t0 + tile_steps);
       const int64_t s1 = std::min(dc.slots, t1 * 8);
+      const int64_t next_slots = std::min(dc.slots, (t1 + tile_steps) * 8) - t1 * 8;
       for (int64_t i = 0; i < rows; ++i) {
+        if (next_slots > 0) {
+          prefetch_bytes(vals + (r0 + i) * dc.slots + t1 * 8, next_slots * sizeof(T));
+          prefetch_bytes(w.metadata + (r0 + i) * dc.row_bytes + t1 * dc.bits,
+                         std::min(dc.row_bytes - t1 * dc.bits, tile_steps * dc.bits));
+        }
         decode_steps8(dc, w.metadata + (r0 + i) * dc.row_bytes, t0, t1, cols);
         dot_batched<V, NV, int32_t, T, true>(cols, vals + (r0 + i) * dc.slots + t0 * 8,
                                              s1 - t0 * 8, xt, acc[i]);

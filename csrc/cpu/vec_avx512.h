@@ -24,6 +24,10 @@ constexpr int64_t kLanes = 16;
 // (not measured on an AVX-512 machine yet: row by row as before).
 constexpr bool kSegmentMajor = false;
 
+// Independent accumulator chains in the batched dot products (batched.h); 8 not measured
+// on an AVX-512 machine yet.
+constexpr int kChains = 4;
+
 // Calls f(Tag<vector>, integral_constant<vectors per chunk>) for a chunk width. Width 8
 // uses ymm (AVX-512VL encodings): half the cost of a padded zmm chunk on cores that
 // split zmm operations in two.
