@@ -11,8 +11,10 @@
 constexpr int64_t kTileBytes = 32 << 10;
 
 // out[0..NV*lanes) (+)= sum_k value(k) * xt[col(k)][...], over count stored entries;
-// with Accumulate the sum is added to what out holds.
-template <class V, int NV, typename I, typename T, bool Accumulate = false>
+// with Accumulate the sum is added to what out holds. Chains: independent accumulators for
+// NV >= 2 (the ISA's kChains where the activations are in L1: N:M, CSR segment-major; the
+// 90% CSR rows, whose loads come from L2, showed no consistent gain from 8 on Zen 3).
+template <class V, int NV, typename I, typename T, bool Accumulate = false, int Chains = 4>
 inline void dot_batched(const I* cols, const T* vals, int64_t count, const float* xt,
                         float* out) {
   constexpr int W = NV * V::kLanes;
@@ -38,7 +40,7 @@ inline void dot_batched(const I* cols, const T* vals, int64_t count, const float
     V::store(out, V::add(V::add(a0, a1), V::add(a2, a3)));
     return;
   }
-  constexpr int U = NV >= kChains ? 1 : kChains / NV;  // chains per vector lane group
+  constexpr int U = NV >= Chains ? 1 : Chains / NV;  // chains per vector lane group
   typename V::reg acc[U][NV];
   for (int u = 0; u < U; ++u)
     for (int v = 0; v < NV; ++v) acc[u][v] = V::zero();
@@ -94,7 +96,7 @@ inline void dot_batched_segments(const uint8_t* cols, const T* vals, const int64
     V::store(out, V::add(V::add(a0, a1), V::add(a2, a3)));
     return;
   }
-  constexpr int U = NV >= 4 ? 1 : 4 / NV;  // kChains not measured here: sparse rows, 90%
+  constexpr int U = NV >= 4 ? 1 : 4 / NV;
   typename V::reg acc[U][NV];
   for (int u = 0; u < U; ++u)
     for (int v = 0; v < NV; ++v) acc[u][v] = V::zero();

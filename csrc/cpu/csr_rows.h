@@ -32,7 +32,8 @@ void csr_segment_major(const Csr& w, const uint8_t* cols, const T* vals, int64_t
           prefetch_bytes(cols + b[1], b[2] - b[1]);
           prefetch_bytes(vals + b[1], (b[2] - b[1]) * static_cast<int64_t>(sizeof(T)));
         }
-        dot_batched<V, NV, uint8_t, T, true>(cols + b[0], vals + b[0], b[1] - b[0], xs, acc[i]);
+        dot_batched<V, NV, uint8_t, T, true, kChains>(cols + b[0], vals + b[0], b[1] - b[0], xs,
+                                                      acc[i]);
       }
     }
   });

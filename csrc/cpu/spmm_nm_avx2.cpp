@@ -184,8 +184,8 @@ void nm_column_tiles(const Decoder8& dc, const NM& w, const T* vals, int64_t row
                          std::min(dc.row_bytes - t1 * dc.bits, tile_steps * dc.bits));
         }
         decode_steps8(dc, w.metadata + (r0 + i) * dc.row_bytes, t0, t1, cols);
-        dot_batched<V, NV, int32_t, T, true>(cols, vals + (r0 + i) * dc.slots + t0 * 8,
-                                             s1 - t0 * 8, xt, acc[i]);
+        dot_batched<V, NV, int32_t, T, true, kChains>(
+            cols, vals + (r0 + i) * dc.slots + t0 * 8, s1 - t0 * 8, xt, acc[i]);
       }
     }
   });
@@ -237,7 +237,8 @@ void nm_avx2(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin,
     }
     for (int64_t r = row_begin; r < row_end; ++r) {
       decode(r);
-      dot_batched<V, NV>(cols.data(), vals + r * slots, slots, xt, out.slot(r));
+      dot_batched<V, NV, int32_t, T, false, kChains>(cols.data(), vals + r * slots, slots, xt,
+                                                     out.slot(r));
     }
   });
 }

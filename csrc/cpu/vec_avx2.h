@@ -12,8 +12,9 @@ constexpr int64_t kLanes = 8;
 // (measured on an AVX2-only Zen 3 (csr_rows.h)).
 constexpr bool kSegmentMajor = true;
 
-// Independent accumulator chains in the batched dot products (batched.h): two FMA pipes x
-// 4 cycles of latency (Zen 3, one thread: 2:4 at batch 128 1.15-1.35x faster than with 4).
+// Independent accumulator chains in the batched dot products over activations in L1
+// (batched.h: dot_batched): two FMA pipes x 4 cycles of latency (Zen 3, one thread: 2:4 at
+// batch 128 1.15-1.35x faster than with 4).
 constexpr int kChains = 8;
 
 // Calls f(Tag<vector>, integral_constant<vectors per chunk>) for a chunk width.
