@@ -109,13 +109,12 @@ const KernelTable& kernels_for(Isa isa) {
                                nullptr,      nullptr};
   // Chunks of at most 32 batch rows keep a chunk [in][width] within L2 for in <= 4096.
   constexpr XLayout avx2_x{8, 4, 8, true}, avx512_x{16, 2, 8, true};
-  constexpr XLayout avx2_blocks{8, 4, 8, false};
   // The AVX2 row tiles only when forced (SPARSEPRUNE_NM=tiles): on an AVX2-only Zen 3 the
   // batched body (vectorized decode, column tiles) beat them at every measured shape and
   // batch 128-256 but one (1.15-1.65x; RESULTS.md, "AVX2-only machine"). They had been the
   // default from batch 128 after a Zen 4 run forced to AVX2, against the older batched body.
   constexpr int64_t kAvx2TilesOff = INT64_MAX;
-  static const KernelTable avx2{spmm_csr_avx2, avx2_x, spmm_bsr_avx2, avx2_blocks,
+  static const KernelTable avx2{spmm_csr_avx2, avx2_x, spmm_bsr_avx2, avx2_x,
                                 spmm_nm_avx2,  avx2_x, pack_x, spmm_nm_tiles_avx2, 8,
                                 kAvx2TilesOff, nullptr, nullptr};
   static const KernelTable avx512{spmm_csr_avx512, avx512_x, spmm_bsr_avx512, avx512_x,

@@ -1,0 +1,89 @@
+// Batch-1 BSR bodies for blocks narrower than 8 columns, in scalar code the compiler may
+// vectorize (shared by the per-ISA files: include inside the anonymous namespace after
+// batched.h, as batched.h itself).
+#pragma once
+
+// Batch 1, blocks narrower than 8: each block adds x[c] times one block column to the
+// rows of the block row, so the accumulators run along the block height (a contiguous
+// column when bw == 1, the 4x1 / 8x1 patterns); groups of 64 rows bound the buffer.
+template <typename T>
+void bsr_columns(const Dense& d, const Bsr& w, const float* x, int64_t br_begin,
+                 int64_t br_end) {
+  constexpr int64_t kRows = 64;
+  const T* blocks = static_cast<const T*>(w.blocks);
+  float acc[kRows];
+  for (int64_t br = br_begin; br < br_end; ++br) {
+    const int64_t r0 = br * w.bh;
+    const int64_t valid = d.out_features - r0 < w.bh ? d.out_features - r0 : w.bh;
+    for (int64_t i0 = 0; i0 < valid; i0 += kRows) {
+      const int64_t rows = valid - i0 < kRows ? valid - i0 : kRows;
+      for (int64_t i = 0; i < rows; ++i) acc[i] = 0.f;
+      for (int64_t k = w.block_row_offsets[br]; k < w.block_row_offsets[br + 1]; ++k) {
+        const int64_t c0 = static_cast<int64_t>(w.block_col_indices[k]) * w.bw;
+        const int64_t cols = block_cols(w, d.in_features, c0);
+        const T* blk = blocks + (k * w.bh + i0) * w.bw;
+        for (int64_t j = 0; j < cols; ++j) {
+          const float xj = x[c0 + j];
+          for (int64_t i = 0; i < rows; ++i) acc[i] += load_f32(blk[i * w.bw + j]) * xj;
+        }
+      }
+      for (int64_t i = 0; i < rows; ++i) store_column<T>(d, acc + i, 0, 1, r0 + i0 + i);
+    }
+  }
+}
+
+// Batch 1, BH x 1 blocks (a block is BH consecutive rows of one column): one FMA of a
+// BH-wide block against the broadcast x[c] per block, with BH known at compile time.
+template <int BH, typename T>
+void bsr_tall(const Dense& d, const Bsr& w, const float* x, int64_t br_begin,
+              int64_t br_end) {
+  const T* blocks = static_cast<const T*>(w.blocks);
+  for (int64_t br = br_begin; br < br_end; ++br) {
+    float acc[BH] = {};
+    for (int64_t k = w.block_row_offsets[br]; k < w.block_row_offsets[br + 1]; ++k) {
+      const float xj = x[w.block_col_indices[k]];
+      const T* blk = blocks + k * BH;
+      for (int i = 0; i < BH; ++i) acc[i] += load_f32(blk[i]) * xj;
+    }
+    const int64_t r0 = br * BH;
+    const int64_t valid = d.out_features - r0 < BH ? d.out_features - r0 : BH;
+    for (int64_t i = 0; i < valid; ++i) store_column<T>(d, acc + i, 0, 1, r0 + i);
+  }
+}
+
+// Batch 1, 1 x BW blocks (BW consecutive columns of one row): a BW-wide product per block,
+// summed across the row at the end. x lanes past in_features are never read: a ragged
+// last block multiplies only its real columns.
+template <int BW, typename T>
+void bsr_wide(const Dense& d, const Bsr& w, const float* x, int64_t br_begin,
+              int64_t br_end) {
+  const T* blocks = static_cast<const T*>(w.blocks);
+  for (int64_t r = br_begin; r < br_end; ++r) {
+    float acc[BW] = {};
+    for (int64_t k = w.block_row_offsets[r]; k < w.block_row_offsets[r + 1]; ++k) {
+      const int64_t c0 = static_cast<int64_t>(w.block_col_indices[k]) * BW;
+      const T* blk = blocks + k * BW;
+      if (c0 + BW <= d.in_features) {
+        for (int j = 0; j < BW; ++j) acc[j] += load_f32(blk[j]) * x[c0 + j];
+      } else {
+        for (int64_t j = 0; c0 + j < d.in_features; ++j) acc[j] += load_f32(blk[j]) * x[c0 + j];
+      }
+    }
+    float sum = 0.f;
+    for (int j = 0; j < BW; ++j) sum += acc[j];
+    store_column<T>(d, &sum, 0, 1, r);
+  }
+}
+
+// Batch 1 with blocks narrower than 8 columns: the specialized shapes, else generic.
+template <typename T>
+void bsr_narrow(const Dense& d, const Bsr& w, const float* x, int64_t br_begin,
+                int64_t br_end) {
+  if (w.bw == 1 && w.bh == 4) return bsr_tall<4, T>(d, w, x, br_begin, br_end);
+  if (w.bw == 1 && w.bh == 8) return bsr_tall<8, T>(d, w, x, br_begin, br_end);
+  if (w.bw == 1 && w.bh == 16) return bsr_tall<16, T>(d, w, x, br_begin, br_end);
+  if (w.bw == 1 && w.bh == 2) return bsr_tall<2, T>(d, w, x, br_begin, br_end);
+  if (w.bh == 1 && w.bw == 4) return bsr_wide<4, T>(d, w, x, br_begin, br_end);
+  if (w.bh == 1 && w.bw == 2) return bsr_wide<2, T>(d, w, x, br_begin, br_end);
+  bsr_columns<T>(d, w, x, br_begin, br_end);
+}
