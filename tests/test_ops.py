@@ -10,7 +10,9 @@ from .conftest import SHAPES, assert_matches, reference, sparse_weight
 
 DTYPES = [torch.float32, torch.bfloat16]
 NM = [(2, 4), (1, 4), (2, 8), (4, 8), (3, 7), (5, 32)]
-BLOCKS = [(4, 1), (1, 4), (3, 5), (8, 8), (16, 16)]
+# Every batch-1 BSR body: tall (bw 1), wide (bh 1), generic narrow, and row dot products
+# along widths that are multiples of 8 (8, 16, 24, 32).
+BLOCKS = [(4, 1), (8, 1), (1, 4), (1, 2), (3, 5), (8, 8), (16, 16), (2, 24), (32, 32)]
 # leading dims of x: batch 1, a batch of 5, an empty batch, 2x3 (as in [B, T, in])
 LEADING = [(1,), (5,), (0,), (2, 3)]
 
