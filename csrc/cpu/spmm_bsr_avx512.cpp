@@ -16,7 +16,7 @@ namespace {
 #include "cpu/vec_avx512.h"
 #include "cpu/load_avx512.h"
 #include "cpu/batched.h"
-#include "cpu/bsr_narrow.h"
+#include "cpu/bsr_batch1.h"
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -24,9 +24,6 @@ inline float hsum(__m256 v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
-inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
-inline __m256 fma_(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
-inline __m512 fma_(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
 
 struct Load8 {
   using reg = __m256;
@@ -37,6 +34,8 @@ struct Load8 {
   static reg x_tail(const float* p, int64_t n) {
     return _mm256_maskz_loadu_ps(static_cast<__mmask8>((1u << n) - 1u), p);
   }
+  static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static float sum(reg v) { return hsum(v); }
 };
 struct Load16 {
   using reg = __m512;
@@ -47,50 +46,9 @@ struct Load16 {
   static reg x_tail(const float* p, int64_t n) {
     return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
   }
+  static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static float sum(reg v) { return _mm512_reduce_add_ps(v); }
 };
-
-// Rows [i0, i0 + G) of block row br at batch 1. Activation lanes past in_features load
-// as zero, so the padding of a ragged last block column contributes nothing.
-template <class L, int G, typename T>
-inline void rowdot_rows(const Dense& d, const Bsr& w, const float* x, int64_t br,
-                        int64_t i0, float* out) {
-  using reg = typename L::reg;
-  reg acc[G];
-  for (int i = 0; i < G; ++i) acc[i] = reg{};
-  const T* blocks = static_cast<const T*>(w.blocks);
-  for (int64_t k = w.block_row_offsets[br]; k < w.block_row_offsets[br + 1]; ++k) {
-    const int64_t c0 = static_cast<int64_t>(w.block_col_indices[k]) * w.bw;
-    const T* blk = blocks + (k * w.bh + i0) * w.bw;
-    for (int64_t j = 0; j < w.bw; j += L::kLanes) {
-      const int64_t left = d.in_features - c0 - j;
-      if (left <= 0) break;
-      const reg xv = left >= L::kLanes ? L::x(x + c0 + j) : L::x_tail(x + c0 + j, left);
-      for (int i = 0; i < G; ++i) {
-        acc[i] = fma_(L::weights(blk + i * w.bw + j), xv, acc[i]);
-      }
-    }
-  }
-  for (int i = 0; i < G; ++i) out[i] = hsum(acc[i]);
-}
-
-template <class L, typename T>
-void bsr_rowdot(const Dense& d, const Bsr& w, const float* x, int64_t br_begin,
-                int64_t br_end) {
-  float out[8];
-  for (int64_t br = br_begin; br < br_end; ++br) {
-    const int64_t r0 = br * w.bh;
-    const int64_t valid = d.out_features - r0 < w.bh ? d.out_features - r0 : w.bh;
-    int64_t i0 = 0;
-    for (; i0 + 8 <= valid; i0 += 8) {
-      rowdot_rows<L, 8, T>(d, w, x, br, i0, out);
-      for (int i = 0; i < 8; ++i) store_column<T>(d, out + i, 0, 1, r0 + i0 + i);
-    }
-    for (; i0 < valid; ++i0) {
-      rowdot_rows<L, 1, T>(d, w, x, br, i0, out);
-      store_column<T>(d, out, 0, 1, r0 + i0);
-    }
-  }
-}
 
 template <typename T>
 void bsr_avx512(const Dense& d, const Bsr& w, const XPacked& xp, int64_t br_begin,

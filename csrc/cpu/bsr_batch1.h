@@ -1,7 +1,53 @@
-// Batch-1 BSR bodies for blocks narrower than 8 columns, in scalar code the compiler may
-// vectorize (shared by the per-ISA files: include inside the anonymous namespace after
-// batched.h, as batched.h itself).
+// Batch-1 BSR bodies shared by the per-ISA files (include inside the anonymous namespace
+// after batched.h, as batched.h itself): row dot products along the block width for blocks
+// a multiple of the vector width wide, and scalar code the compiler may vectorize for
+// blocks narrower than 8 columns.
 #pragma once
+
+// Rows [i0, i0 + G) of block row br at batch 1, along the block width in vectors of L
+// (the including file's loads: kLanes, reg, weights, x, x_tail, fma, sum). Activation
+// lanes past in_features load as zero, so the padding of a ragged last block column
+// contributes nothing.
+template <class L, int G, typename T>
+inline void rowdot_rows(const Dense& d, const Bsr& w, const float* x, int64_t br,
+                        int64_t i0, float* out) {
+  using reg = typename L::reg;
+  reg acc[G];
+  for (int i = 0; i < G; ++i) acc[i] = reg{};
+  const T* blocks = static_cast<const T*>(w.blocks);
+  for (int64_t k = w.block_row_offsets[br]; k < w.block_row_offsets[br + 1]; ++k) {
+    const int64_t c0 = static_cast<int64_t>(w.block_col_indices[k]) * w.bw;
+    const T* blk = blocks + (k * w.bh + i0) * w.bw;
+    for (int64_t j = 0; j < w.bw; j += L::kLanes) {
+      const int64_t left = d.in_features - c0 - j;
+      if (left <= 0) break;
+      const reg xv = left >= L::kLanes ? L::x(x + c0 + j) : L::x_tail(x + c0 + j, left);
+      for (int i = 0; i < G; ++i) {
+        acc[i] = L::fma(L::weights(blk + i * w.bw + j), xv, acc[i]);
+      }
+    }
+  }
+  for (int i = 0; i < G; ++i) out[i] = L::sum(acc[i]);
+}
+
+template <class L, typename T>
+void bsr_rowdot(const Dense& d, const Bsr& w, const float* x, int64_t br_begin,
+                int64_t br_end) {
+  float out[8];
+  for (int64_t br = br_begin; br < br_end; ++br) {
+    const int64_t r0 = br * w.bh;
+    const int64_t valid = d.out_features - r0 < w.bh ? d.out_features - r0 : w.bh;
+    int64_t i0 = 0;
+    for (; i0 + 8 <= valid; i0 += 8) {
+      rowdot_rows<L, 8, T>(d, w, x, br, i0, out);
+      for (int i = 0; i < 8; ++i) store_column<T>(d, out + i, 0, 1, r0 + i0 + i);
+    }
+    for (; i0 < valid; ++i0) {
+      rowdot_rows<L, 1, T>(d, w, x, br, i0, out);
+      store_column<T>(d, out, 0, 1, r0 + i0);
+    }
+  }
+}
 
 // Batch 1, blocks narrower than 8: each block adds x[c] times one block column to the
 // rows of the block row, so the accumulators run along the block height (a contiguous
