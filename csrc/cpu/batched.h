@@ -211,15 +211,15 @@ inline int64_t block_cols(const Bsr& w, int64_t in_features, int64_t c0) {
 }
 
 // acc[i][v] += R rows of one block (row stride bw, `cols` columns) times the activation
-// rows xr[j][v * lanes ..] of its columns. For each column j the NV activation vectors are
-// loaded once and feed R rows (R broadcasts, R*NV FMAs), so blocks reach a far higher share
-// of FMA peak than one-row CSR.
-template <class V, int R, int NV, typename T>
+// rows xr[j][v * lanes ..] of its columns, Stride floats apart (a chunk may be computed NV of
+// its vectors at a time). For each column j the NV activation vectors are loaded once and
+// feed R rows (R broadcasts, R*NV FMAs), so blocks reach a far higher share of FMA peak
+// than one-row CSR.
+template <class V, int R, int NV, int Stride, typename T>
 __attribute__((always_inline)) inline void block_fma(const T* blk, int64_t bw, int64_t cols,
                                                      const float* xr,
                                                      typename V::reg (&acc)[R][NV]) {
-  constexpr int W = NV * V::kLanes;
-  for (int64_t j = 0; j < cols; ++j, xr += W) {
+  for (int64_t j = 0; j < cols; ++j, xr += Stride) {
     typename V::reg xv[NV];
     for (int v = 0; v < NV; ++v) xv[v] = V::load(xr + v * V::kLanes);
     for (int i = 0; i < R; ++i) {
@@ -229,49 +229,92 @@ __attribute__((always_inline)) inline void block_fma(const T* blk, int64_t bw, i
   }
 }
 
-// BSR: output rows [i0, i0 + R) of block row `br` for one chunk (block_fma over the row's
-// blocks, accumulators in registers throughout). Not inlined: each call covers a whole
-// block row, and inlined into bsr_batched the instantiations changed each other's code (an
-// added 16-row case made the unchanged 32-wide case 10-20% slower from cold weights).
-template <class V, int R, int NV, typename T>
+// BSR register passes. A pass computes RR output rows x SUB vectors of a chunk: RR*SUB
+// accumulators, SUB activation vectors and one broadcast must fit the register file, or
+// GCC keeps accumulators on the stack (AVX2 at 4 rows x 4 vectors and 8 x 2 did: a load
+// and a store around FMAs, and x reloaded per row; 16x16 blocks ran at ~45% of dense's FMA
+// rate). Rows per pass: 16 / 8 (one vector / more) with AVX-512's 32 registers, 8 / 6 with
+// AVX2's 16; wider chunks take their vectors in several passes.
+template <int NV>
+constexpr int bsr_pass_rows() {
+  return kRegs >= 32 ? (NV == 1 ? 16 : 8) : (NV == 1 ? 8 : 6);
+}
+template <int RR, int NV>
+constexpr int bsr_pass_vectors() {
+  int sub = NV;
+  while (sub > 1 && RR * sub + sub + 1 > kRegs) sub /= 2;
+  return sub;
+}
+
+// Calls f(integral_constant<int, RR>, g) for passes covering rows [0, valid) of a block
+// row: R-row passes while they fit, then 8, 4, 2 and 1 rows (padding rows of a ragged edge
+// block are skipped, never read).
+template <int R, class F>
+inline void row_passes(int64_t valid, const F& f) {
+  int64_t g = 0;
+  auto run = [&](auto rr) {
+    for (; g + decltype(rr)::value <= valid; g += decltype(rr)::value) f(rr, g);
+  };
+  run(std::integral_constant<int, R>{});
+  if constexpr (R > 8) run(std::integral_constant<int, 8>{});
+  if constexpr (R > 4) run(std::integral_constant<int, 4>{});
+  if constexpr (R > 2) run(std::integral_constant<int, 2>{});
+  run(std::integral_constant<int, 1>{});
+}
+
+// BSR: output rows [i0, i0 + R) of block row `br`, vectors [v0, v0 + NV) of a chunk W
+// floats wide (block_fma over the row's blocks, accumulators in registers throughout); out
+// is [R][W]. Not inlined: each call covers a whole block row, and inlined into
+// bsr_batched the instantiations changed each other's code (an added 16-row case made the
+// unchanged 32-wide case 10-20% slower from cold weights).
+template <class V, int R, int NV, int W, typename T>
 __attribute__((noinline)) void bsr_rows(const Bsr& w, int64_t in_features, int64_t br,
-                                        int64_t i0, const float* xt,
-                                        float* out /* [R][NV*lanes] */) {
-  constexpr int W = NV * V::kLanes;
+                                        int64_t i0, int v0, const float* xt, float* out) {
   typename V::reg acc[R][NV];
   for (int i = 0; i < R; ++i)
     for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
   const T* blocks = static_cast<const T*>(w.blocks);
+  xt += v0 * V::kLanes;
   for (int64_t k = w.block_row_offsets[br]; k < w.block_row_offsets[br + 1]; ++k) {
     const int64_t c0 = static_cast<int64_t>(w.block_col_indices[k]) * w.bw;
-    block_fma<V, R, NV>(blocks + (k * w.bh + i0) * w.bw, w.bw, block_cols(w, in_features, c0),
-                        xt + c0 * W, acc);
+    block_fma<V, R, NV, W>(blocks + (k * w.bh + i0) * w.bw, w.bw,
+                           block_cols(w, in_features, c0), xt + c0 * W, acc);
   }
+  out += v0 * V::kLanes;
   for (int i = 0; i < R; ++i)
     for (int v = 0; v < NV; ++v) V::store(out + i * W + v * V::kLanes, acc[i][v]);
 }
 
-// BSR: all rows of full block row `br` for one chunk, block by block: each block is read
-// once front to back (R rows at a time), the partial sums of the block row waiting in
-// acc[bh][NV*lanes] (L1) between blocks. For blocks taller than the R rows whose
-// accumulators fit the registers.
-template <class V, int R, int NV, typename T>
+// BSR: the `valid` rows of block row `br` for one chunk, block by block: each block is
+// read once front to back in register passes (bsr_pass_*), the partial sums of the block
+// row waiting in acc[valid][W] (L1) between blocks, and the block's activation lines stay
+// in L1 across its passes. For blocks taller than one pass: by passes over the whole block
+// row, every pass read its rows' lines of every block and the activations again from L2
+// (AVX-512: 32x32@90% / 16x16@80% at batch 32 1.1-1.8x slower; AVX2 on Zen 3: 16x16@80%
+// 1.3-1.6x slower at batch 16-128, 2.3x at 8, 32x32@90% 1.4-2.2x; RESULTS.md).
+template <class V, int NV, typename T>
 __attribute__((noinline)) void bsr_block_row(const Bsr& w, int64_t in_features, int64_t br,
-                                             const float* xt, float* acc) {
+                                             int64_t valid, const float* xt, float* acc) {
   constexpr int W = NV * V::kLanes;
-  for (int64_t i = 0; i < w.bh * W; ++i) acc[i] = 0.f;
+  for (int64_t i = 0; i < valid * W; ++i) acc[i] = 0.f;
   const T* blocks = static_cast<const T*>(w.blocks);
   for (int64_t k = w.block_row_offsets[br]; k < w.block_row_offsets[br + 1]; ++k) {
     const int64_t c0 = static_cast<int64_t>(w.block_col_indices[k]) * w.bw;
     const int64_t cols = block_cols(w, in_features, c0);
-    for (int64_t g = 0; g < w.bh; g += R) {
-      typename V::reg a[R][NV];
-      for (int i = 0; i < R; ++i)
-        for (int v = 0; v < NV; ++v) a[i][v] = V::load(acc + (g + i) * W + v * V::kLanes);
-      block_fma<V, R, NV>(blocks + (k * w.bh + g) * w.bw, w.bw, cols, xt + c0 * W, a);
-      for (int i = 0; i < R; ++i)
-        for (int v = 0; v < NV; ++v) V::store(acc + (g + i) * W + v * V::kLanes, a[i][v]);
-    }
+    row_passes<bsr_pass_rows<NV>()>(valid, [&](auto rr, int64_t g) {
+      constexpr int RR = decltype(rr)::value;
+      constexpr int SUB = bsr_pass_vectors<RR, NV>();
+      for (int v0 = 0; v0 < NV; v0 += SUB) {
+        typename V::reg a[RR][SUB];
+        float* base = acc + g * W + v0 * V::kLanes;
+        for (int i = 0; i < RR; ++i)
+          for (int v = 0; v < SUB; ++v) a[i][v] = V::load(base + i * W + v * V::kLanes);
+        block_fma<V, RR, SUB, W>(blocks + (k * w.bh + g) * w.bw, w.bw, cols,
+                                 xt + c0 * W + v0 * V::kLanes, a);
+        for (int i = 0; i < RR; ++i)
+          for (int v = 0; v < SUB; ++v) V::store(base + i * W + v * V::kLanes, a[i][v]);
+      }
+    });
   }
 }
 
@@ -282,23 +325,15 @@ void bsr_batched(const Dense& d, const Bsr& w, const XPacked& xp, int64_t br_beg
     using V = typename decltype(v)::type;
     constexpr int NV = decltype(nv)::value;
     constexpr int W = NV * V::kLanes;
-    // Registers: R*NV accumulators + NV activations must fit the register file (32 with
-    // AVX-512, 16 with AVX2). With one vector per chunk (batch <= 16), AVX-512 takes 16
-    // rows at a time, so a 16-row block is read front to back once: two passes of 8 rows,
-    // each over half of every block's cache lines, streamed the weights at ~6 GB/s and ran
-    // 16x16 blocks at 80% 2.2-4.2x dense at batch 8-16 (now 3.7-11x; RESULTS.md). Two
-    // passes of 16 rows over the halves of a 32-wide chunk were slower than 8 rows x 2
-    // vectors.
-    constexpr int R = kLanes == 16 && NV == 1 ? 16
-                      : (V::kLanes * NV <= 16 ? 8 : (kLanes == 16 && NV == 2 ? 8 : 4));
+    constexpr int R = bsr_pass_rows<NV>();
+    // Blocks taller than a pass go block by block (bsr_block_row) when at least 16 wide:
+    // narrower blocks repay the accumulators' loads and stores over too few columns
+    // (AVX2, 8x8@80% at batch 32: 0.7x the row passes).
+    const bool by_block = w.bh > R && w.bw >= 16;
     alignas(64) float acc[R * W];
+    Scratch<float> rows_acc(by_block ? w.bh * W : 0);
     const float* xt = xp.xt + xp.plan.offset(c);
     ChunkWriter<T, W> out(d, xp.plan.first_row(c), xp.plan.rows(c));
-    // Blocks taller than R rows go block by block (bsr_block_row) with AVX-512: by R-row
-    // passes over the block row, each pass read every block's lines for its rows only, and
-    // 32x32@90% / 16x16@80% at batch 32 ran 1.1-1.8x slower (RESULTS.md).
-    const bool by_block = kLanes == 16 && w.bh > R && w.bh % R == 0;
-    Scratch<float> rows_acc(by_block ? w.bh * W : 0);
     for (int64_t br = br_begin; br < br_end; ++br) {
       const int64_t r0 = br * w.bh;
       const int64_t valid = d.out_features - r0 < w.bh ? d.out_features - r0 : w.bh;
@@ -309,26 +344,18 @@ void bsr_batched(const Dense& d, const Bsr& w, const XPacked& xp, int64_t br_beg
           for (int j = 0; j < W; ++j) dst[j] = src[i * W + j];
         }
       };
-      if (by_block && valid == w.bh) {
-        bsr_block_row<V, R, NV, T>(w, d.in_features, br, xt, rows_acc.data());
+      if (by_block) {
+        bsr_block_row<V, NV, T>(w, d.in_features, br, valid, xt, rows_acc.data());
         emit(0, valid, rows_acc.data());
         continue;
       }
-      int64_t i0 = 0;
-      // Full groups of R rows, then 8/4/2/1 for the rest of the block (padding rows of a
-      // ragged edge block are skipped, never read).
-      auto run = [&](auto rr) {
+      row_passes<R>(valid, [&](auto rr, int64_t i0) {
         constexpr int RR = decltype(rr)::value;
-        for (; i0 + RR <= valid; i0 += RR) {
-          bsr_rows<V, RR, NV, T>(w, d.in_features, br, i0, xt, acc);
-          emit(i0, RR, acc);
-        }
-      };
-      run(std::integral_constant<int, R>{});
-      if constexpr (R > 8) run(std::integral_constant<int, 8>{});
-      if constexpr (R > 4) run(std::integral_constant<int, 4>{});
-      if constexpr (R > 2) run(std::integral_constant<int, 2>{});
-      run(std::integral_constant<int, 1>{});
+        constexpr int SUB = bsr_pass_vectors<RR, NV>();
+        for (int v0 = 0; v0 < NV; v0 += SUB)
+          bsr_rows<V, RR, SUB, W, T>(w, d.in_features, br, i0, v0, xt, acc);
+        emit(i0, RR, acc);
+      });
     }
   });
 }

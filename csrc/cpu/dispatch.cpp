@@ -115,7 +115,7 @@ const KernelTable& kernels_for(Isa isa) {
   // default from batch 128 after a Zen 4 run forced to AVX2, against the older batched body.
   constexpr int64_t kAvx2TilesOff = INT64_MAX;
   static const KernelTable avx2{spmm_csr_avx2, avx2_x, spmm_bsr_avx2, avx2_x,
-                                spmm_nm_avx2,  avx2_x, pack_x, spmm_nm_tiles_avx2, 8,
+                                spmm_nm_avx2,  avx2_x, pack_x_avx2, spmm_nm_tiles_avx2, 8,
                                 kAvx2TilesOff, nullptr, nullptr};
   static const KernelTable avx512{spmm_csr_avx512, avx512_x, spmm_bsr_avx512, avx512_x,
                                   spmm_nm_avx512,  avx512_x, pack_x_avx512,

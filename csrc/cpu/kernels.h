@@ -186,13 +186,15 @@ struct XLayout {
 XPlan plan_x(int64_t batch, int64_t in_features, const XLayout& layout);
 
 // Fills columns [col_begin, col_end) of every chunk of xt; ranges may run in parallel.
-// pack_x is the portable packer, pack_x_avx512 the same result by register transposes;
-// pack_x_chunk does one chunk c.
+// pack_x is the portable packer, pack_x_avx2 / pack_x_avx512 the same result by register
+// transposes; pack_x_chunk does one chunk c.
 using PackFn = void (*)(const Dense&, const XPlan&, float* xt, int64_t col_begin,
                         int64_t col_end);
 void pack_x(const Dense& d, const XPlan& plan, float* xt, int64_t col_begin, int64_t col_end);
 void pack_x_chunk(const Dense& d, const XPlan& plan, int64_t c, float* xt, int64_t col_begin,
                   int64_t col_end);
+void pack_x_avx2(const Dense& d, const XPlan& plan, float* xt, int64_t col_begin,
+                 int64_t col_end);
 void pack_x_avx512(const Dense& d, const XPlan& plan, float* xt, int64_t col_begin,
                    int64_t col_end);
 

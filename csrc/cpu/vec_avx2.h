@@ -8,6 +8,9 @@
 // Lanes of this ISA's widest vector (chunk widths: see XLayout in dispatch.cpp).
 constexpr int64_t kLanes = 8;
 
+// Vector registers (the BSR register passes in batched.h size themselves by it).
+constexpr int kRegs = 16;
+
 // 8-bit CSR batched products walk segment-major once the activation chunk outgrows L1
 // (measured on an AVX2-only Zen 3 (csr_rows.h)).
 constexpr bool kSegmentMajor = true;

@@ -20,6 +20,9 @@ struct V512 {
 // Lanes of this ISA's widest vector (chunk widths: see XLayout in dispatch.cpp).
 constexpr int64_t kLanes = 16;
 
+// Vector registers (the BSR register passes in batched.h size themselves by it).
+constexpr int kRegs = 32;
+
 // 8-bit CSR batched products walk segment-major once the activation chunk outgrows L1
 // (not measured on an AVX-512 machine yet: row by row as before).
 constexpr bool kSegmentMajor = false;
