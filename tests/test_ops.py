@@ -75,17 +75,18 @@ def test_both_nm_paths_match_float64(isa, path, batch, monkeypatch):
         assert_matches(y3, reference(x, wn, None).view(1, batch, 37), torch.float32)
 
 
-@pytest.mark.parametrize("batch", [8, 9, 16, 24, 32, 40, 70, 161])
+@pytest.mark.parametrize("batch", [1, 8, 9, 16, 24, 32, 40, 70, 161])
 @pytest.mark.parametrize("block", [(16, 16), (32, 32), (13, 16), (24, 20), (8, 8), (6, 40),
-                                   (7, 3)])
+                                   (7, 3), (48, 16), (24, 8)])
 def test_bsr_register_passes_match_float64(isa, block, batch):
     # the batched BSR bodies (batched.h): blocks taller than one register pass go block by
     # block in passes of 16/8 (AVX-512) or 8/6 (AVX2) rows, then 8/4/2/1, and chunks of
-    # 32 lanes in two 16-lane passes (AVX2); 45 output rows leave a ragged edge block row
+    # 32 lanes in two 16-lane passes (AVX2); batch 1 (bsr_batch1.h) in passes of 32, 16, 8
+    # and 1 rows; 45 output rows (61 for 48-row blocks) leave a ragged edge block row
     torch.manual_seed(batch * 100 + block[0])
-    w = sparse_weight(45, 70, 0.5)
+    w = sparse_weight(61 if block[0] > 32 else 45, 70, 0.5)
     w = w * sp.masks.block(w.abs(), 0.5, block)
-    x, bias = torch.randn(batch, 70), torch.randn(45)
+    x, bias = torch.randn(batch, 70), torch.randn(w.shape[0])
     for dtype in DTYPES:
         wd, xd, bd = w.to(dtype), x.to(dtype), bias.to(dtype)
         packed = sp.BSRWeight.from_dense(wd, block)

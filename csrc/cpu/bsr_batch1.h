@@ -30,22 +30,30 @@ inline void rowdot_rows(const Dense& d, const Bsr& w, const float* x, int64_t br
   for (int i = 0; i < G; ++i) out[i] = L::sum(acc[i]);
 }
 
+// Up to 32 rows per pass, so a block of up to 32 rows is read once, front to back: batch 1
+// is bound by the weight stream, and passes of 8 rows read every block in strided pieces
+// (AVX2, Zen 3: 16x16@80% 2.8-3.9x -> 4.0-5.9x dense, 32x32@90% 5.7-6.0x -> 7.6-18.8x).
+// With more rows than registers GCC keeps some sums on the stack: L1 traffic the stream
+// leaves time for.
 template <class L, typename T>
 void bsr_rowdot(const Dense& d, const Bsr& w, const float* x, int64_t br_begin,
                 int64_t br_end) {
-  float out[8];
+  float out[32];
   for (int64_t br = br_begin; br < br_end; ++br) {
     const int64_t r0 = br * w.bh;
     const int64_t valid = d.out_features - r0 < w.bh ? d.out_features - r0 : w.bh;
     int64_t i0 = 0;
-    for (; i0 + 8 <= valid; i0 += 8) {
-      rowdot_rows<L, 8, T>(d, w, x, br, i0, out);
-      for (int i = 0; i < 8; ++i) store_column<T>(d, out + i, 0, 1, r0 + i0 + i);
-    }
-    for (; i0 < valid; ++i0) {
-      rowdot_rows<L, 1, T>(d, w, x, br, i0, out);
-      store_column<T>(d, out, 0, 1, r0 + i0);
-    }
+    auto run = [&](auto g) {
+      constexpr int G = decltype(g)::value;
+      for (; i0 + G <= valid; i0 += G) {
+        rowdot_rows<L, G, T>(d, w, x, br, i0, out);
+        for (int i = 0; i < G; ++i) store_column<T>(d, out + i, 0, 1, r0 + i0 + i);
+      }
+    };
+    run(std::integral_constant<int, 32>{});
+    run(std::integral_constant<int, 16>{});
+    run(std::integral_constant<int, 8>{});
+    run(std::integral_constant<int, 1>{});
   }
 }
 
