@@ -79,10 +79,11 @@ def test_both_nm_paths_match_float64(isa, path, batch, monkeypatch):
 @pytest.mark.parametrize("block", [(16, 16), (32, 32), (13, 16), (24, 20), (8, 8), (6, 40),
                                    (7, 3), (48, 16), (24, 8)])
 def test_bsr_register_passes_match_float64(isa, block, batch):
-    # the batched BSR bodies (batched.h): blocks taller than one register pass go block by
-    # block in passes of 16/8 (AVX-512) or 8/6 (AVX2) rows, then 8/4/2/1, and chunks of
-    # 32 lanes in two 16-lane passes (AVX2); batch 1 (bsr_batch1.h) in passes of 32, 16, 8
-    # and 1 rows; 45 output rows (61 for 48-row blocks) leave a ragged edge block row
+    # the batched BSR bodies (batched.h): register passes of 16/8 (AVX-512) or 8/6 (AVX2)
+    # rows, then 8/4/2/1, over whole block rows or (blocks taller than a pass, AVX2: at
+    # least 16 wide) block by block; on AVX2 the 6- and 4-row passes take a 32-lane chunk
+    # (batch >= 17) as two 16-lane halves. Batch 1 (bsr_batch1.h): passes of 32, 16, 8, 4, 2
+    # and 1 rows. 45 output rows (61 for 48-row blocks) leave a ragged edge block row.
     torch.manual_seed(batch * 100 + block[0])
     w = sparse_weight(61 if block[0] > 32 else 45, 70, 0.5)
     w = w * sp.masks.block(w.abs(), 0.5, block)

@@ -233,8 +233,10 @@ __attribute__((always_inline)) inline void block_fma(const T* blk, int64_t bw, i
 // accumulators, SUB activation vectors and one broadcast must fit the register file, or
 // GCC keeps accumulators on the stack (AVX2 at 4 rows x 4 vectors and 8 x 2 did: a load
 // and a store around FMAs, and x reloaded per row; 16x16 blocks ran at ~45% of dense's FMA
-// rate). Rows per pass: 16 / 8 (one vector / more) with AVX-512's 32 registers, 8 / 6 with
-// AVX2's 16; wider chunks take their vectors in several passes.
+// rate). AVX-512 takes 16 rows with one vector, so a 16-row block is read front to back in
+// one pass (two 8-row passes streamed the weights at ~6 GB/s), and 8 rows with two (16 rows
+// over the halves of a 32-wide chunk were slower); AVX2 8 / 6, wider chunks in several
+// passes of fewer vectors.
 template <int NV>
 constexpr int bsr_pass_rows() {
   return kRegs >= 32 ? (NV == 1 ? 16 : 8) : (NV == 1 ? 8 : 6);
@@ -287,7 +289,7 @@ __attribute__((noinline)) void bsr_rows(const Bsr& w, int64_t in_features, int64
 
 // BSR: the `valid` rows of block row `br` for one chunk, block by block: each block is
 // read once front to back in register passes (bsr_pass_*), the partial sums of the block
-// row waiting in acc[valid][W] (L1) between blocks, and the block's activation lines stay
+// row waiting in acc[valid][W] (L1 for blocks of up to 64 rows) between blocks, and the block's activation lines stay
 // in L1 across its passes. For blocks taller than one pass: by passes over the whole block
 // row, every pass read its rows' lines of every block and the activations again from L2
 // (AVX-512: 32x32@90% / 16x16@80% at batch 32 1.1-1.8x slower; AVX2 on Zen 3: 16x16@80%
@@ -326,10 +328,12 @@ void bsr_batched(const Dense& d, const Bsr& w, const XPacked& xp, int64_t br_beg
     constexpr int NV = decltype(nv)::value;
     constexpr int W = NV * V::kLanes;
     constexpr int R = bsr_pass_rows<NV>();
-    // Blocks taller than a pass go block by block (bsr_block_row) when at least 16 wide:
-    // narrower blocks repay the accumulators' loads and stores over too few columns
-    // (AVX2, 8x8@80% at batch 32: 0.7x the row passes).
-    const bool by_block = w.bh > R && w.bw >= 16;
+    // Blocks taller than a pass go block by block (bsr_block_row). AVX2: when at least 16
+    // wide, as the accumulators' loads and stores per block and pass are amortized over
+    // the block's columns (8x8@80% at batch 32: 0.7x the row passes), and for block rows of
+    // more than one pass. AVX-512 keeps the rule measured there (heights a multiple of R,
+    // full block rows) until an AVX-512 machine compares the two.
+    const bool by_block = kRegs >= 32 ? w.bh > R && w.bh % R == 0 : w.bh > R && w.bw >= 16;
     alignas(64) float acc[R * W];
     Scratch<float> rows_acc(by_block ? w.bh * W : 0);
     const float* xt = xp.xt + xp.plan.offset(c);
@@ -344,7 +348,7 @@ void bsr_batched(const Dense& d, const Bsr& w, const XPacked& xp, int64_t br_beg
           for (int j = 0; j < W; ++j) dst[j] = src[i * W + j];
         }
       };
-      if (by_block) {
+      if (by_block && valid > R && (kRegs < 32 || valid == w.bh)) {
         bsr_block_row<V, NV, T>(w, d.in_features, br, valid, xt, rows_acc.data());
         emit(0, valid, rows_acc.data());
         continue;

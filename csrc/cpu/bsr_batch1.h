@@ -30,11 +30,12 @@ inline void rowdot_rows(const Dense& d, const Bsr& w, const float* x, int64_t br
   for (int i = 0; i < G; ++i) out[i] = L::sum(acc[i]);
 }
 
-// Up to 32 rows per pass, so a block of up to 32 rows is read once, front to back: batch 1
-// is bound by the weight stream, and passes of 8 rows read every block in strided pieces
-// (AVX2, Zen 3: 16x16@80% 2.8-3.9x -> 4.0-5.9x dense, 32x32@90% 5.7-6.0x -> 7.6-18.8x).
-// With more rows than registers GCC keeps some sums on the stack: L1 traffic the stream
-// leaves time for.
+// Up to 32 rows per pass, so a block 8, 16 or 32 rows tall is read once, front to back:
+// batch 1 is bound by the weight stream, and passes of 8 rows read every block in strided
+// pieces (AVX2, Zen 3: 16x16@80% 2.8-3.9x -> 4.0-5.9x dense, 32x32@90% 5.7-6.0x ->
+// 7.6-18.8x). With more rows than registers GCC keeps some sums on the stack: L1 traffic
+// the stream leaves time for (AVX-512 shares this, unmeasured there). Other heights end
+// in passes of 4, 2 and 1 rows, each of which walks the block row once more.
 template <class L, typename T>
 void bsr_rowdot(const Dense& d, const Bsr& w, const float* x, int64_t br_begin,
                 int64_t br_end) {
@@ -53,6 +54,8 @@ void bsr_rowdot(const Dense& d, const Bsr& w, const float* x, int64_t br_begin,
     run(std::integral_constant<int, 32>{});
     run(std::integral_constant<int, 16>{});
     run(std::integral_constant<int, 8>{});
+    run(std::integral_constant<int, 4>{});
+    run(std::integral_constant<int, 2>{});
     run(std::integral_constant<int, 1>{});
   }
 }

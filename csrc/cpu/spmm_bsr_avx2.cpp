@@ -1,8 +1,8 @@
 // BSR x dense, AVX2.
 // Batch 1 with block width a multiple of 8: each block row is a run of short dot products,
 // vectorized along the block width; blocks stream contiguously, x is loaded once per block
-// and 8 rows (before, batch 1 ran the batched body on a chunk padded to 8 lanes, 1 of them
-// used). Both batch-1 bodies: bsr_batch1.h. Larger batches: the batched block body
+// and pass of up to 32 rows (before, batch 1 ran the batched body on a chunk padded to 8
+// lanes, 1 of them used). Both batch-1 bodies: bsr_batch1.h. Larger batches: the batched block body
 // of batched.h.
 #include <immintrin.h>
 

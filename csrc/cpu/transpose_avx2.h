@@ -1,5 +1,6 @@
 // 8 x 8 fp32 transposes in registers for the AVX2 files (the result store of the batched
-// kernels); include inside their anonymous namespace (see kernels.h on linkage).
+// kernels, the activation packer); include inside their anonymous namespace (see kernels.h
+// on linkage).
 #pragma once
 
 // r[i] = row i (8 columns) -> r[j] = column j (8 rows).
