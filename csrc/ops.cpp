@@ -290,12 +290,14 @@ at::Tensor linear_csr_cpu(const at::Tensor& x, const at::Tensor& row_offsets,
                         : (it == at::kUInt16 ? cpu::IndexType::u16 : cpu::IndexType::i32),
                    segments};
   const cpu::KernelTable& kernels = cpu::active_kernels();
-  if (run_by_batch(p.dense, kernels.csr_x, kernels.pack, out_features,
+  const cpu::XLayout layout =
+      cpu::csr_layout(kernels, seg8, p.dense.in_features, cpu::l2_bytes());
+  if (run_by_batch(p.dense, layout, kernels.pack, out_features,
                    [&](const cpu::Dense& d, const cpu::XPacked& xp, int64_t r0, int64_t r1) {
                      kernels.csr(d, w, xp, r0, r1);
                    }))
     return finish(p);
-  const PackedActivations xa = pack_activations(p.dense, kernels.csr_x, kernels.pack);
+  const PackedActivations xa = pack_activations(p.dense, layout, kernels.pack);
   run_ranges(w.row_offsets, out_features, nnz * p.dense.batch,
              [&](int64_t r0, int64_t r1) { kernels.csr(p.dense, w, xa.xp, r0, r1); },
              segments);

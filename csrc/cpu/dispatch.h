@@ -50,5 +50,14 @@ struct KernelTable {
 const KernelTable& kernels_for(Isa isa);
 inline const KernelTable& active_kernels() { return kernels_for(active_isa()); }
 
+// Per-core L2 bytes as the OS reports them (sysconf), 0 where it does not.
+int64_t l2_bytes();
+
+// The activation layout of a CSR product with in_features columns: the table's, except
+// that 16- and 32-bit rows (not 8-bit segmented ones) take chunks of fewer vectors, down
+// to 16 lanes, while a chunk would fill more than half of l2_bytes().
+XLayout csr_layout(const KernelTable& kernels, bool segmented, int64_t in_features,
+                   int64_t l2);
+
 }  // namespace cpu
 }  // namespace sparseprune

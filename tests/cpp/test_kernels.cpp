@@ -296,6 +296,22 @@ void test_packers() {
   }
 }
 
+void test_csr_layout() {
+  const KernelTable& avx2 = kernels_for(Isa::avx2);
+  const KernelTable& avx512 = kernels_for(Isa::avx512);
+  constexpr int64_t kL2 = 512 << 10;
+  auto width = [](const XLayout& l) { return l.lanes * l.max_vectors; };
+  // 32 lanes x 1536 columns x 4 bytes = 192 KB fits half the L2; 4096 columns do not
+  EXPECT(width(csr_layout(avx2, false, 1536, kL2)) == 32, "csr layout 1536");
+  EXPECT(width(csr_layout(avx2, false, 4096, kL2)) == 16, "csr layout 4096");
+  EXPECT(width(csr_layout(avx2, false, 100000, kL2)) == 16, "never below 16 lanes");
+  EXPECT(width(csr_layout(avx512, false, 4096, kL2)) == 16, "avx512 csr layout 4096");
+  EXPECT(width(csr_layout(avx512, false, 4096, 2 * kL2)) == 32, "a larger L2 keeps 32");
+  EXPECT(width(csr_layout(avx2, true, 4096, kL2)) == 32, "8-bit rows keep the chunk");
+  EXPECT(width(csr_layout(avx2, false, 4096, 0)) == 32, "unknown L2 keeps the chunk");
+  EXPECT(csr_layout(kernels_for(Isa::ref), false, 4096, kL2).lanes == 0, "ref as is");
+}
+
 void test_dispatch() {
   EXPECT(parse_isa("avx2") == Isa::avx2, "parse avx2");
   bool threw = false;
@@ -318,6 +334,7 @@ void test_dispatch() {
 
 int main() {
   test_dispatch();
+  test_csr_layout();
   test_packers();
   // batches cover 1, one partial vector, 1/2/4-vector chunks and ragged tails
   const std::vector<Case> cases{{1, 1, 1, 1.0},     {3, 7, 13, 0.5},    {5, 13, 17, 0.3},
