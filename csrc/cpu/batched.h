@@ -289,11 +289,12 @@ __attribute__((noinline)) void bsr_rows(const Bsr& w, int64_t in_features, int64
 
 // BSR: the `valid` rows of block row `br` for one chunk, block by block: each block is
 // read once front to back in register passes (bsr_pass_*), the partial sums of the block
-// row waiting in acc[valid][W] (L1 for blocks of up to 64 rows) between blocks, and the block's activation lines stay
-// in L1 across its passes. For blocks taller than one pass: by passes over the whole block
-// row, every pass read its rows' lines of every block and the activations again from L2
-// (AVX-512: 32x32@90% / 16x16@80% at batch 32 1.1-1.8x slower; AVX2 on Zen 3: 16x16@80%
-// 1.3-1.6x slower at batch 16-128, 2.3x at 8, 32x32@90% 1.4-2.2x; RESULTS.md).
+// row waiting in acc[valid][W] (L1 for blocks of up to 64 rows) between blocks, and the
+// block's activation lines stay in L1 across its passes. For blocks taller than one pass:
+// by passes over the whole block row, every pass read its rows' lines of every block and
+// the activations again from L2 (AVX-512: 32x32@90% / 16x16@80% at batch 32 1.1-1.8x
+// slower; AVX2 on Zen 3: 16x16@80% 1.3-1.6x slower at batch 16-128, 2.3x at 8, 32x32@90%
+// 1.4-2.2x; RESULTS.md).
 template <class V, int NV, typename T>
 __attribute__((noinline)) void bsr_block_row(const Bsr& w, int64_t in_features, int64_t br,
                                              int64_t valid, const float* xt, float* acc) {

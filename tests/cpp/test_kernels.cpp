@@ -174,7 +174,10 @@ void run_case(Isa isa, const Case& c, DType dtype) {
   }
 
   // BSR, ragged block grids: every block that holds a nonzero is stored.
-  for (auto [bh, bw] : std::vector<std::pair<int64_t, int64_t>>{{3, 5}, {4, 1}, {8, 1}, {2, 1}, {1, 4}, {1, 2}, {8, 8}, {16, 16}, {1, 32}, {32, 32}, {24, 8}, {13, 16}, {24, 20}, {48, 16}}) {
+  const std::vector<std::pair<int64_t, int64_t>> block_shapes{
+      {3, 5},   {4, 1},   {8, 1},   {2, 1},   {1, 4},   {1, 2},    {8, 8},
+      {16, 16}, {1, 32},  {32, 32}, {24, 8},  {13, 16}, {24, 20}, {48, 16}};
+  for (auto [bh, bw] : block_shapes) {
     const int64_t rb = (c.out + bh - 1) / bh, cb = (c.in + bw - 1) / bw;
     std::vector<int64_t> offsets{0};
     std::vector<int32_t> cols;
