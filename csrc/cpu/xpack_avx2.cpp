@@ -13,46 +13,26 @@ namespace cpu {
 namespace {
 
 #include "cpu/transpose_avx2.h"
+#include "cpu/xpack_tiles.h"
 
-inline __m256 load_row(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load_row(const uint16_t* p) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
-template <typename T>
-void pack_chunk(const T* x, int64_t in, int64_t rows, int64_t width, float* xt,
-                int64_t col_begin, int64_t col_end) {
-  const int64_t vec_end = col_begin + (col_end - col_begin) / 8 * 8;
-  for (int64_t b0 = 0; b0 < width; b0 += 8) {
-    const int64_t real = std::min<int64_t>(8, std::max<int64_t>(0, rows - b0));
-    for (int64_t c0 = col_begin; c0 < vec_end; c0 += 8) {
-      __m256 r[8];
-      for (int i = 0; i < 8; ++i)
-        r[i] = i < real ? load_row(x + (b0 + i) * in + c0) : _mm256_setzero_ps();
-      transpose8(r);
-      for (int j = 0; j < 8; ++j) _mm256_storeu_ps(xt + (c0 + j) * width + b0, r[j]);
-    }
-    for (int64_t c = vec_end; c < col_end; ++c) {
-      for (int64_t i = 0; i < 8; ++i)
-        xt[c * width + b0 + i] = i < real ? load_f32(x[(b0 + i) * in + c]) : 0.f;
-    }
+struct Tile8 {
+  using reg = __m256;
+  static constexpr int kLanes = 8;
+  static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static reg load(const uint16_t* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   }
-}
+  static reg zero() { return _mm256_setzero_ps(); }
+  static void transpose(reg* r) { transpose8(r); }
+  static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+};
 
 }  // namespace
 
 void pack_x_avx2(const Dense& d, const XPlan& plan, float* xt, int64_t col_begin,
                  int64_t col_end) {
-  for (int64_t c = 0; c < plan.chunks(); ++c) {
-    if (plan.width(c) % 8 != 0) {  // plain x at batch 1 (width 1): the scalar packer
-      pack_x_chunk(d, plan, c, xt, col_begin, col_end);
-      continue;
-    }
-    with_chunk(d, plan, c, xt, [&](const auto* x, int64_t rows, int64_t width, float* dst) {
-      pack_chunk(x, d.in_features, rows, width, dst, col_begin, col_end);
-    });
-  }
+  pack_x_tiles<Tile8>(d, plan, xt, col_begin, col_end);
 }
 
 }  // namespace cpu
