@@ -249,8 +249,8 @@ constexpr int bsr_pass_vectors() {
 }
 
 // Calls f(integral_constant<int, RR>, g) for passes covering rows [0, valid) of a block
-// row: R-row passes while they fit, then 8, 4, 2 and 1 rows (padding rows of a ragged edge
-// block are skipped, never read).
+// row: R-row passes while they fit, then 16, 8, 4, 2 and 1 rows (padding rows of a ragged
+// edge block are skipped, never read).
 template <int R, class F>
 inline void row_passes(int64_t valid, const F& f) {
   int64_t g = 0;
@@ -258,6 +258,7 @@ inline void row_passes(int64_t valid, const F& f) {
     for (; g + decltype(rr)::value <= valid; g += decltype(rr)::value) f(rr, g);
   };
   run(std::integral_constant<int, R>{});
+  if constexpr (R > 16) run(std::integral_constant<int, 16>{});
   if constexpr (R > 8) run(std::integral_constant<int, 8>{});
   if constexpr (R > 4) run(std::integral_constant<int, 4>{});
   if constexpr (R > 2) run(std::integral_constant<int, 2>{});

@@ -43,20 +43,11 @@ void bsr_rowdot(const Dense& d, const Bsr& w, const float* x, int64_t br_begin,
   for (int64_t br = br_begin; br < br_end; ++br) {
     const int64_t r0 = br * w.bh;
     const int64_t valid = d.out_features - r0 < w.bh ? d.out_features - r0 : w.bh;
-    int64_t i0 = 0;
-    auto run = [&](auto g) {
+    row_passes<32>(valid, [&](auto g, int64_t i0) {
       constexpr int G = decltype(g)::value;
-      for (; i0 + G <= valid; i0 += G) {
-        rowdot_rows<L, G, T>(d, w, x, br, i0, out);
-        for (int i = 0; i < G; ++i) store_column<T>(d, out + i, 0, 1, r0 + i0 + i);
-      }
-    };
-    run(std::integral_constant<int, 32>{});
-    run(std::integral_constant<int, 16>{});
-    run(std::integral_constant<int, 8>{});
-    run(std::integral_constant<int, 4>{});
-    run(std::integral_constant<int, 2>{});
-    run(std::integral_constant<int, 1>{});
+      rowdot_rows<L, G, T>(d, w, x, br, i0, out);
+      for (int i = 0; i < G; ++i) store_column<T>(d, out + i, 0, 1, r0 + i0 + i);
+    });
   }
 }
 
