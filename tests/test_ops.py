@@ -75,6 +75,23 @@ def test_both_nm_paths_match_float64(isa, path, batch, monkeypatch):
         assert_matches(y3, reference(x, wn, None).view(1, batch, 37), torch.float32)
 
 
+@pytest.mark.parametrize("in_features", [16, 31, 48, 64, 80, 129, 257, 1000])
+def test_nm_batch1_windows_match_float64(isa, in_features):
+    # batch-1 N:M (AVX2: row_dot_decode8): an unrolled loop over the steps whose window and
+    # 32-bit metadata word lie inside the row (in-lane quads for 2:4, 1:2, 1:4), then the
+    # checked steps, then the scalar slots of a partial step; these widths give even and odd
+    # step counts, no unrolled step at all, and windows that end inside x
+    torch.manual_seed(in_features)
+    w = sparse_weight(23, in_features, 0.3)
+    x, bias = torch.randn(1, in_features), torch.randn(23)
+    for n, m in [(2, 4), (1, 2), (1, 4), (4, 8), (2, 8), (1, 8)]:
+        wn = w * sp.masks.n_m(w.abs(), n, m)
+        for dtype in DTYPES:
+            wd, xd, bd = wn.to(dtype), x.to(dtype), bias.to(dtype)
+            packed = sp.NMWeight.from_dense(wd, n, m)
+            assert_matches(packed.linear(xd, bd), reference(xd, wd, bd), dtype)
+
+
 @pytest.mark.parametrize("batch", [1, 8, 9, 16, 24, 32, 40, 70, 161])
 @pytest.mark.parametrize("block", [(16, 16), (32, 32), (13, 16), (24, 20), (8, 8), (6, 40),
                                    (7, 3), (48, 16), (24, 8)])
