@@ -75,6 +75,21 @@ def test_both_nm_paths_match_float64(isa, path, batch, monkeypatch):
         assert_matches(y3, reference(x, wn, None).view(1, batch, 37), torch.float32)
 
 
+@pytest.mark.parametrize("batch", [2, 8])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nm_column_tiles_8_lanes(isa, batch, dtype):
+    # 1:4 and 2:8 at 8 lanes take the column tiles once a row's activations pass 64 KB
+    # (2300 columns x 32 bytes); 2:4 does not; 40 rows = 1 block + 8
+    torch.manual_seed(batch)
+    w = sparse_weight(40, 2300, 0.5)
+    x, bias = torch.randn(batch, 2300), torch.randn(40)
+    for n, m in [(1, 4), (2, 8), (2, 4)]:
+        wn = (w * sp.masks.n_m(w.abs(), n, m)).to(dtype)
+        xd, bd = x.to(dtype), bias.to(dtype)
+        packed = sp.NMWeight.from_dense(wn, n, m)
+        assert_matches(packed.linear(xd, bd), reference(xd, wn, bd), dtype)
+
+
 @pytest.mark.parametrize("in_features", [16, 31, 48, 64, 80, 129, 257, 1000])
 def test_nm_batch1_windows_match_float64(isa, in_features):
     # batch-1 N:M (AVX2: row_dot_decode8): an unrolled loop over the steps whose window and
@@ -235,14 +250,16 @@ def test_8bit_csr_dense_enough_for_segment_major(isa, in_f, batch, dtype):
 @pytest.mark.parametrize("batch", [9, 16, 33, 161])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_nm_column_tiles(isa, batch, dtype, monkeypatch):
-    # 2:4, 4:8 and 1:2 with a row's activations past L1 take the AVX2 batched body's column
-    # tiles (spmm_nm_avx2.cpp); 1101 columns end in a ragged group; 70 rows = 2 blocks + 6
+    # N:M with a row's activations past L1 takes the AVX2 batched body's column tiles
+    # (spmm_nm_avx2.cpp): 2:4, 4:8 and 1:2 from 16 lanes, 1:4 and 2:8 from 64 KB of them
+    # (16 lanes here; at 8 lanes see test_nm_column_tiles_8_lanes); 1101 columns end in a
+    # ragged group; 70 rows = 2 blocks + 6
     monkeypatch.setenv("SPARSEPRUNE_NM", "batched")
     gen = torch.Generator().manual_seed(batch)
     w = sparse_weight(70, 1101, 0.8, gen=gen)
     x, bias = torch.randn(batch, 1101, generator=gen), torch.randn(70)
     threads = torch.get_num_threads()
-    for n, m in [(2, 4), (4, 8), (1, 2), (1, 4)]:
+    for n, m in [(2, 4), (4, 8), (1, 2), (1, 4), (2, 8)]:
         wn = (w * sp.masks.n_m(w.abs(), n, m)).to(dtype)
         packed = sp.NMWeight.from_dense(wn, n, m)
         xd, bd = x.to(dtype), bias.to(dtype)

@@ -3,8 +3,8 @@
 // variable shifts, mask, plus each slot's group column); other n:m decode slot by slot.
 // Batch 1: where 8 slots span 16 or 32 columns, contiguous loads of x and permutes; else
 // the decoded columns drive a gather. Larger batches: a row's columns are decoded into a
-// small buffer that the batched body (batched.h) consumes, column tile by column tile for
-// 2:4-dense patterns once a row's activations outgrow L1.
+// small buffer that the batched body (batched.h) consumes, column tile by column tile
+// once a row's activations outgrow L1.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -295,11 +295,16 @@ void nm_avx2(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin,
     constexpr int W = NV * V::kLanes;
     const float* xt = xp.xt + xp.plan.offset(c);
     ChunkWriter<T, W> out(d, xp.plan.first_row(c), xp.plan.rows(c));
-    // Only where 8 slots span 16 columns (2:4, 4:8, 1:2): with sparser rows (1:4: 64 slots
-    // per tile at batch 16) the tile loop cost more than it saved (Zen 3: 1:4 at batch 16-64
-    // 1.3-5.1x -> 0.8-3.2x dense; 2:4 0.5-1.2x -> 0.7-1.5x).
-    if (W >= 16 && dc.usable && dc.cols_per_step == 16 &&
-        d.in_features * W * static_cast<int64_t>(sizeof(float)) > kTileBytes) {
+    // Column tiles once a row's activations outgrow L1: where 8 slots span 16 columns (2:4,
+    // 4:8, 1:2) from 16 lanes; where they span 32 (1:4, 2:8), fewer slots per tile, from
+    // twice that size, at any width. Zen 3, 2 threads, same-process A/B with the next tile
+    // prefetched: 1:4 4096x4096 batch 8 +26%, batch 64 +25%, 768x3072 batch 64 +22%;
+    // below 64 KB (384x1536 at batch 8) -10%; 2:4 at 8 lanes mixed (+15% to -19%).
+    const int64_t x_bytes = d.in_features * W * static_cast<int64_t>(sizeof(float));
+    const bool tiles =
+        dc.usable && ((dc.cols_per_step == 16 && W >= 16 && x_bytes > kTileBytes) ||
+                      (dc.cols_per_step == 32 && x_bytes > 2 * kTileBytes));
+    if (tiles) {
       nm_column_tiles<V, NV>(dc, w, vals, row_begin, row_end, xt, cols.data(), out);
       return;
     }
