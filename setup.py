@@ -92,7 +92,7 @@ if sys.platform != "linux":
     print("sparseprune: only Linux x86-64 builds are tested", file=sys.stderr)
 
 WITH_CUDA = build_cuda()
-_sources = ["csrc/ops.cpp", "csrc/module.cpp"]
+_sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/module.cpp"]
 _cxx = [*CXX_FLAGS, "-fopenmp"]
 if WITH_CUDA:
     print("sparseprune: building the CUDA kernels (csrc/cuda)", file=sys.stderr)

@@ -470,6 +470,19 @@ TORCH_LIBRARY(sparseprune, m) {
   m.def(
       "linear_nm_tiles(Tensor x, Tensor tile_values, Tensor tile_cols, Tensor? bias, int n, "
       "int m, int out_features) -> Tensor");
+  // The gradients of the three linear ops (csrc/autograd.cpp calls them; the formulas are
+  // Python, sparseprune/ops.py): (grad_x, grad_values, grad_bias), each an empty tensor
+  // where output_mask is false. linear_nm_backward's int is n * 64 + m.
+  m.def(
+      "linear_csr_backward(Tensor grad_y, Tensor x, Tensor row_offsets, Tensor col_indices, "
+      "Tensor values, int out_features, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "linear_bsr_backward(Tensor grad_y, Tensor x, Tensor block_row_offsets, "
+      "Tensor block_col_indices, Tensor blocks, int out_features, bool[3] output_mask) -> "
+      "(Tensor, Tensor, Tensor)");
+  m.def(
+      "linear_nm_backward(Tensor grad_y, Tensor x, Tensor values, Tensor metadata, int nm, "
+      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(sparseprune, CPU, m) {

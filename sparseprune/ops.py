@@ -13,9 +13,11 @@ computes ``y = x W^T + bias`` for ``x [..., in]`` with ``W`` packed (see
   (CPU, inference only: no autograd formula; :meth:`NMWeight.linear` uses them when
   :func:`sparseprune.formats.set_nm_tile_cache` is on)
 
-The fake (meta) kernels let ``torch.compile`` trace the ops. The autograd formulas give
-gradients for ``x``, the packed values and the bias (not for the index tensors); they
-rebuild the dense weight, so backward costs about a dense layer's backward.
+The fake (meta) kernels let ``torch.compile`` trace the ops. The autograd kernels are C++
+(csrc/autograd.cpp), so a call that needs no gradient runs no Python; they give gradients
+for ``x``, the packed values and the bias (not for the index tensors) through the
+``linear_{csr,bsr,nm}_backward`` ops defined here, which rebuild the dense weight, so
+backward costs about a dense layer's backward.
 
 The raw ops check shapes, dtypes and the ends of the offset arrays, but trust the index
 contents: build the tensors through the validating constructors of
@@ -111,95 +113,62 @@ def _linear_nm_tiles_fake(x, tile_values, tile_cols, bias, n, m, out_features):
 # --------------------------------------------------------------------------- autograd
 
 
-def _setup(ctx, x, packed, bias, shape):
-    ctx.save_for_backward(x, *packed)
-    ctx.shape = shape
-    ctx.has_bias = bias is not None
+# --------------------------------------------------------------------------- gradients
+# The autograd kernels are C++ (csrc/autograd.cpp: a call that needs no gradient runs no
+# Python); their backward calls these ops, CompositeImplicitAutograd so that they run on
+# every device and can themselves be differentiated.
 
 
-def _grads(ctx, grad_y, dense_weight, value_grad, values_at, bias_at):
-    """Gradients of x, the packed values and the bias, given the dense W and a function
-    that picks the stored entries' gradients out of dL/dW = grad_y^T x; ``values_at`` and
-    ``bias_at`` are the positions of those inputs in the op's schema."""
-    x = ctx.saved_tensors[0]
-    out_features, in_features = ctx.shape
+def _grads(grad_y, x, shape, output_mask, dense_weight, value_grad):
+    """(grad_x, grad_values, grad_bias) given the dense W and a function that picks the
+    stored entries' gradients out of dL/dW = grad_y^T x; empty where not asked for."""
+    out_features, in_features = shape
     gy = grad_y.reshape(-1, out_features)
-    gx = gvalues = gbias = None
-    if ctx.needs_input_grad[0]:
-        gx = (gy @ dense_weight()).reshape(x.shape)
-    if ctx.needs_input_grad[values_at]:
-        gvalues = value_grad(gy.transpose(0, 1) @ x.reshape(-1, in_features))
-    if ctx.has_bias and ctx.needs_input_grad[bias_at]:
-        gbias = gy.sum(0)
+    none = grad_y.new_empty(0)
+    gx = (gy @ dense_weight()).reshape(x.shape) if output_mask[0] else none
+    gvalues = value_grad(gy.transpose(0, 1) @ x.reshape(-1, in_features)) \
+        if output_mask[1] else none
+    gbias = gy.sum(0) if output_mask[2] else none
     return gx, gvalues, gbias
 
 
-def _csr_setup(ctx, inputs, output):
-    x, row_offsets, col_indices, values, bias, out_features = inputs
-    _setup(ctx, x, (row_offsets, col_indices, values), bias, (out_features, x.shape[-1]))
+def _csr_backward(grad_y, x, row_offsets, col_indices, values, out_features, output_mask):
+    shape = (out_features, x.shape[-1])
+    return _grads(grad_y, x, shape, output_mask,
+                  lambda: csr_to_dense(row_offsets, col_indices, values, shape),
+                  lambda grad_w: grad_w[csr_coords(row_offsets, col_indices, shape)])
 
 
-def _csr_backward(ctx, grad_y):
-    _, row_offsets, col_indices, values = ctx.saved_tensors
-
-    def value_grad(grad_w):
-        return grad_w[csr_coords(row_offsets, col_indices, ctx.shape)]
-
-    gx, gv, gb = _grads(ctx, grad_y,
-                        lambda: csr_to_dense(row_offsets, col_indices, values, ctx.shape),
-                        value_grad, values_at=3, bias_at=4)
-    return gx, None, None, gv, gb, None
-
-
-def _bsr_setup(ctx, inputs, output):
-    x, block_row_offsets, block_col_indices, blocks, bias, out_features = inputs
-    _setup(ctx, x, (block_row_offsets, block_col_indices, blocks), bias,
-           (out_features, x.shape[-1]))
-
-
-def _bsr_backward(ctx, grad_y):
-    _, block_row_offsets, block_col_indices, blocks = ctx.saved_tensors
+def _bsr_backward(grad_y, x, block_row_offsets, block_col_indices, blocks, out_features,
+                  output_mask):
+    shape = (out_features, x.shape[-1])
     nnzb, bh, bw = blocks.shape
 
     def value_grad(grad_w):
         rows_b = block_row_offsets.numel() - 1
-        cols_b = (ctx.shape[1] + bw - 1) // bw
+        cols_b = (shape[1] + bw - 1) // bw
         padded = grad_w.new_zeros(rows_b * bh, cols_b * bw)
-        padded[: ctx.shape[0], : ctx.shape[1]] = grad_w
+        padded[: shape[0], : shape[1]] = grad_w
         tiles = padded.view(rows_b, bh, cols_b, bw).permute(0, 2, 1, 3)
         block_rows = torch.repeat_interleave(
             torch.arange(rows_b, device=blocks.device), block_row_offsets.diff(),
             output_size=nnzb)
         return tiles[block_rows, block_col_indices.to(torch.int64)]
 
-    gx, gv, gb = _grads(
-        ctx, grad_y,
-        lambda: bsr_to_dense(block_row_offsets, block_col_indices, blocks, ctx.shape),
-        value_grad, values_at=3, bias_at=4)
-    return gx, None, None, gv, gb, None
+    return _grads(grad_y, x, shape, output_mask,
+                  lambda: bsr_to_dense(block_row_offsets, block_col_indices, blocks, shape),
+                  value_grad)
 
 
-def _nm_setup(ctx, inputs, output):
-    x, values, metadata, bias, n, m = inputs
-    _setup(ctx, x, (values, metadata), bias, (values.shape[0], x.shape[-1]))
-    ctx.n, ctx.m = n, m
+def _nm_backward(grad_y, x, values, metadata, nm, output_mask):
+    n, m = divmod(nm, 64)
+    shape = (values.shape[0], x.shape[-1])
+    cols = nm_columns(nm_decode(metadata, shape[1], n, m), n, m)
+    return _grads(grad_y, x, shape, output_mask,
+                  lambda: values.new_zeros(shape).scatter_add_(1, cols, values),
+                  lambda grad_w: grad_w.gather(1, cols))
 
 
-def _nm_backward(ctx, grad_y):
-    _, values, metadata = ctx.saved_tensors
-    cols = nm_columns(nm_decode(metadata, ctx.shape[1], ctx.n, ctx.m), ctx.n, ctx.m)
-
-    def dense_weight():
-        return values.new_zeros(ctx.shape).scatter_add_(1, cols, values)
-
-    gx, gv, gb = _grads(ctx, grad_y, dense_weight, lambda grad_w: grad_w.gather(1, cols),
-                        values_at=1, bias_at=3)
-    return gx, gv, None, gb, None, None
-
-
-torch.library.register_autograd("sparseprune::linear_csr", _csr_backward,
-                                setup_context=_csr_setup)
-torch.library.register_autograd("sparseprune::linear_bsr", _bsr_backward,
-                                setup_context=_bsr_setup)
-torch.library.register_autograd("sparseprune::linear_nm", _nm_backward,
-                                setup_context=_nm_setup)
+for _name, _fn in (("linear_csr_backward", _csr_backward), ("linear_bsr_backward", _bsr_backward),
+                   ("linear_nm_backward", _nm_backward)):
+    torch.library.impl(f"sparseprune::{_name}", "CompositeImplicitAutograd")(_fn)

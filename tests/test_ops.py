@@ -356,12 +356,15 @@ def test_opcheck(index, requires_grad):
     torch.library.opcheck(op, args)
 
 
-@pytest.mark.parametrize("name,make", [
+PACKERS = [
     ("csr", lambda w: sp.CSRWeight.from_dense(w)),
     ("csr8", lambda w: sp.CSRWeight.from_dense(w, index_bits=8)),
     ("bsr", lambda w: sp.BSRWeight.from_dense(w, (8, 8))),
     ("nm", lambda w: sp.NMWeight.from_dense(w * sp.masks.n_m(w.abs(), 2, 4), 2, 4)),
-])
+]
+
+
+@pytest.mark.parametrize("name,make", PACKERS)
 def test_gradients_match_dense(name, make):
     torch.manual_seed(1)
     packed = make(sparse_weight(20, 30, 0.5))
@@ -381,6 +384,63 @@ def test_gradients_match_dense(name, make):
     # its position
     stored = packed.with_values(torch.ones_like(gv)).to_dense() != 0
     torch.testing.assert_close(packed.with_values(gv).to_dense(), w.grad * stored)
+
+
+@pytest.mark.parametrize("name,make", PACKERS)
+def test_gradient_of_gradient_matches_dense(name, make):
+    # the backward ops are CompositeImplicitAutograd: their gradients come from the torch
+    # ops of their formulas (d/dvalues and d/dbias of |dL/dx|^2 for L = sum(y^2))
+    torch.manual_seed(3)
+    packed = make(sparse_weight(12, 30, 0.5))
+    x = torch.randn(5, 30, requires_grad=True)
+    bias = torch.randn(12, requires_grad=True)
+    values = packed.values_tensor.clone().requires_grad_(True)
+    gx, = torch.autograd.grad(packed.with_values(values).linear(x, bias).pow(2).sum(), x,
+                              create_graph=True)
+    gv, gb = torch.autograd.grad(gx.pow(2).sum(), (values, bias))
+    w = packed.to_dense().requires_grad_(True)
+    gx_ref, = torch.autograd.grad(F.linear(x, w, bias).pow(2).sum(), x, create_graph=True)
+    gw_ref, gb_ref = torch.autograd.grad(gx_ref.pow(2).sum(), (w, bias))
+    # second derivatives of size ~10-100 summed in different orders: fp32 rounding
+    tol = dict(rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(gx, gx_ref, **tol)
+    torch.testing.assert_close(gb, gb_ref, **tol)
+    stored = packed.with_values(torch.ones_like(gv)).to_dense() != 0
+    torch.testing.assert_close(packed.with_values(gv).to_dense(), gw_ref * stored, **tol)
+
+
+@pytest.mark.parametrize("name,make", PACKERS)
+def test_calls_without_gradients_run_no_python(name, make):
+    # the autograd kernels are C++ (csrc/autograd.cpp): under no_grad, with values that
+    # require grad as a layer's nn.Parameter does, the op runs no Python function past
+    # torch's own OpOverload.__call__ (the Python autograd kernel of register_autograd
+    # cost ~16 us per call); with gradients on, it records a node and no Python either
+    import sys
+    packed = make(sparse_weight(12, 30, 0.5))
+    values = torch.nn.Parameter(packed.values_tensor.clone())
+    packed = packed.with_values(values)
+    fields = [getattr(packed, f) for f in packed._tensor_fields]
+    op = {"csr": torch.ops.sparseprune.linear_csr, "csr8": torch.ops.sparseprune.linear_csr,
+          "bsr": torch.ops.sparseprune.linear_bsr}.get(name)
+    args = ((torch.randn(2, 30), *fields, None, 12) if op is not None else
+            (torch.randn(2, 30), *fields, None, 2, 4))
+    op = op or torch.ops.sparseprune.linear_nm
+    called = []
+
+    def profile(frame, event, arg):
+        if event == "call":
+            called.append(f"{frame.f_code.co_filename}:{frame.f_code.co_name}")
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            op.default(*args)  # warm: first calls may import
+            called.clear()
+            sys.setprofile(profile)
+            try:
+                y = op.default(*args)
+            finally:
+                sys.setprofile(None)
+        assert [c for c in called if not c.endswith("_ops.py:__call__")] == [], called
+        assert y.requires_grad == grad
 
 
 class _SparseMLP(torch.nn.Module):
