@@ -7,7 +7,10 @@
 // A call that needs gradients records a node whose backward calls
 // sparseprune::linear_<format>_backward. Those formulas are Python (sparseprune/ops.py),
 // registered as CompositeImplicitAutograd, so they run on every device and their own
-// gradients (double backward) come from the torch ops they are made of.
+// gradients (double backward) come from the torch ops they are made of; the Python
+// module (sparseprune.ops, imported by the package) must be loaded for them to exist.
+// torch.func transforms reject C++ Functions (the Python registration before this file
+// was rejected by them too, for want of setup_context).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -78,8 +81,20 @@ variable_list run_backward(AutogradContext* ctx, const at::Tensor& grad_y,
   return out;
 }
 
-c10::OperatorHandle backward_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+const c10::OperatorHandle& csr_backward_op() {
+  static const auto h =
+      c10::Dispatcher::singleton().findSchemaOrThrow("sparseprune::linear_csr_backward", "");
+  return h;
+}
+const c10::OperatorHandle& bsr_backward_op() {
+  static const auto h =
+      c10::Dispatcher::singleton().findSchemaOrThrow("sparseprune::linear_bsr_backward", "");
+  return h;
+}
+const c10::OperatorHandle& nm_backward_op() {
+  static const auto h =
+      c10::Dispatcher::singleton().findSchemaOrThrow("sparseprune::linear_nm_backward", "");
+  return h;
 }
 
 struct CsrFunction : torch::autograd::Function<CsrFunction> {
@@ -92,7 +107,7 @@ struct CsrFunction : torch::autograd::Function<CsrFunction> {
     return csr_op().call(x, row_offsets, col_indices, values, bias, out_features);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return run_backward(ctx, grads[0], backward_op("sparseprune::linear_csr_backward"), 3, 4);
+    return run_backward(ctx, grads[0], csr_backward_op(), 3, 4);
   }
 };
 
@@ -106,7 +121,7 @@ struct BsrFunction : torch::autograd::Function<BsrFunction> {
     return bsr_op().call(x, block_row_offsets, block_col_indices, blocks, bias, out_features);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return run_backward(ctx, grads[0], backward_op("sparseprune::linear_bsr_backward"), 3, 4);
+    return run_backward(ctx, grads[0], bsr_backward_op(), 3, 4);
   }
 };
 
@@ -121,7 +136,7 @@ struct NmFunction : torch::autograd::Function<NmFunction> {
     return nm_op().call(x, values, metadata, bias, n, m);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return run_backward(ctx, grads[0], backward_op("sparseprune::linear_nm_backward"), 1, 3);
+    return run_backward(ctx, grads[0], nm_backward_op(), 1, 3);
   }
 };
 

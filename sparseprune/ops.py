@@ -124,11 +124,11 @@ def _grads(grad_y, x, shape, output_mask, dense_weight, value_grad):
     stored entries' gradients out of dL/dW = grad_y^T x; empty where not asked for."""
     out_features, in_features = shape
     gy = grad_y.reshape(-1, out_features)
-    none = grad_y.new_empty(0)
-    gx = (gy @ dense_weight()).reshape(x.shape) if output_mask[0] else none
+    # a fresh empty tensor per skipped output: the schema's outputs must not alias
+    gx = (gy @ dense_weight()).reshape(x.shape) if output_mask[0] else gy.new_empty(0)
     gvalues = value_grad(gy.transpose(0, 1) @ x.reshape(-1, in_features)) \
-        if output_mask[1] else none
-    gbias = gy.sum(0) if output_mask[2] else none
+        if output_mask[1] else gy.new_empty(0)
+    gbias = gy.sum(0) if output_mask[2] else gy.new_empty(0)
     return gx, gvalues, gbias
 
 

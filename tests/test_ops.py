@@ -78,16 +78,22 @@ def test_both_nm_paths_match_float64(isa, path, batch, monkeypatch):
 @pytest.mark.parametrize("batch", [2, 8])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_nm_column_tiles_8_lanes(isa, batch, dtype):
-    # 1:4 and 2:8 at 8 lanes take the column tiles once a row's activations pass 64 KB
+    # 1:4, 2:8 and 4:16 at 8 lanes take the column tiles once a row's activations pass 64 KB
     # (2300 columns x 32 bytes); 2:4 does not; 40 rows = 1 block + 8
     torch.manual_seed(batch)
     w = sparse_weight(40, 2300, 0.5)
     x, bias = torch.randn(batch, 2300), torch.randn(40)
-    for n, m in [(1, 4), (2, 8), (2, 4)]:
+    threads = torch.get_num_threads()
+    for n, m in [(1, 4), (2, 8), (4, 16), (2, 4)]:
         wn = (w * sp.masks.n_m(w.abs(), n, m)).to(dtype)
         xd, bd = x.to(dtype), bias.to(dtype)
         packed = sp.NMWeight.from_dense(wn, n, m)
         assert_matches(packed.linear(xd, bd), reference(xd, wn, bd), dtype)
+        try:  # one thread: the 40 rows cross a 32-row block of the tile loop
+            torch.set_num_threads(1)
+            assert_matches(packed.linear(xd, bd), reference(xd, wn, bd), dtype)
+        finally:
+            torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("in_features", [16, 31, 48, 64, 80, 129, 257, 1000])
@@ -380,6 +386,21 @@ def test_gradients_match_dense(name, make):
     F.linear(x, w, bias).pow(2).sum().backward()
     torch.testing.assert_close(gx, x.grad)
     torch.testing.assert_close(gb, bias.grad)
+    # no bias, x without a gradient: only the values' gradient, the same as with them
+    values.grad = None
+    packed.linear(x.detach()).pow(2).sum().backward()
+    w2 = dense.clone().requires_grad_(True)
+    F.linear(x.detach(), w2).pow(2).sum().backward()
+    stored2 = packed.with_values(torch.ones_like(values)).to_dense() != 0
+    torch.testing.assert_close(packed.with_values(values.grad).to_dense(), w2.grad * stored2)
+    # a stored tensor changed in place after forward: autograd refuses the backward
+    y = packed.linear(x)
+    with torch.no_grad():
+        values.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+    with torch.no_grad():
+        values.div_(2)
     # every stored entry (zeros inside blocks and N:M filler slots too) gets dL/dW at
     # its position
     stored = packed.with_values(torch.ones_like(gv)).to_dense() != 0

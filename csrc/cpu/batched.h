@@ -11,9 +11,9 @@
 constexpr int64_t kTileBytes = 32 << 10;
 
 // out[0..NV*lanes) (+)= sum_k value(k) * xt[col(k)][...], over count stored entries;
-// with Accumulate the sum is added to what out holds. Chains: independent accumulators for
-// NV >= 2 (the ISA's kChains where the activations are in L1: N:M, CSR segment-major; the
-// 90% CSR rows, whose loads come from L2, showed no consistent gain from 8 on Zen 3).
+// with Accumulate the sum is added to what out holds. Chains: independent accumulators (the
+// ISA's kChains where the activations are in L1: N:M, CSR segment-major; the 90% CSR rows,
+// whose loads come from L2, showed no consistent gain from 8 on Zen 3).
 template <class V, int NV, typename I, typename T, bool Accumulate = false, int Chains = 4>
 inline void dot_batched(const I* cols, const T* vals, int64_t count, const float* xt,
                         float* out) {

@@ -296,7 +296,7 @@ void nm_avx2(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin,
     const float* xt = xp.xt + xp.plan.offset(c);
     ChunkWriter<T, W> out(d, xp.plan.first_row(c), xp.plan.rows(c));
     // Column tiles once a row's activations outgrow L1: where 8 slots span 16 columns (2:4,
-    // 4:8, 1:2) from 16 lanes; where they span 32 (1:4, 2:8), fewer slots per tile, from
+    // 4:8, 1:2) from 16 lanes; where they span 32 (1:4, 2:8, 4:16), fewer slots per tile, from
     // twice that size, at any width. Zen 3, 2 threads, same-process A/B with the next tile
     // prefetched: 1:4 4096x4096 batch 8 +26%, batch 64 +25%, 768x3072 batch 64 +22%;
     // below 64 KB (384x1536 at batch 8) -10%; 2:4 at 8 lanes mixed (+15% to -19%).
