@@ -31,19 +31,30 @@ using Linear3 = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tenso
 using LinearNM = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                             const OptTensor&, int64_t, int64_t);
 
-const c10::TypedOperatorHandle<Linear3>& csr_op() {
+// The ops of one format: Csr and Bsr share a schema shape (Linear3), Nm has its own.
+struct Csr {
+  static constexpr const char* kOp = "sparseprune::linear_csr";
+  static constexpr const char* kBackward = "sparseprune::linear_csr_backward";
+};
+struct Bsr {
+  static constexpr const char* kOp = "sparseprune::linear_bsr";
+  static constexpr const char* kBackward = "sparseprune::linear_bsr_backward";
+};
+struct Nm {
+  static constexpr const char* kOp = "sparseprune::linear_nm";
+  static constexpr const char* kBackward = "sparseprune::linear_nm_backward";
+};
+
+template <class Format, typename Sig>
+const c10::TypedOperatorHandle<Sig>& forward_op() {
   static const auto h =
-      c10::Dispatcher::singleton().findSchemaOrThrow("sparseprune::linear_csr", "").typed<Linear3>();
+      c10::Dispatcher::singleton().findSchemaOrThrow(Format::kOp, "").template typed<Sig>();
   return h;
 }
-const c10::TypedOperatorHandle<Linear3>& bsr_op() {
-  static const auto h =
-      c10::Dispatcher::singleton().findSchemaOrThrow("sparseprune::linear_bsr", "").typed<Linear3>();
-  return h;
-}
-const c10::TypedOperatorHandle<LinearNM>& nm_op() {
-  static const auto h =
-      c10::Dispatcher::singleton().findSchemaOrThrow("sparseprune::linear_nm", "").typed<LinearNM>();
+
+template <class Format>
+const c10::OperatorHandle& backward_op() {
+  static const auto h = c10::Dispatcher::singleton().findSchemaOrThrow(Format::kBackward, "");
   return h;
 }
 
@@ -81,47 +92,18 @@ variable_list run_backward(AutogradContext* ctx, const at::Tensor& grad_y,
   return out;
 }
 
-const c10::OperatorHandle& csr_backward_op() {
-  static const auto h =
-      c10::Dispatcher::singleton().findSchemaOrThrow("sparseprune::linear_csr_backward", "");
-  return h;
-}
-const c10::OperatorHandle& bsr_backward_op() {
-  static const auto h =
-      c10::Dispatcher::singleton().findSchemaOrThrow("sparseprune::linear_bsr_backward", "");
-  return h;
-}
-const c10::OperatorHandle& nm_backward_op() {
-  static const auto h =
-      c10::Dispatcher::singleton().findSchemaOrThrow("sparseprune::linear_nm_backward", "");
-  return h;
-}
-
-struct CsrFunction : torch::autograd::Function<CsrFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x,
-                            const at::Tensor& row_offsets, const at::Tensor& col_indices,
-                            const at::Tensor& values, const OptTensor& bias,
-                            int64_t out_features) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    save(ctx, {x, row_offsets, col_indices, values}, bias, out_features);
-    return csr_op().call(x, row_offsets, col_indices, values, bias, out_features);
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return run_backward(ctx, grads[0], csr_backward_op(), 3, 4);
-  }
-};
-
-struct BsrFunction : torch::autograd::Function<BsrFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x,
-                            const at::Tensor& block_row_offsets,
-                            const at::Tensor& block_col_indices, const at::Tensor& blocks,
+// linear_csr and linear_bsr: (x, three packed tensors, values last, bias, out_features).
+template <class Format>
+struct Linear3Function : torch::autograd::Function<Linear3Function<Format>> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& index0,
+                            const at::Tensor& index1, const at::Tensor& values,
                             const OptTensor& bias, int64_t out_features) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    save(ctx, {x, block_row_offsets, block_col_indices, blocks}, bias, out_features);
-    return bsr_op().call(x, block_row_offsets, block_col_indices, blocks, bias, out_features);
+    save(ctx, {x, index0, index1, values}, bias, out_features);
+    return forward_op<Format, Linear3>().call(x, index0, index1, values, bias, out_features);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return run_backward(ctx, grads[0], bsr_backward_op(), 3, 4);
+    return run_backward(ctx, grads[0], backward_op<Format>(), 3, 4);
   }
 };
 
@@ -133,30 +115,21 @@ struct NmFunction : torch::autograd::Function<NmFunction> {
     // n and m travel as one int, n * 64 + m (m <= 32), so that every backward schema has
     // the same shape.
     save(ctx, {x, values, metadata}, bias, n * 64 + m);
-    return nm_op().call(x, values, metadata, bias, n, m);
+    return forward_op<Nm, LinearNM>().call(x, values, metadata, bias, n, m);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return run_backward(ctx, grads[0], nm_backward_op(), 1, 3);
+    return run_backward(ctx, grads[0], backward_op<Nm>(), 1, 3);
   }
 };
 
-at::Tensor linear_csr_autograd(const at::Tensor& x, const at::Tensor& row_offsets,
-                               const at::Tensor& col_indices, const at::Tensor& values,
-                               const OptTensor& bias, int64_t out_features) {
+template <class Format>
+at::Tensor linear3_autograd(const at::Tensor& x, const at::Tensor& index0,
+                            const at::Tensor& index1, const at::Tensor& values,
+                            const OptTensor& bias, int64_t out_features) {
   if (needs_grad(x, values, bias))
-    return CsrFunction::apply(x, row_offsets, col_indices, values, bias, out_features);
+    return Linear3Function<Format>::apply(x, index0, index1, values, bias, out_features);
   at::AutoDispatchBelowADInplaceOrView guard;
-  return csr_op().call(x, row_offsets, col_indices, values, bias, out_features);
-}
-
-at::Tensor linear_bsr_autograd(const at::Tensor& x, const at::Tensor& block_row_offsets,
-                               const at::Tensor& block_col_indices, const at::Tensor& blocks,
-                               const OptTensor& bias, int64_t out_features) {
-  if (needs_grad(x, blocks, bias))
-    return BsrFunction::apply(x, block_row_offsets, block_col_indices, blocks, bias,
-                              out_features);
-  at::AutoDispatchBelowADInplaceOrView guard;
-  return bsr_op().call(x, block_row_offsets, block_col_indices, blocks, bias, out_features);
+  return forward_op<Format, Linear3>().call(x, index0, index1, values, bias, out_features);
 }
 
 at::Tensor linear_nm_autograd(const at::Tensor& x, const at::Tensor& values,
@@ -164,14 +137,14 @@ at::Tensor linear_nm_autograd(const at::Tensor& x, const at::Tensor& values,
                               int64_t m) {
   if (needs_grad(x, values, bias)) return NmFunction::apply(x, values, metadata, bias, n, m);
   at::AutoDispatchBelowADInplaceOrView guard;
-  return nm_op().call(x, values, metadata, bias, n, m);
+  return forward_op<Nm, LinearNM>().call(x, values, metadata, bias, n, m);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparseprune, Autograd, m) {
-  m.impl("linear_csr", &linear_csr_autograd);
-  m.impl("linear_bsr", &linear_bsr_autograd);
+  m.impl("linear_csr", &linear3_autograd<Csr>);
+  m.impl("linear_bsr", &linear3_autograd<Bsr>);
   m.impl("linear_nm", &linear_nm_autograd);
 }
 
