@@ -46,7 +46,7 @@ sanitize: $(VENV)/.built
 		UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		$(PY) benchmarks/run_sanitized.py tests/test_ops.py tests/test_fuzz.py \
 		tests/test_formats.py tests/test_threads.py tests/test_edge_cases.py \
-		tests/test_tile_cache.py
+		tests/test_tile_cache.py tests/test_csr_bitmap.py
 
 # The kernel core and its C++ tests without Python; .cu files compile-checked when nvcc exists.
 ctest:

@@ -454,6 +454,67 @@ at::Tensor linear_nm_tiles_cpu(const at::Tensor& x, const at::Tensor& tile_value
   return finish(p);
 }
 
+// Batch-1 CSR through the weight's bitmap view (cpu::CsrBitmap; sparseprune/csr_bitmap.py
+// makes it once per weight). Every batch row runs on its own; the view pays at batch 1.
+at::Tensor linear_csr_bitmap_cpu(const at::Tensor& x, const at::Tensor& row_starts,
+                                 const at::Tensor& bitmap, const at::Tensor& values,
+                                 const std::optional<at::Tensor>& bias, int64_t out_features) {
+  constexpr const char* op = "sparseprune::linear_csr_bitmap";
+  Problem p = make_problem(op, x, values, bias, out_features);
+  TORCH_CHECK_VALUE(values.dim() == 1, op, ": values must be 1-D, got shape ", values.sizes());
+  const int64_t nnz = values.numel(), in = p.dense.in_features;
+  const int64_t row_bytes = cpu::csr_bitmap_row_bytes(in);
+  check_index_tensor(op, "row_starts", row_starts, at::kLong, out_features + 1);
+  TORCH_CHECK_TYPE(bitmap.scalar_type() == at::kByte, op, ": bitmap must be uint8, got ",
+                   bitmap.scalar_type());
+  TORCH_CHECK_VALUE(bitmap.dim() == 2 && bitmap.size(0) == out_features &&
+                        bitmap.size(1) == row_bytes,
+                    op, ": bitmap must be [", out_features, ", ", row_bytes,
+                    "] for in_features=", in, ", got ", bitmap.sizes());
+  TORCH_CHECK(bitmap.is_cpu(), op, ": bitmap must be on the CPU");
+  const at::Tensor rs = row_starts.contiguous();
+  const at::Tensor bm = bitmap.contiguous();
+  const at::Tensor vals = values.contiguous();
+  check_offsets_ends(op, "row_starts", rs, nnz);
+  // O(out): the kernels read row r's values between its two starts, so these must lie
+  // inside the values (monotone from 0 to nnz), whatever the bitmap says.
+  const int64_t* starts = rs.data_ptr<int64_t>();
+  for (int64_t r = 0; r < out_features; ++r)
+    TORCH_CHECK_VALUE(starts[r] <= starts[r + 1], op, ": row_starts must not decrease, got ",
+                      starts[r], " then ", starts[r + 1], " at row ", r);
+  if (p.dense.batch == 0 || out_features == 0) return finish(p);
+
+  const cpu::CsrBitmap w{starts, bm.data_ptr<uint8_t>(), vals.data_ptr(), row_bytes};
+  const cpu::KernelTable& kernels = cpu::active_kernels();
+  const bool f32 = p.dense.dtype == cpu::DType::f32;
+  // fp32 activations padded with zeros to whole bitmap bytes (x as is where it already is).
+  const bool as_is = f32 && in == row_bytes * 8;
+  at::Tensor xbuf = as_is ? at::Tensor() : at::zeros({row_bytes * 8}, at::kFloat);
+  const int64_t elem = f32 ? 4 : 2;
+  for (int64_t b = 0; b < p.dense.batch; ++b) {
+    cpu::Dense row = p.dense;
+    row.batch = 1;
+    row.x = static_cast<const char*>(p.dense.x) + b * in * elem;
+    row.y = static_cast<char*>(p.dense.y) + b * out_features * elem;
+    const float* xf;
+    if (as_is) {
+      xf = static_cast<const float*>(row.x);
+    } else {
+      float* dst = xbuf.data_ptr<float>();
+      if (f32) {
+        std::copy_n(static_cast<const float*>(row.x), in, dst);
+      } else {
+        const uint16_t* src = static_cast<const uint16_t*>(row.x);
+        for (int64_t i = 0; i < in; ++i) dst[i] = cpu::bf16_to_f32(src[i]);
+      }
+      xf = dst;
+    }
+    run_ranges(starts, out_features, nnz,
+               [&](int64_t r0, int64_t r1) { kernels.csr_bitmap(row, w, xf, r0, r1); });
+  }
+  return finish(p);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(sparseprune, m) {
@@ -470,6 +531,9 @@ TORCH_LIBRARY(sparseprune, m) {
   m.def(
       "linear_nm_tiles(Tensor x, Tensor tile_values, Tensor tile_cols, Tensor? bias, int n, "
       "int m, int out_features) -> Tensor");
+  m.def(
+      "linear_csr_bitmap(Tensor x, Tensor row_starts, Tensor bitmap, Tensor values, "
+      "Tensor? bias, int out_features) -> Tensor");
   // The gradients of the three linear ops (csrc/autograd.cpp calls them; the formulas are
   // Python, sparseprune/ops.py): (grad_x, grad_values, grad_bias), each an empty tensor
   // where output_mask is false. linear_nm_backward's int is n * 64 + m.
@@ -491,6 +555,7 @@ TORCH_LIBRARY_IMPL(sparseprune, CPU, m) {
   m.impl("linear_nm", &linear_nm_cpu);
   m.impl("nm_tiles_pack", &nm_tiles_pack_cpu);
   m.impl("linear_nm_tiles", &linear_nm_tiles_cpu);
+  m.impl("linear_csr_bitmap", &linear_csr_bitmap_cpu);
 }
 
 }  // namespace sparseprune

@@ -540,6 +540,11 @@ class CSRWeight(PackedWeight):
 
     def linear(self, x, bias=None):
         self._check_x(x)
+        from .csr_bitmap import csr_bitmap_linear
+        y = csr_bitmap_linear(self, x, self.row_offsets, self.col_indices, self.values, bias,
+                              self.out_features)
+        if y is not None:
+            return y
         return torch.ops.sparseprune.linear_csr(
             x, self.row_offsets, self.col_indices, self.values, bias, self.out_features)
 

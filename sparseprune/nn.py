@@ -50,6 +50,7 @@ from . import ops  # noqa: F401  (registers fake kernels + autograd for the ops 
 from . import activations
 from ._ext import cpu_capability
 from .activations import ACTIVATIONS, apply_activation
+from .csr_bitmap import csr_bitmap_linear
 from .tile_cache import nm_tiles_linear
 from .formats import (VALUE_DTYPES, BSRWeight, CSRWeight, FormatError, NMWeight, PackedWeight,
                       pack)
@@ -327,6 +328,10 @@ class _PackedModule(nn.Module):
         self._check_input(x)
         out_f = self.weight_shape[0]
         if self.format == "csr":
+            y = csr_bitmap_linear(self, x, self.row_offsets, self.col_indices, values, bias,
+                                  out_f)
+            if y is not None:
+                return y
             return torch.ops.sparseprune.linear_csr(x, self.row_offsets, self.col_indices,
                                                     values, bias, out_f)
         if self.format == "bsr":

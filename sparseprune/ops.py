@@ -12,6 +12,9 @@ computes ``y = x W^T + bias`` for ``x [..., in]`` with ``W`` packed (see
   weight's copy for the AVX-512 row-tile kernel, made once, and the product reading it
   (CPU, inference only: no autograd formula; :meth:`NMWeight.linear` uses them when
   :func:`sparseprune.formats.set_nm_tile_cache` is on)
+* ``linear_csr_bitmap(x, row_starts, bitmap, values, bias, out_features)``: a CSR weight's
+  bitmap view for batch 1 (CPU, inference only; :mod:`sparseprune.csr_bitmap` makes it
+  and :meth:`CSRWeight.linear` uses it)
 
 The fake (meta) kernels let ``torch.compile`` trace the ops. The autograd kernels are C++
 (csrc/autograd.cpp), so a call that needs no gradient runs no Python; they give gradients
@@ -100,6 +103,11 @@ def _nm_tiles_pack_fake(values, metadata, n, m, in_features):
     torch._check_value(values.dim() == 2, lambda: "sparseprune::nm_tiles_pack: values must be 2-D")
     shape = copy_shape(values.shape[0], in_features, n, m)
     return values.new_empty(shape), metadata.new_empty(shape)
+
+
+@torch.library.register_fake("sparseprune::linear_csr_bitmap")
+def _linear_csr_bitmap_fake(x, row_starts, bitmap, values, bias, out_features):
+    return _fake_output("sparseprune::linear_csr_bitmap", x, values, bias, out_features)
 
 
 @torch.library.register_fake("sparseprune::linear_nm_tiles")

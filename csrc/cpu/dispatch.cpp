@@ -19,11 +19,13 @@ bool cpu_has(Isa isa) {
     case Isa::ref:
       return true;
     case Isa::avx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("popcnt");
     case Isa::avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-             __builtin_cpu_supports("fma");
+             __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx2") &&
+             __builtin_cpu_supports("popcnt");
   }
   return false;
 #else
@@ -108,7 +110,7 @@ const KernelTable& kernels_for(Isa isa) {
   constexpr XLayout as_is{};
   static const KernelTable ref{spmm_csr_ref, as_is, spmm_bsr_ref, as_is,
                                spmm_nm_ref,  as_is, pack_x, nullptr, 0, 0,
-                               nullptr,      nullptr};
+                               nullptr,      nullptr, spmm_csr_bitmap_ref};
   // Chunks of at most 32 batch rows keep a chunk [in][width] within L2 for in <= 4096.
   constexpr XLayout avx2_x{8, 4, 8, true}, avx512_x{16, 2, 8, true};
   // The AVX2 row tiles only when forced (SPARSEPRUNE_NM=tiles): on an AVX2-only Zen 3 the
@@ -118,11 +120,12 @@ const KernelTable& kernels_for(Isa isa) {
   constexpr int64_t kAvx2TilesOff = INT64_MAX;
   static const KernelTable avx2{spmm_csr_avx2, avx2_x, spmm_bsr_avx2, avx2_x,
                                 spmm_nm_avx2,  avx2_x, pack_x_avx2, spmm_nm_tiles_avx2, 8,
-                                kAvx2TilesOff, nullptr, nullptr};
+                                kAvx2TilesOff, nullptr, nullptr, spmm_csr_bitmap_avx2};
   static const KernelTable avx512{spmm_csr_avx512, avx512_x, spmm_bsr_avx512, avx512_x,
                                   spmm_nm_avx512,  avx512_x, pack_x_avx512,
                                   spmm_nm_tiles_avx512, 16, 8,
-                                  nm_tiles_pack_avx512, spmm_nm_tiles_cached_avx512};
+                                  nm_tiles_pack_avx512, spmm_nm_tiles_cached_avx512,
+                                  spmm_csr_bitmap_avx2};
   switch (isa) {
     case Isa::avx512:
       return avx512;

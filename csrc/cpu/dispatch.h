@@ -44,6 +44,9 @@ struct KernelTable {
   // ISA has none (only AVX-512 has).
   NMTilesPackFn nm_tiles_pack;
   NMTilesCachedKernel nm_tiles_cached;
+  // Batch-1 CSR through its bitmap view (AVX-512 CPUs run the AVX2 kernel: an AVX-512 one
+  // is yet to be written and measured).
+  CsrBitmapKernel csr_bitmap;
 };
 
 // Kernels for `isa`; patterns without a kernel for it use the scalar reference.

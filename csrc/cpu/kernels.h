@@ -256,6 +256,25 @@ using NMTilesPackFn = void (*)(const NM&, int64_t in_features, int64_t out_featu
 using NMTilesCachedKernel = void (*)(const Dense&, const NM&, const NMTileCopy&,
                                      int64_t row_begin, int64_t row_end);
 
+// A CSR weight's bitmap view for batch 1 (sparseprune/csr_bitmap.py makes it once per
+// weight and passes the CSR's own values): bit j of bitmap[r * row_bytes + g] marks column
+// 8 * g + j of row r as stored, and row r's values are values[row_starts[r] ..
+// row_starts[r + 1]) in column order. row_bytes = csr_bitmap_row_bytes(in); bits past
+// in_features are zero. Half-dense weights stream 1/8 byte per weight instead of a 1-byte
+// index per entry, and the activations are read contiguously, without gathers.
+struct CsrBitmap {
+  const int64_t* row_starts;  // [out + 1]
+  const uint8_t* bitmap;      // [out, row_bytes]
+  const void* values;         // [nnz], dtype
+  int64_t row_bytes;
+};
+inline int64_t csr_bitmap_row_bytes(int64_t in_features) { return (in_features + 15) / 16 * 2; }
+// Output rows [row_begin, row_end) of one batch row (d.batch is 1, d.y that row's output)
+// from x: fp32, row_bytes * 8 floats, zero past in_features. Whatever the bits say, reads
+// no value outside values[row_starts[r] .. row_starts[out_features]) for row r.
+using CsrBitmapKernel = void (*)(const Dense&, const CsrBitmap&, const float* x,
+                                 int64_t row_begin, int64_t row_end);
+
 namespace {
 inline bool nm_tiles_fit(DType dtype, int64_t m, int64_t window) {
   return dtype == DType::f32 && window % m == 0;
@@ -268,6 +287,8 @@ void spmm_csr_ref(const Dense&, const Csr&, const XPacked&, int64_t row_begin, i
 void spmm_bsr_ref(const Dense&, const Bsr&, const XPacked&, int64_t block_row_begin,
                   int64_t block_row_end);
 void spmm_nm_ref(const Dense&, const NM&, const XPacked&, int64_t row_begin, int64_t row_end);
+void spmm_csr_bitmap_ref(const Dense&, const CsrBitmap&, const float* x, int64_t row_begin,
+                         int64_t row_end);
 
 // Vectorized kernels, one translation unit per pattern x ISA, each compiled with its own
 // flags (csrc/cpu/isa_flags.txt). Only dispatch.cpp decides whether they may run.
@@ -286,6 +307,8 @@ void spmm_nm_tiles_cached_avx512(const Dense&, const NM&, const NMTileCopy&,
 void nm_tiles_pack_avx512(const NM&, int64_t in_features, int64_t out_features,
                           int64_t tile_begin, int64_t tile_end, float* values, uint8_t* cols);
 void spmm_nm_tiles_avx2(const Dense&, const NM&, int64_t row_begin, int64_t row_end);
+void spmm_csr_bitmap_avx2(const Dense&, const CsrBitmap&, const float* x, int64_t row_begin,
+                          int64_t row_end);
 
 }  // namespace cpu
 }  // namespace sparseprune

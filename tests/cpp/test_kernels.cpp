@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -171,6 +172,37 @@ void run_case(Isa isa, const Case& c, DType dtype) {
     k.csr(d, csr, xp, 0, c.out / 2);
     k.csr(d, csr, xp, c.out / 2, c.out);
     expect_close("csr/u8", isa, c, y, ref);
+  }
+
+  // The CSR bitmap view (batch 1 per call): values in exact-size storage, so that a read
+  // past the last value shows under the sanitizers; x padded to whole bitmap bytes.
+  {
+    const int64_t row_bytes = csr_bitmap_row_bytes(c.in);
+    std::vector<int64_t> starts{0};
+    std::vector<uint8_t> bitmap(c.out * row_bytes, 0);
+    std::vector<T> vals;
+    for (int64_t r = 0; r < c.out; ++r) {
+      for (int64_t j = 0; j < c.in; ++j)
+        if (wf[r * c.in + j] != 0.f) {
+          bitmap[r * row_bytes + j / 8] |= uint8_t(1u << (j % 8));
+          vals.push_back(w[r * c.in + j]);
+        }
+      starts.push_back(int64_t(vals.size()));
+    }
+    std::unique_ptr<T[]> exact(new T[std::max<size_t>(vals.size(), 1)]);
+    std::copy(vals.begin(), vals.end(), exact.get());
+    const CsrBitmap view{starts.data(), bitmap.data(), exact.get(), row_bytes};
+    std::vector<float> xrow(row_bytes * 8, 0.f);
+    std::fill(y.begin(), y.end(), T{});
+    for (int64_t b = 0; b < c.batch; ++b) {
+      for (int64_t j = 0; j < c.in; ++j) xrow[j] = xf[b * c.in + j];
+      Dense row = d;
+      row.batch = 1;
+      row.y = y.data() + b * c.out;
+      k.csr_bitmap(row, view, xrow.data(), 0, c.out / 2);
+      k.csr_bitmap(row, view, xrow.data(), c.out / 2, c.out);
+    }
+    expect_close("csr/bitmap", isa, c, y, ref);
   }
 
   // BSR, ragged block grids: every block that holds a nonzero is stored.

@@ -1,0 +1,115 @@
+"""A per-weight bitmap view of CPU CSR weights, for products at batch 1.
+
+At batch 1 a CSR product streams its weight once: bytes decide. A half-dense weight in
+8-bit CSR moves 5 bytes per stored entry (value + column byte); the same entries as a
+bitmap (one bit per weight) and the CSR's own values move 4 bytes per entry plus 1/8 byte
+per weight, and the kernel reads the activations contiguously instead of gathering them
+(csrc/cpu/spmm_csr_bitmap_avx2.cpp). On the AVX2 machine (Zen 3, 2 threads) 50% sparse
+weights ran 1.2-1.5x faster this way than through the gather kernel; from about 75%
+sparsity on the CSR kernel wins (benchmarks/RESULTS.md, "CSR bitmap view").
+
+The view is made on the first batch-1 product of a weight (a bitmap of
+``out * ceil(in / 16) * 2`` bytes, 1/32 of the dense fp32 weight, plus ``out + 1`` row
+starts) and reused while the weight's offsets and indices are unchanged; the values are
+the CSR's own tensor, read in place. It is used for inference only (no gradient needed),
+on the CPU, for float32 and bfloat16 weights holding at least :data:`MIN_DENSITY` of their
+entries, while the AVX2 kernels are active (AVX-512 keeps its gather kernel until the view
+is measured there). Like the N:M tile copies (:mod:`sparseprune.tile_cache`) it lives in
+a weak map beside its owner, never in a ``state_dict`` or a checkpoint.
+:func:`set_csr_bitmap` or ``SPARSEPRUNE_CSR_BITMAP=0`` (read at import) turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+
+import torch
+
+from .formats import csr_coords, csr_segments
+
+__all__ = ["set_csr_bitmap", "csr_bitmap_enabled", "csr_bitmap", "MIN_DENSITY"]
+
+#: Stored entries per weight from which batch-1 products take the bitmap view: the gather
+#: kernel matched it at 70% sparsity and won from 80% (4096x4096, Zen 3, 2 threads).
+MIN_DENSITY = 0.25
+
+_enabled = os.environ.get("SPARSEPRUNE_CSR_BITMAP", "") != "0"
+_views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def set_csr_bitmap(enabled: bool) -> None:
+    """Turns the batch-1 bitmap views of CSR weights on or off (off drops every view)."""
+    global _enabled
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    _enabled = enabled
+    if not enabled:
+        _views.clear()
+
+
+def csr_bitmap_enabled() -> bool:
+    return _enabled
+
+
+def row_bytes(in_features: int) -> int:
+    """Bitmap bytes per row: whole 16-column words."""
+    return (in_features + 15) // 16 * 2
+
+
+def csr_bitmap(row_offsets: torch.Tensor, col_indices: torch.Tensor,
+               shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row_starts int64 ``[out + 1]``, bitmap uint8 ``[out, row_bytes(in)]``) of a CSR
+    weight (16-, 32- or 8-bit indices), the inputs of ``linear_csr_bitmap``."""
+    out_f, in_f = shape
+    nbytes = row_bytes(in_f)
+    rows, cols = csr_coords(row_offsets, col_indices, shape)
+    bit = rows * (nbytes * 8) + cols
+    # A CSR stores each (row, column) once, so adding the bits sets them.
+    words = torch.zeros(out_f * nbytes, dtype=torch.int32, device=row_offsets.device)
+    words.index_add_(0, bit // 8, torch.ones_like(bit, dtype=torch.int32) << (bit % 8).int())
+    segs = csr_segments(in_f) if col_indices.dtype == torch.uint8 else 1
+    row_starts = row_offsets[::max(segs, 1)].contiguous()
+    return row_starts, words.to(torch.uint8).view(out_f, nbytes)
+
+
+def _applies(x, row_offsets, values, bias, out_features) -> bool:
+    if not _enabled or x.dim() == 0 or x.numel() != x.shape[-1]:
+        return False  # batch rows other than one take the plain op
+    if type(x) is not torch.Tensor or type(values) not in (torch.Tensor, torch.nn.Parameter):
+        return False  # fake / meta / subclass tensors take the plain op
+    if x.device.type != "cpu" or values.device.type != "cpu" or row_offsets.device.type != "cpu":
+        return False
+    if x.dtype not in (torch.float32, torch.bfloat16) or values.dtype != x.dtype:
+        return False
+    if values.numel() < MIN_DENSITY * out_features * x.shape[-1] or values.numel() == 0:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or values.requires_grad or
+                                    (bias is not None and bias.requires_grad)):
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    from ._ext import cpu_capability
+    return cpu_capability() == "avx2"
+
+
+def csr_bitmap_linear(owner, x, row_offsets, col_indices, values, bias, out_features):
+    """``x W^T + bias`` through ``owner``'s bitmap view of the CSR weight, made or remade as
+    needed; None where the view does not apply (the caller runs ``linear_csr``)."""
+    if not _applies(x, row_offsets, values, bias, out_features):
+        return None
+    in_f = x.shape[-1]
+    try:
+        key = (row_offsets.data_ptr(), row_offsets._version, col_indices.data_ptr(),
+               col_indices._version, col_indices.dtype, values.numel(), out_features, in_f)
+    except RuntimeError:  # inference tensors carry no version counter
+        return None
+    entry = _views.get(owner)
+    if entry is None or entry[0] != key:
+        with torch.no_grad():
+            view = csr_bitmap(row_offsets, col_indices, (out_features, in_f))
+        entry = (key, view)
+        _views[owner] = entry
+    row_starts, bitmap = entry[1]
+    return torch.ops.sparseprune.linear_csr_bitmap(x, row_starts, bitmap, values, bias,
+                                                   out_features)
