@@ -5,15 +5,17 @@ At batch 1 a CSR product streams its weight once: bytes decide. A half-dense wei
 bitmap (one bit per weight) and the CSR's own values move 4 bytes per entry plus 1/8 byte
 per weight, and the kernel reads the activations contiguously instead of gathering them
 (csrc/cpu/spmm_csr_bitmap_avx2.cpp). On the AVX2 machine (Zen 3, 2 threads) 50% sparse
-weights ran 1.2-1.5x faster this way than through the gather kernel; from about 75%
-sparsity on the CSR kernel wins (benchmarks/RESULTS.md, "CSR bitmap view").
+weights ran 1.1-1.4x faster this way than through the gather kernel from 768x3072 up (fp32;
+bf16 1.3-1.7x); from about 75% sparsity on the gather kernel wins (benchmarks/RESULTS.md,
+"AVX2: a bitmap view of CSR at batch 1").
 
 The view is made on the first batch-1 product of a weight (a bitmap of
 ``out * ceil(in / 16) * 2`` bytes, 1/32 of the dense fp32 weight, plus ``out + 1`` row
 starts) and reused while the weight's offsets and indices are unchanged; the values are
 the CSR's own tensor, read in place. It is used for inference only (no gradient needed),
-on the CPU, for float32 and bfloat16 weights holding at least :data:`MIN_DENSITY` of their
-entries, while the AVX2 kernels are active (AVX-512 keeps its gather kernel until the view
+on the CPU, for bfloat16 weights and float32 weights of at least :data:`MIN_FP32_WEIGHTS`
+entries, holding at least :data:`MIN_DENSITY` of their entries, while the AVX2 kernels are
+active (AVX-512 keeps its gather kernel until the view
 is measured there). Like the N:M tile copies (:mod:`sparseprune.tile_cache`) it lives in
 a weak map beside its owner, never in a ``state_dict`` or a checkpoint.
 :func:`set_csr_bitmap` or ``SPARSEPRUNE_CSR_BITMAP=0`` (read at import) turns it off.
@@ -26,13 +28,18 @@ import weakref
 
 import torch
 
-from .formats import csr_coords, csr_segments
+from ._ext import cpu_capability
 
 __all__ = ["set_csr_bitmap", "csr_bitmap_enabled", "csr_bitmap", "MIN_DENSITY"]
 
 #: Stored entries per weight from which batch-1 products take the bitmap view: the gather
 #: kernel matched it at 70% sparsity and won from 80% (4096x4096, Zen 3, 2 threads).
 MIN_DENSITY = 0.25
+#: fp32 weights smaller than this keep the gather kernel: on 1536x384 and 384x1536 at 50%
+#: the view ran 0.89-1.03x of it (the weight's stream is short next to the per-call costs),
+#: against 1.1-1.4x from 768x3072 up. bfloat16 weights take the view at any size (1.26x on
+#: 1536x384, 1.7x from 768x3072 up: the gather kernel widens each bf16 value alone).
+MIN_FP32_WEIGHTS = 1 << 20
 
 _enabled = os.environ.get("SPARSEPRUNE_CSR_BITMAP", "") != "0"
 _views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -52,6 +59,18 @@ def csr_bitmap_enabled() -> bool:
     return _enabled
 
 
+def view_nbytes(owner) -> int | None:
+    """Bytes a batch-1 product through ``owner``'s bitmap view streams (its values, bitmap
+    and row starts), or None where ``owner`` has no view."""
+    entry = _views.get(owner)
+    if entry is None or entry[1] is None:
+        return None
+    row_starts, bitmap = entry[1]
+    values = owner.values if hasattr(owner, "values") else getattr(owner, owner._values_name)
+    return (values.numel() * values.element_size() + bitmap.numel() +
+            row_starts.numel() * row_starts.element_size())
+
+
 def row_bytes(in_features: int) -> int:
     """Bitmap bytes per row: whole 16-column words."""
     return (in_features + 15) // 16 * 2
@@ -61,6 +80,8 @@ def csr_bitmap(row_offsets: torch.Tensor, col_indices: torch.Tensor,
                shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(row_starts int64 ``[out + 1]``, bitmap uint8 ``[out, row_bytes(in)]``) of a CSR
     weight (16-, 32- or 8-bit indices), the inputs of ``linear_csr_bitmap``."""
+    from .formats import csr_coords, csr_segments  # formats imports this module
+
     out_f, in_f = shape
     nbytes = row_bytes(in_f)
     rows, cols = csr_coords(row_offsets, col_indices, shape)
@@ -73,43 +94,48 @@ def csr_bitmap(row_offsets: torch.Tensor, col_indices: torch.Tensor,
     return row_starts, words.to(torch.uint8).view(out_f, nbytes)
 
 
-def _applies(x, row_offsets, values, bias, out_features) -> bool:
-    if not _enabled or x.dim() == 0 or x.numel() != x.shape[-1]:
-        return False  # batch rows other than one take the plain op
-    if type(x) is not torch.Tensor or type(values) not in (torch.Tensor, torch.nn.Parameter):
+def _eligible(x, row_offsets, values, out_features) -> bool:
+    """Whether the weight takes the view at all (checked once per weight and key)."""
+    if type(values) not in (torch.Tensor, torch.nn.Parameter):
         return False  # fake / meta / subclass tensors take the plain op
-    if x.device.type != "cpu" or values.device.type != "cpu" or row_offsets.device.type != "cpu":
+    if values.device.type != "cpu" or row_offsets.device.type != "cpu":
         return False
-    if x.dtype not in (torch.float32, torch.bfloat16) or values.dtype != x.dtype:
+    if values.dtype not in (torch.float32, torch.bfloat16):
         return False
-    if values.numel() < MIN_DENSITY * out_features * x.shape[-1] or values.numel() == 0:
+    weights = out_features * x.shape[-1]
+    if values.dtype == torch.float32 and weights < MIN_FP32_WEIGHTS:
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or values.requires_grad or
-                                    (bias is not None and bias.requires_grad)):
-        return False
-    if torch.compiler.is_compiling():
-        return False
-    from ._ext import cpu_capability
-    return cpu_capability() == "avx2"
+    return 0 < values.numel() and values.numel() >= MIN_DENSITY * weights
 
 
 def csr_bitmap_linear(owner, x, row_offsets, col_indices, values, bias, out_features):
     """``x W^T + bias`` through ``owner``'s bitmap view of the CSR weight, made or remade as
-    needed; None where the view does not apply (the caller runs ``linear_csr``)."""
-    if not _applies(x, row_offsets, values, bias, out_features):
+    needed; None where the view does not apply (the caller runs ``linear_csr``). Called on
+    every CSR product, so the cheap refusals come first (this path costs ~1 us)."""
+    if not _enabled or type(x) is not torch.Tensor or x.dim() == 0 or \
+            x.numel() != x.shape[-1]:
+        return None  # batch rows other than one, and subclass / fake inputs
+    if torch.is_grad_enabled() and (x.requires_grad or values.requires_grad or
+                                    (bias is not None and bias.requires_grad)):
+        return None
+    if torch.compiler.is_compiling() or cpu_capability() != "avx2":
         return None
     in_f = x.shape[-1]
     try:
         key = (row_offsets.data_ptr(), row_offsets._version, col_indices.data_ptr(),
-               col_indices._version, col_indices.dtype, values.numel(), out_features, in_f)
+               col_indices._version, values.dtype, values.numel(), out_features, in_f)
     except RuntimeError:  # inference tensors carry no version counter
         return None
     entry = _views.get(owner)
     if entry is None or entry[0] != key:
-        with torch.no_grad():
-            view = csr_bitmap(row_offsets, col_indices, (out_features, in_f))
-        entry = (key, view)
+        view = None
+        if x.device.type == "cpu" and _eligible(x, row_offsets, values, out_features):
+            with torch.no_grad():
+                view = csr_bitmap(row_offsets, col_indices, (out_features, in_f))
+        entry = (key, view)  # None: this weight keeps the gather kernel
         _views[owner] = entry
+    if entry[1] is None:
+        return None
     row_starts, bitmap = entry[1]
     return torch.ops.sparseprune.linear_csr_bitmap(x, row_starts, bitmap, values, bias,
                                                    out_features)

@@ -31,6 +31,8 @@ from typing import ClassVar
 
 import torch
 
+from .csr_bitmap import csr_bitmap_linear
+
 __all__ = [
     "FormatError",
     "PackedWeight",
@@ -540,7 +542,6 @@ class CSRWeight(PackedWeight):
 
     def linear(self, x, bias=None):
         self._check_x(x)
-        from .csr_bitmap import csr_bitmap_linear
         y = csr_bitmap_linear(self, x, self.row_offsets, self.col_indices, self.values, bias,
                               self.out_features)
         if y is not None:

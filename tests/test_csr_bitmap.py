@@ -14,9 +14,11 @@ needs_avx2 = pytest.mark.skipif(not AVX2, reason="the view is used with the AVX2
 
 
 @pytest.fixture
-def view_on():
+def view_on(monkeypatch):
+    """The view on, for fp32 weights of any size too (the tests' weights are small)."""
     before = csr_bitmap.csr_bitmap_enabled()
     sp.set_csr_bitmap(True)
+    monkeypatch.setattr(csr_bitmap, "MIN_FP32_WEIGHTS", 0)
     yield
     sp.set_csr_bitmap(before)
 
@@ -133,6 +135,7 @@ def test_weight_linear_uses_the_view_at_batch_one_only(view_on):
         x = torch.randn(1, 200, generator=g)
         y = csr.linear(x)
         assert csr in csr_bitmap._views
+        assert csr_bitmap.view_nbytes(csr) == csr.values.numel() * 4 + 80 * 26 + 81 * 8
         assert torch.equal(y, OP(x, *csr_bitmap._views[csr][1], csr.values, None, 80))
         assert_matches(y, reference(x, w), torch.float32)
         # not where gradients are wanted, nor when turned off, nor on the scalar kernels
@@ -143,6 +146,7 @@ def test_weight_linear_uses_the_view_at_batch_one_only(view_on):
         with sp.use_isa("ref"):
             sparse.linear(x)
         assert sparse not in csr_bitmap._views
+        assert csr_bitmap.view_nbytes(sparse) is None
     with sp.use_isa("avx2"), torch.enable_grad():
         xg = x.clone().requires_grad_()
         sparse.linear(xg).sum().backward()
@@ -156,7 +160,20 @@ def test_too_sparse_weights_keep_the_gather_kernel(view_on):
     assert csr.nnz < csr_bitmap.MIN_DENSITY * w.numel()
     with sp.use_isa("avx2"), torch.no_grad():
         csr.linear(torch.randn(300))
-    assert csr not in csr_bitmap._views
+    assert csr_bitmap._views[csr][1] is None  # decided once per weight
+
+
+@needs_avx2
+def test_small_fp32_weights_keep_the_gather_kernel_bf16_ones_do_not():
+    w = sparse_weight(40, 300, 0.5)
+    assert w.numel() < csr_bitmap.MIN_FP32_WEIGHTS
+    fp32 = sp.CSRWeight.from_dense(w, index_bits=8)
+    bf16 = sp.CSRWeight.from_dense(w.bfloat16(), index_bits=8)
+    with sp.use_isa("avx2"), torch.no_grad():
+        fp32.linear(torch.randn(300))
+        y = bf16.linear(torch.randn(300).bfloat16())
+    assert fp32 not in csr_bitmap._views or csr_bitmap._views[fp32][1] is None
+    assert csr_bitmap._views[bf16][1] is not None and y.dtype == torch.bfloat16
 
 
 @needs_avx2

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .. import formats, masks, tile_cache
+from .. import csr_bitmap, formats, masks, tile_cache
 from ..formats import NMWeight
 from ..nn import csr_index_bits
 from .limits import measure
@@ -264,10 +264,13 @@ def _case(cfg, weight, bias, pruned, packed32, pattern, dname, threads, shape, b
     with torch.inference_mode(False):
         packs = rotating(lambda: clone_packed(packed), packed.nbytes, cfg.rotate_bytes)
     tile_copies = isinstance(packed, NMWeight) and tile_cache.nm_tile_cache_enabled()
-    if tile_copies:  # every copy's tile copy made before timing (once per weight in use)
+    view_bytes = None  # a CSR weight's batch-1 bitmap view (csr_bitmap), where one is made
+    if tile_copies or isinstance(packed, formats.CSRWeight):
+        # every copy's tile copy or bitmap view made before timing (once per weight in use)
         with torch.no_grad():
             for _ in range(copies_for(packed.nbytes, cfg.rotate_bytes)):
                 next(packs).linear(torch.zeros(1, weight.shape[1], dtype=dtype))
+            view_bytes = csr_bitmap.view_nbytes(next(packs))
     baseline, base_reason, base_bytes = None, None, None
     if cfg.baselines:
         try:
@@ -298,7 +301,8 @@ def _case(cfg, weight, bias, pruned, packed32, pattern, dname, threads, shape, b
         s = sparse_t.median
         # Weights as the kernel streams them (the tile copy when it is on: fp32 values and one
         # column byte per padded slot) + x in + y out.
-        streamed = tile_cache.copy_nbytes(packed) if tile_copies else packed.nbytes
+        streamed = (tile_cache.copy_nbytes(packed) if tile_copies else
+                    view_bytes if view_bytes is not None and batch == 1 else packed.nbytes)
         moved = streamed + 2 * x.numel() * x.element_size()
         row = {
             "shape": shape, "out": weight.shape[0], "in": weight.shape[1],
@@ -309,6 +313,7 @@ def _case(cfg, weight, bias, pruned, packed32, pattern, dname, threads, shape, b
             # count means another job competed for the cores during this case
             "load_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "nnz": nnz, "packed_bytes": packed.nbytes, "nm_tile_cache": tile_copies,
+            "csr_bitmap_view": view_bytes is not None and batch == 1,
             "streamed_weight_bytes": streamed,
             "rotated_bytes": packed.nbytes * copies_for(packed.nbytes, cfg.rotate_bytes),
             "dense_bytes": dense_w.numel() * dense_w.element_size(),
