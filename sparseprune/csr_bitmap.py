@@ -6,7 +6,7 @@ bitmap (one bit per weight) and the CSR's own values move 4 bytes per entry plus
 per weight, and the kernel reads the activations contiguously instead of gathering them
 (csrc/cpu/spmm_csr_bitmap_avx2.cpp). On the AVX2 machine (Zen 3, 2 threads) 50% sparse
 weights ran 1.1-1.4x faster this way than through the gather kernel from 768x3072 up (fp32;
-bf16 1.3-1.7x); from about 75% sparsity on the gather kernel wins (benchmarks/RESULTS.md,
+bf16 1.3-1.7x); from about 70% sparsity on the gather kernel wins (benchmarks/RESULTS.md,
 "AVX2: a bitmap view of CSR at batch 1").
 
 The view is made on the first batch-1 product of a weight (a bitmap of
@@ -32,9 +32,11 @@ from ._ext import cpu_capability
 
 __all__ = ["set_csr_bitmap", "csr_bitmap_enabled", "csr_bitmap", "MIN_DENSITY"]
 
-#: Stored entries per weight from which batch-1 products take the bitmap view: the gather
-#: kernel matched it at 70% sparsity and won from 80% (4096x4096, Zen 3, 2 threads).
-MIN_DENSITY = 0.25
+#: Stored entries per weight from which batch-1 products take the bitmap view. Same-process
+#: A/B on 4096x4096 fp32 (Zen 3, 2 threads), view / gather kernel: 60% sparse 1.05x, 70%
+#: 0.97-1.06x, 75% 0.86x, 80% 0.65x (the view's loop costs the same per 8 columns at any
+#: density, the gather kernel's per stored entry).
+MIN_DENSITY = 0.35
 #: fp32 weights smaller than this keep the gather kernel: on 1536x384 and 384x1536 at 50%
 #: the view ran 0.89-1.03x of it (the weight's stream is short next to the per-call costs),
 #: against 1.1-1.4x from 768x3072 up. bfloat16 weights take the view at any size (1.26x on

@@ -165,7 +165,7 @@ def test_too_sparse_weights_keep_the_gather_kernel(view_on):
 
 @needs_avx2
 def test_small_fp32_weights_keep_the_gather_kernel_bf16_ones_do_not():
-    w = sparse_weight(40, 300, 0.5)
+    w = sparse_weight(40, 300, 0.7)
     assert w.numel() < csr_bitmap.MIN_FP32_WEIGHTS
     fp32 = sp.CSRWeight.from_dense(w, index_bits=8)
     bf16 = sp.CSRWeight.from_dense(w.bfloat16(), index_bits=8)
