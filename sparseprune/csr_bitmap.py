@@ -96,33 +96,35 @@ def csr_bitmap(row_offsets: torch.Tensor, col_indices: torch.Tensor,
     return row_starts, words.to(torch.uint8).view(out_f, nbytes)
 
 
-def _eligible(x, row_offsets, values, out_features) -> bool:
-    """Whether the weight takes the view at all (checked once per weight and key)."""
+def _eligible(row_offsets, values) -> bool:
+    """The rest of whether a weight takes the view (checked once per weight and key)."""
     if type(values) not in (torch.Tensor, torch.nn.Parameter):
         return False  # fake / meta / subclass tensors take the plain op
     if values.device.type != "cpu" or row_offsets.device.type != "cpu":
         return False
     if values.dtype not in (torch.float32, torch.bfloat16):
         return False
-    weights = out_features * x.shape[-1]
-    if values.dtype == torch.float32 and weights < MIN_FP32_WEIGHTS:
-        return False
-    return 0 < values.numel() and values.numel() >= MIN_DENSITY * weights
+    return True
 
 
 def csr_bitmap_linear(owner, x, row_offsets, col_indices, values, bias, out_features):
     """``x W^T + bias`` through ``owner``'s bitmap view of the CSR weight, made or remade as
     needed; None where the view does not apply (the caller runs ``linear_csr``). Called on
     every CSR product, so the cheap refusals come first (this path costs ~1 us)."""
-    if not _enabled or type(x) is not torch.Tensor or x.dim() == 0 or \
-            x.numel() != x.shape[-1]:
-        return None  # batch rows other than one, and subclass / fake inputs
+    if not _enabled or type(x) is not torch.Tensor or x.dim() == 0:
+        return None  # subclass / fake inputs
+    in_f = x.shape[-1]
+    if x.numel() != in_f:
+        return None  # batch rows other than one
+    weights, nnz = out_features * in_f, values.numel()
+    if nnz == 0 or nnz < MIN_DENSITY * weights or \
+            (weights < MIN_FP32_WEIGHTS and values.dtype == torch.float32):
+        return None  # too sparse or too small: no view to look up
     if torch.is_grad_enabled() and (x.requires_grad or values.requires_grad or
                                     (bias is not None and bias.requires_grad)):
         return None
     if torch.compiler.is_compiling() or cpu_capability() != "avx2":
         return None
-    in_f = x.shape[-1]
     try:
         key = (row_offsets.data_ptr(), row_offsets._version, col_indices.data_ptr(),
                col_indices._version, values.dtype, values.numel(), out_features, in_f)
@@ -131,7 +133,7 @@ def csr_bitmap_linear(owner, x, row_offsets, col_indices, values, bias, out_feat
     entry = _views.get(owner)
     if entry is None or entry[0] != key:
         view = None
-        if x.device.type == "cpu" and _eligible(x, row_offsets, values, out_features):
+        if x.device.type == "cpu" and _eligible(row_offsets, values):
             with torch.no_grad():
                 view = csr_bitmap(row_offsets, col_indices, (out_features, in_f))
         entry = (key, view)  # None: this weight keeps the gather kernel
