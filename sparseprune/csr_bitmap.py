@@ -40,7 +40,7 @@ MIN_DENSITY = 0.35
 #: fp32 weights smaller than this keep the gather kernel: on 1536x384 and 384x1536 at 50%
 #: the view ran 0.89-1.03x of it (the weight's stream is short next to the per-call costs),
 #: against 1.1-1.4x from 768x3072 up. bfloat16 weights take the view at any size (1.26x on
-#: 1536x384, 1.7x from 768x3072 up: the gather kernel widens each bf16 value alone).
+#: 1536x384, 1.7x from 768x3072 up).
 MIN_FP32_WEIGHTS = 1 << 20
 
 _enabled = os.environ.get("SPARSEPRUNE_CSR_BITMAP", "") != "0"
