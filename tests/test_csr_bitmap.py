@@ -212,3 +212,15 @@ def test_sparse_linear_uses_the_view_in_inference(view_on):
     assert set(sl.state_dict()) == keys  # the view is not state
     torch.testing.assert_close(y.double(), reference(x, lin.weight, lin.bias),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_layer_matches_eager_with_the_view(view_on):
+    lin = torch.nn.Linear(256, 96).bfloat16()
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand(96, 256) < 0.5)
+    sl = sp.SparseLinear.from_linear(lin, "csr")
+    x = torch.randn(256).bfloat16()
+    with torch.no_grad():
+        eager = sl(x)
+        compiled = torch.compile(sl, fullgraph=True)(x)
+    torch.testing.assert_close(compiled, eager, rtol=2e-2, atol=2e-2)
