@@ -46,6 +46,12 @@ struct GatherAcc {
   float sum() const { return hsum(_mm256_add_ps(a0, a1)) + rest; }
 };
 
+// Values and indices asked for this far (in values' bytes) ahead of the loads. Same-process
+// A/B on the five issue-4 shapes at 90%, batch 1, fp32 16-bit CSR (Zen 3, 2 threads, two
+// runs): +0-13%, about +5% on average, against an A/A pair of identical code that spread by
+// up to 10%; 2 KB no better.
+constexpr int64_t kGatherAhead = 1024;
+
 // acc += vals[k0..k1) * x[cols[k0..k1)].
 template <typename I, typename T>
 inline void gather_fma(const I* cols, const T* vals, int64_t k0, int64_t k1, const float* x,
@@ -54,6 +60,9 @@ inline void gather_fma(const I* cols, const T* vals, int64_t k0, int64_t k1, con
   __m256 acc1 = acc.a1;
   int64_t k = k0;
   for (; k + 16 <= k1; k += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(vals + k) + kGatherAhead, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(cols + k) + kGatherAhead * sizeof(I) / sizeof(T),
+                 _MM_HINT_T0);
     const __m256 x0 = _mm256_i32gather_ps(x, load_idx(cols + k), 4);
     const __m256 x1 = _mm256_i32gather_ps(x, load_idx(cols + k + 8), 4);
     acc0 = _mm256_fmadd_ps(load_vals(vals + k), x0, acc0);
