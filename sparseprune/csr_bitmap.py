@@ -12,7 +12,8 @@ bf16 1.3-1.7x); from about 70% sparsity on the gather kernel wins (benchmarks/RE
 The view is made on the first batch-1 product of a weight (a bitmap of
 ``out * ceil(in / 16) * 2`` bytes, 1/32 of the dense fp32 weight, plus ``out + 1`` row
 starts) and reused while the weight's offsets and indices are unchanged; the values are
-the CSR's own tensor, read in place. It is used for inference only (no gradient needed),
+the CSR's own tensor, read in place (edits through ``.data``, which bump no version
+counter, are not seen: repack or replace the tensors instead). It is used for inference only (no gradient needed),
 on the CPU, for bfloat16 weights and float32 weights of at least :data:`MIN_FP32_WEIGHTS`
 entries, holding at least :data:`MIN_DENSITY` of their entries, while the AVX2 kernels are
 active (AVX-512 keeps its gather kernel until the view
@@ -61,13 +62,19 @@ def csr_bitmap_enabled() -> bool:
     return _enabled
 
 
+def view_of(owner) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``owner``'s current view (row_starts, bitmap), or None where it has none."""
+    entry = _views.get(owner)
+    return None if entry is None else entry[3]
+
+
 def view_nbytes(owner) -> int | None:
     """Bytes a batch-1 product through ``owner``'s bitmap view streams (its values, bitmap
     and row starts), or None where ``owner`` has no view."""
-    entry = _views.get(owner)
-    if entry is None or entry[1] is None:
+    view = view_of(owner)
+    if view is None:
         return None
-    row_starts, bitmap = entry[1]
+    row_starts, bitmap = view
     values = owner.values if hasattr(owner, "values") else getattr(owner, owner._values_name)
     return (values.numel() * values.element_size() + bitmap.numel() +
             row_starts.numel() * row_starts.element_size())
@@ -111,8 +118,8 @@ def csr_bitmap_linear(owner, x, row_offsets, col_indices, values, bias, out_feat
     """``x W^T + bias`` through ``owner``'s bitmap view of the CSR weight, made or remade as
     needed; None where the view does not apply (the caller runs ``linear_csr``). Called on
     every CSR product, so the cheap refusals come first (this path costs ~1 us)."""
-    if not _enabled or type(x) is not torch.Tensor or x.dim() == 0:
-        return None  # subclass / fake inputs
+    if not _enabled or type(x) is not torch.Tensor or x.dim() == 0 or torch.jit.is_tracing():
+        return None  # subclass / fake inputs; a traced graph must not hold a view
     in_f = x.shape[-1]
     if x.numel() != in_f:
         return None  # batch rows other than one
@@ -126,20 +133,24 @@ def csr_bitmap_linear(owner, x, row_offsets, col_indices, values, bias, out_feat
     if torch.compiler.is_compiling() or cpu_capability() != "avx2":
         return None
     try:
-        key = (row_offsets.data_ptr(), row_offsets._version, col_indices.data_ptr(),
-               col_indices._version, values.dtype, values.numel(), out_features, in_f)
+        key = (row_offsets._version, col_indices._version, values.dtype, values.numel(),
+               out_features, in_f)
     except RuntimeError:  # inference tensors carry no version counter
         return None
     entry = _views.get(owner)
-    if entry is None or entry[0] != key:
+    # The index tensors themselves (held by the entry, so no new tensor can reuse their
+    # memory) and their version counters; edits through .data bump no counter and are not
+    # seen, as for torch's own caches.
+    if entry is None or entry[0] is not row_offsets or entry[1] is not col_indices or \
+            entry[2] != key:
         view = None
         if x.device.type == "cpu" and _eligible(row_offsets, values):
             with torch.no_grad():
                 view = csr_bitmap(row_offsets, col_indices, (out_features, in_f))
-        entry = (key, view)  # None: this weight keeps the gather kernel
+        entry = (row_offsets, col_indices, key, view)  # view None: the gather kernel
         _views[owner] = entry
-    if entry[1] is None:
+    if entry[3] is None:
         return None
-    row_starts, bitmap = entry[1]
+    row_starts, bitmap = entry[3]
     return torch.ops.sparseprune.linear_csr_bitmap(x, row_starts, bitmap, values, bias,
                                                    out_features)

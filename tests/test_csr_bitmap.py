@@ -136,7 +136,7 @@ def test_weight_linear_uses_the_view_at_batch_one_only(view_on):
         y = csr.linear(x)
         assert csr in csr_bitmap._views
         assert csr_bitmap.view_nbytes(csr) == csr.values.numel() * 4 + 80 * 26 + 81 * 8
-        assert torch.equal(y, OP(x, *csr_bitmap._views[csr][1], csr.values, None, 80))
+        assert torch.equal(y, OP(x, *csr_bitmap.view_of(csr), csr.values, None, 80))
         assert_matches(y, reference(x, w), torch.float32)
         # not where gradients are wanted, nor when turned off, nor on the scalar kernels
         sparse = sp.CSRWeight.from_dense(w, index_bits=8)
@@ -164,7 +164,8 @@ def test_too_sparse_weights_keep_the_gather_kernel(view_on):
 
 
 @needs_avx2
-def test_small_fp32_weights_keep_the_gather_kernel_bf16_ones_do_not():
+def test_small_fp32_weights_keep_the_gather_kernel_bf16_ones_do_not(view_on, monkeypatch):
+    monkeypatch.setattr(csr_bitmap, "MIN_FP32_WEIGHTS", 1 << 20)  # the default
     w = sparse_weight(40, 300, 0.7)
     assert w.numel() < csr_bitmap.MIN_FP32_WEIGHTS
     fp32 = sp.CSRWeight.from_dense(w, index_bits=8)
@@ -172,8 +173,8 @@ def test_small_fp32_weights_keep_the_gather_kernel_bf16_ones_do_not():
     with sp.use_isa("avx2"), torch.no_grad():
         fp32.linear(torch.randn(300))
         y = bf16.linear(torch.randn(300).bfloat16())
-    assert fp32 not in csr_bitmap._views or csr_bitmap._views[fp32][1] is None
-    assert csr_bitmap._views[bf16][1] is not None and y.dtype == torch.bfloat16
+    assert csr_bitmap.view_of(fp32) is None
+    assert csr_bitmap.view_of(bf16) is not None and y.dtype == torch.bfloat16
 
 
 @needs_avx2
@@ -184,7 +185,7 @@ def test_view_is_remade_when_the_indices_change_in_place(view_on):
     x = torch.randn(64, generator=g)
     with sp.use_isa("avx2"), torch.no_grad():
         csr.linear(x)
-        first = csr_bitmap._views[csr][1][1]
+        first = csr_bitmap.view_of(csr)[1]
         # move row 0's first entry one column left, where the row has no entry
         cols = csr.col_indices[:csr.row_offsets[1]].to(torch.int64)
         free = sorted(set(range(64)) - set(cols.tolist()))
@@ -194,7 +195,7 @@ def test_view_is_remade_when_the_indices_change_in_place(view_on):
         csr.col_indices.copy_(moved.col_indices)
         csr.values.copy_(moved.values)
         y = csr.linear(x)
-    assert csr_bitmap._views[csr][1][1] is not first
+    assert csr_bitmap.view_of(csr)[1] is not first
     assert_matches(y, reference(x, w2), torch.float32)
 
 
@@ -208,19 +209,75 @@ def test_sparse_linear_uses_the_view_in_inference(view_on):
     x = torch.randn(200)
     with sp.use_isa("avx2"), torch.inference_mode():
         y = sl(x)
-    assert sl in csr_bitmap._views
+    assert csr_bitmap.view_of(sl) is not None
     assert set(sl.state_dict()) == keys  # the view is not state
     torch.testing.assert_close(y.double(), reference(x, lin.weight, lin.bias),
                                rtol=1e-4, atol=1e-4)
 
 
-def test_compiled_layer_matches_eager_with_the_view(view_on):
+def _bf16_layer():
     lin = torch.nn.Linear(256, 96).bfloat16()
     with torch.no_grad():
         lin.weight.mul_(torch.rand(96, 256) < 0.5)
-    sl = sp.SparseLinear.from_linear(lin, "csr")
+    return sp.SparseLinear.from_linear(lin, "csr")
+
+
+@needs_avx2
+def test_compiled_layer_matches_eager_with_the_view(view_on):
+    sl = _bf16_layer()
     x = torch.randn(256).bfloat16()
-    with torch.no_grad():
+    with sp.use_isa("avx2"), torch.no_grad():
         eager = sl(x)
+        assert csr_bitmap.view_of(sl) is not None
         compiled = torch.compile(sl, fullgraph=True)(x)
     torch.testing.assert_close(compiled, eager, rtol=2e-2, atol=2e-2)
+
+
+@needs_avx2
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_traced_layer_holds_no_view(view_on):
+    sl = _bf16_layer()
+    x = torch.randn(256).bfloat16()
+    with sp.use_isa("avx2"), torch.no_grad():
+        traced = torch.jit.trace(sl, (x,), check_trace=False)
+        assert "linear_csr_bitmap" not in str(traced.inlined_graph)
+        torch.testing.assert_close(traced(x), sl(x), rtol=2e-2, atol=2e-2)
+
+
+def test_absent_weights_ignore_inf_and_nan_activations(isa):
+    # The gather kernels never read x where a row has no entry; nor does the view.
+    w = torch.zeros(3, 40)
+    w[0, 1], w[1, 7], w[2, 39] = 1.0, 2.0, -3.0
+    csr, (starts, bitmap) = _view(w)
+    x = torch.randn(40)
+    x[5], x[20] = float("inf"), float("nan")
+    y = OP(x, starts, bitmap, csr.values, None, 3)
+    assert torch.equal(y, torch.ops.sparseprune.linear_csr(x, csr.row_offsets, csr.col_indices,
+                                                           csr.values, None, 3))
+    assert torch.isfinite(y).all()
+
+
+@needs_avx2
+def test_loading_other_weights_remakes_the_view(view_on):
+    g = torch.Generator().manual_seed(8)
+    layers = []
+    for density in (0.6, 0.45):  # other entry counts: load_state_dict makes fresh tensors
+        lin = torch.nn.Linear(48, 20)
+        with torch.no_grad():
+            lin.weight.copy_(sparse_weight(20, 48, density, gen=g, zero_rows=False))
+        layers.append((sp.SparseLinear.from_linear(lin, "csr"), lin))
+    (sl, _), (other, lin2) = layers
+    x = torch.randn(48, generator=g)
+    with sp.use_isa("avx2"), torch.no_grad():
+        sl(x)
+        first = csr_bitmap.view_of(sl)
+        sl.load_state_dict(other.state_dict())
+        y = sl(x)
+        assert csr_bitmap.view_of(sl) is not first
+        torch.testing.assert_close(y.double(), reference(x, lin2.weight, lin2.bias),
+                                   rtol=1e-4, atol=1e-4)
+        # and an in-place change of the same tensors (version counters)
+        sl.load_state_dict(layers[0][0].state_dict())
+        sl.load_state_dict(other.state_dict())
+        torch.testing.assert_close(sl(x).double(), reference(x, lin2.weight, lin2.bias),
+                                   rtol=1e-4, atol=1e-4)

@@ -271,7 +271,9 @@ struct CsrBitmap {
 inline int64_t csr_bitmap_row_bytes(int64_t in_features) { return (in_features + 15) / 16 * 2; }
 // Output rows [row_begin, row_end) of one batch row (d.batch is 1, d.y that row's output)
 // from x: fp32, row_bytes * 8 floats, zero past in_features. Whatever the bits say, reads
-// no value outside values[row_starts[r] .. row_starts[out_features]) for row r.
+// no value outside values[row_starts[r] .. row_starts[out_features]) for row r (a bitmap
+// with more bits than its row has values is a caller's bug: memory-safe, but the kernels
+// may then disagree).
 using CsrBitmapKernel = void (*)(const Dense&, const CsrBitmap&, const float* x,
                                  int64_t row_begin, int64_t row_end);
 

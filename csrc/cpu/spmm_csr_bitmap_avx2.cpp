@@ -42,13 +42,17 @@ inline __m256 load8<uint16_t>(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
 }
 
-// The weights of 8 columns under bitmap byte b, whose first stored value is v[0] (8 values
-// readable from v).
+// weight * x over 8 columns under bitmap byte b, whose first stored value is v[0] (8 values
+// readable from v), added to a. Both factors are zeroed where b has no bit: an absent
+// weight contributes nothing even where x is Inf or NaN, as in the gather kernels.
 template <typename T>
-inline __m256 expand8(unsigned b, const T* v) {
+inline __m256 fma8(unsigned b, const T* v, const float* x, __m256 a) {
   const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(kExpand.idx[b]));
-  return _mm256_blendv_ps(_mm256_setzero_ps(), _mm256_permutevar8x32_ps(load8(v), idx),
-                          _mm256_castsi256_ps(idx));
+  const __m256 keep = _mm256_castsi256_ps(idx);
+  const __m256 wv =
+      _mm256_blendv_ps(_mm256_setzero_ps(), _mm256_permutevar8x32_ps(load8(v), idx), keep);
+  return _mm256_fmadd_ps(wv, _mm256_blendv_ps(_mm256_setzero_ps(), _mm256_loadu_ps(x), keep),
+                         a);
 }
 
 inline float hsum(__m256 v) {
@@ -77,12 +81,10 @@ void csr_bitmap_rows(const Dense& d, const CsrBitmap& w, const float* x, int64_t
     for (; g + 2 <= nb && last - v >= 16; g += 2) {
       _mm_prefetch(reinterpret_cast<const char*>(v) + kValuesAhead, _MM_HINT_T0);
       const unsigned b0 = bits[g], b1 = bits[g + 1];
-      const __m256 w0 = expand8(b0, v);
+      a0 = fma8(b0, v, x + g * 8, a0);
       v += _mm_popcnt_u32(b0);
-      const __m256 w1 = expand8(b1, v);
+      a1 = fma8(b1, v, x + g * 8 + 8, a1);
       v += _mm_popcnt_u32(b1);
-      a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + g * 8), a0);
-      a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + g * 8 + 8), a1);
     }
     // The weight's last values: through a zero-padded copy of what is left of the row.
     for (; g < nb && v < end; ++g) {
@@ -91,7 +93,7 @@ void csr_bitmap_rows(const Dense& d, const CsrBitmap& w, const float* x, int64_t
       T buf[8] = {};
       const int64_t n = end - v < 8 ? end - v : 8;
       for (int64_t i = 0; i < n; ++i) buf[i] = v[i];
-      a0 = _mm256_fmadd_ps(expand8(b, buf), _mm256_loadu_ps(x + g * 8), a0);
+      a0 = fma8(b, buf, x + g * 8, a0);
       v += _mm_popcnt_u32(b);
     }
     const float b = d.bias ? load_f32(static_cast<const T*>(d.bias)[r]) : 0.f;
