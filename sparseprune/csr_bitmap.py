@@ -75,7 +75,7 @@ def view_nbytes(owner) -> int | None:
     if view is None:
         return None
     row_starts, bitmap = view
-    values = owner.values if hasattr(owner, "values") else getattr(owner, owner._values_name)
+    values = owner.values  # a CSRWeight's or a CSR SparseLinear's
     return (values.numel() * values.element_size() + bitmap.numel() +
             row_starts.numel() * row_starts.element_size())
 
@@ -133,8 +133,8 @@ def csr_bitmap_linear(owner, x, row_offsets, col_indices, values, bias, out_feat
     if torch.compiler.is_compiling() or cpu_capability() != "avx2":
         return None
     try:
-        key = (row_offsets._version, col_indices._version, values.dtype, values.numel(),
-               out_features, in_f)
+        key = (row_offsets._version, col_indices._version, values.dtype, nnz, out_features,
+               in_f)
     except RuntimeError:  # inference tensors carry no version counter
         return None
     entry = _views.get(owner)

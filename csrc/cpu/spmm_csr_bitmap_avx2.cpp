@@ -10,6 +10,8 @@ namespace sparseprune {
 namespace cpu {
 namespace {
 
+#include "cpu/gather_avx2.h"  // load_vals, hsum
+
 // For bitmap byte b: lane j of idx[b] is the rank of bit j among b's set bits, with the
 // sign bit set where bit j is set (the blend mask).
 struct ExpandTable {
@@ -30,18 +32,6 @@ constexpr ExpandTable kExpand{};
 // bias of the same A/B run on identical code).
 constexpr int64_t kValuesAhead = 1024;
 
-template <typename T>
-inline __m256 load8(const T* p);
-template <>
-inline __m256 load8<float>(const float* p) {
-  return _mm256_loadu_ps(p);
-}
-template <>
-inline __m256 load8<uint16_t>(const uint16_t* p) {
-  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-}
-
 // weight * x over 8 columns under bitmap byte b, whose first stored value is v[0] (8 values
 // readable from v), added to a. Both factors are zeroed where b has no bit: an absent
 // weight contributes nothing even where x is Inf or NaN, as in the gather kernels.
@@ -50,16 +40,9 @@ inline __m256 fma8(unsigned b, const T* v, const float* x, __m256 a) {
   const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(kExpand.idx[b]));
   const __m256 keep = _mm256_castsi256_ps(idx);
   const __m256 wv =
-      _mm256_blendv_ps(_mm256_setzero_ps(), _mm256_permutevar8x32_ps(load8(v), idx), keep);
+      _mm256_blendv_ps(_mm256_setzero_ps(), _mm256_permutevar8x32_ps(load_vals(v), idx), keep);
   return _mm256_fmadd_ps(wv, _mm256_blendv_ps(_mm256_setzero_ps(), _mm256_loadu_ps(x), keep),
                          a);
-}
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 template <typename T>
