@@ -27,15 +27,16 @@ from sparseprune.bench.cuda import _copies, interleaved_gpu, semi_structured
 KEY = "SPARSEPRUNE_CUDA_NM24"
 
 
-def forced(variant: str, packed, x):
-    """A call of ``packed.linear(x)`` with the kernel ``variant`` (read when the graph is
-    captured, which is when the op's host code runs)."""
+def forced(variant: str, packed, x, key: str = KEY):
+    """A call of ``packed.linear(x)`` with the kernel ``variant`` forced through the
+    environment variable ``key`` (read when the graph is captured, which is when the op's
+    host code runs)."""
     def call():
-        os.environ[KEY] = variant
+        os.environ[key] = variant
         try:
             return packed.linear(x)
         finally:
-            os.environ.pop(KEY, None)
+            os.environ.pop(key, None)
     return call
 
 

@@ -55,6 +55,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "cuda_nm24_variants", [] { return cu::nm24_variant_names(); },
       "The values SPARSEPRUNE_CUDA_NM24 accepts (forces one 2:4 tensor-core kernel).");
+  m.def(
+      "cuda_bsr_variants", [] { return cu::bsr_variant_names(); },
+      "The values SPARSEPRUNE_CUDA_BSR accepts (forces one BSR tensor-core kernel).");
 #else
   m.attr("cuda_built") = false;
 #endif

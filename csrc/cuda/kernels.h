@@ -49,6 +49,7 @@ struct Bsr {
   const void* blocks;                // [nnzb, bh, bw]
   int64_t nnzb;
   int64_t bh, bw;
+  int variant = 0;  // tensor-core kernel: 0 automatic, else bsr_variant(...)
 };
 
 struct NM {
@@ -63,6 +64,10 @@ struct NM {
 // binding reads it from SPARSEPRUNE_CUDA_NM24): its NM::variant, or -1 if unknown.
 int nm24_variant(const char* spec);
 std::string nm24_variant_names();
+// The BSR tensor-core kernel a name forces ("auto", "legacy" or "gemm:BATCH"; the binding
+// reads it from SPARSEPRUNE_CUDA_BSR): its Bsr::variant, or -1 if unknown.
+int bsr_variant(const char* spec);
+std::string bsr_variant_names();
 // Bytes of scratch linear_nm needs for this problem (0: none); the binding allocates them.
 int64_t nm_scratch_bytes(const Dense& d, const NM& w);
 

@@ -176,6 +176,16 @@ at::Tensor linear_csr_cuda(const at::Tensor& x, const at::Tensor& row_offsets,
   return finish(p, cu::linear_csr(p.dense, xt, w, at::cuda::getCurrentCUDAStream()));
 }
 
+// SPARSEPRUNE_CUDA_BSR forces one BSR tensor-core kernel (benchmarks and tests; unset or
+// "auto": chosen by shape and batch).
+int bsr_variant_from_env() {
+  const char* env = std::getenv("SPARSEPRUNE_CUDA_BSR");
+  const int variant = cu::bsr_variant(env);
+  TORCH_CHECK_VALUE(variant >= 0, "SPARSEPRUNE_CUDA_BSR must be one of ",
+                    cu::bsr_variant_names(), "; got '", std::string(env), "'");
+  return variant;
+}
+
 at::Tensor linear_bsr_cuda(const at::Tensor& x, const at::Tensor& block_row_offsets,
                            const at::Tensor& block_col_indices, const at::Tensor& blocks,
                            const std::optional<at::Tensor>& bias, int64_t out_features) {
@@ -195,8 +205,8 @@ at::Tensor linear_bsr_cuda(const at::Tensor& x, const at::Tensor& block_row_offs
   const at::Tensor bro = block_row_offsets.contiguous();
   const at::Tensor bci = block_col_indices.contiguous();
   const at::Tensor blk = aligned(blocks);
-  const cu::Bsr w{bro.data_ptr<int64_t>(), bci.data_ptr<int32_t>(), blk.data_ptr(), nnzb, bh,
-                  bw};
+  cu::Bsr w{bro.data_ptr<int64_t>(), bci.data_ptr<int32_t>(), blk.data_ptr(), nnzb, bh, bw};
+  w.variant = bsr_variant_from_env();
   const bool cuda_core =
       std::string(cu::bsr_path(p.dense.dtype, bh, bw, p.dense.in_features)) == "cuda_core";
   const void* xt = transposed_x(p, cuda_core);

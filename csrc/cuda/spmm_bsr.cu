@@ -2,8 +2,10 @@
 // cores (mma.sync m16n8k16, fp16/bf16): a warp owns a block row's bh rows and up to 32
 // batch columns and walks a share of the row's blocks; the CTA's warps split the blocks
 // and sum through shared memory, so a short block row still keeps several warps loading.
+// Above batch 32 the GEMM-shaped kernels of spmm_bsr_gemm.cu take over (bsr_choice).
 // Other blocks and fp32 take the CUDA-core row kernels of rows.cuh, which read a block row
 // as rows of (value, column) pairs.
+#include "bsr_gemm.cuh"
 #include "rows.cuh"
 
 namespace sparseprune {
@@ -155,7 +157,45 @@ bool tensor_core_ok(DType dtype, int64_t bh, int64_t bw, int64_t in_features) {
          in_features % 2 == 0;
 }
 
+constexpr int kLegacy = 1;     // bsr_tc
+constexpr int kFirstGemm = 2;  // bsr_gemm::launch(variant - kFirstGemm)
+constexpr int kGemmFromBatch = 33;
+
+// The tensor-core kernel for this problem: a forced variant if it fits, else bsr_tc to
+// batch 32 and the GEMM kernels above, with 128-column tiles where they still give every SM
+// two CTAs and 64-column tiles otherwise.
+int bsr_choice(const Dense& d, const Bsr& w) {
+  if (w.variant == kLegacy) return kLegacy;
+  if (w.variant >= kFirstGemm) {
+    return bsr_gemm::fits(w.variant - kFirstGemm, d, w) ? w.variant : kLegacy;
+  }
+  if (d.batch < kGemmFromBatch) return kLegacy;
+  const int wide = bsr_gemm::find(128), narrow = bsr_gemm::find(64);
+  const int64_t block_rows = detail::ceil_div(d.out_features, w.bh);
+  const int64_t sms = detail::device_attr(cudaDevAttrMultiProcessorCount, 132);
+  if (block_rows * detail::ceil_div(d.batch, 128) >= 2 * sms && bsr_gemm::fits(wide, d, w)) {
+    return kFirstGemm + wide;
+  }
+  return bsr_gemm::fits(narrow, d, w) ? kFirstGemm + narrow : kLegacy;
+}
+
 }  // namespace
+
+int bsr_variant(const char* spec) {
+  const std::string v = spec == nullptr ? "" : spec;
+  if (v.empty() || v == "auto") return 0;
+  if (v == "legacy") return kLegacy;
+  for (int k = 0; k < bsr_gemm::count(); ++k) {
+    if (v == bsr_gemm::name(k)) return kFirstGemm + k;
+  }
+  return -1;
+}
+
+std::string bsr_variant_names() {
+  std::string names = "auto, legacy";
+  for (int k = 0; k < bsr_gemm::count(); ++k) names += ", " + bsr_gemm::name(k);
+  return names;
+}
 
 const char* bsr_path(DType dtype, int64_t bh, int64_t bw, int64_t in_features) {
   return tensor_core_ok(dtype, bh, bw, in_features) ? "tensor_core" : "cuda_core";
@@ -166,6 +206,11 @@ cudaError_t linear_bsr(const Dense& d, const void* xt, const Bsr& w, cudaStream_
     using T = std::remove_pointer_t<decltype(tag)>;
     if constexpr (!std::is_same_v<T, float>) {
       if (tensor_core_ok(d.dtype, w.bh, w.bw, d.in_features)) {
+        const int choice = bsr_choice(d, w);
+        if (choice >= kFirstGemm) {
+          bsr_gemm::launch(choice - kFirstGemm, d, w, stream);
+          return cudaGetLastError();
+        }
         switch (w.bh / 16) {
           case 1: launch_tc<T, 1>(d, w, stream); break;
           case 2: launch_tc<T, 2>(d, w, stream); break;

@@ -126,6 +126,59 @@ def test_nm(dtype, nm):
             _check(packed, batch, dtype, bias=batch % 2 == 1)
 
 
+# The BSR tensor-core kernels, each forced (a GEMM variant that does not fit, e.g. in % 8 != 0,
+# runs the legacy kernel): every one right at every batch and block shape, since the automatic
+# choice is a measured threshold that may move.
+BSR_VARIANTS = (getattr(_C, "cuda_bsr_variants", lambda: "auto")()).split(", ")
+# bw 16, 32 and 48 (steps of 16 and 32 inputs), bh 16-64, a partial last block row and column.
+BSR_BLOCKS = [(16, 16), (32, 32), (48, 16), (64, 32), (16, 48)]
+BSR_SHAPES = [(48, 64), (100, 96), (129, 160), (257, 1024), (70, 130)]
+BSR_BATCHES = [1, 9, 33, 64, 65, 130, 257]
+if QUICK:
+    BSR_BLOCKS, BSR_SHAPES, BSR_BATCHES = [(32, 32), (48, 16)], [(100, 96)], [33, 130]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("variant", BSR_VARIANTS)
+def test_bsr_variants(variant, dtype, monkeypatch):
+    monkeypatch.setenv("SPARSEPRUNE_CUDA_BSR", variant)
+    for i, (out, inn) in enumerate(BSR_SHAPES):
+        for j, block in enumerate(BSR_BLOCKS):
+            if block[0] > out or block[1] > inn:
+                continue
+            w = _weight(out, inn, dtype, 21 + 7 * i + j)
+            keep = masks.block(w.abs().float(), 0.6, block)
+            packed = sp.BSRWeight.from_dense(w, block, keep)
+            for batch in BSR_BATCHES:
+                _check(packed, batch, dtype, bias=(batch + j) % 2 == 0)
+
+
+@pytest.mark.parametrize("variant", BSR_VARIANTS)
+def test_bsr_variants_empty_block_rows(variant, monkeypatch):
+    # Block rows without blocks must still write the bias (or zeros).
+    monkeypatch.setenv("SPARSEPRUNE_CUDA_BSR", variant)
+    w = _weight(128, 256, torch.float16, 5)
+    w[:64] = 0
+    w[96:] = 0
+    packed = sp.BSRWeight.from_dense(w, (32, 32))
+    for batch in (40, 200):
+        _check(packed, batch, torch.float16, bias=True)
+        _check(packed, batch, torch.float16, bias=False)
+
+
+def test_bsr_variant_names():
+    assert BSR_VARIANTS[:2] == ["auto", "legacy"]
+    assert "gemm:64" in BSR_VARIANTS and "gemm:128" in BSR_VARIANTS
+
+
+def test_bsr_unknown_variant(monkeypatch):
+    w = _weight(32, 64, torch.float16, 8)
+    packed = sp.BSRWeight.from_dense(w, (16, 16)).to(DEV)
+    monkeypatch.setenv("SPARSEPRUNE_CUDA_BSR", "gemm:3")
+    with pytest.raises(ValueError, match="SPARSEPRUNE_CUDA_BSR must be one of auto, legacy"):
+        packed.linear(torch.randn(40, 64, device=DEV, dtype=torch.float16))
+
+
 # The 2:4 tensor-core kernels, each forced: every one must be right at every batch, since
 # the automatic choice is a measured table that may move.
 NM24_VARIANTS = (getattr(_C, "cuda_nm24_variants", lambda: "auto")()).split(", ")
