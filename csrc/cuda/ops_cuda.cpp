@@ -156,11 +156,12 @@ at::Tensor linear_csr_cuda(const at::Tensor& x, const at::Tensor& row_offsets,
   const int64_t nnz = values.numel();
   TORCH_CHECK_VALUE(values.dim() == 1, op, ": values must be 1-D, got shape ",
                     shape_str(values));
-  check_index_tensor(op, "row_offsets", row_offsets, at::kLong, out_features + 1, x);
-  const bool idx16 = col_indices.scalar_type() == at::kUInt16;
+  // Before the offsets' shape: an 8-bit CSR has one offset per (row, segment).
   TORCH_CHECK_TYPE(col_indices.scalar_type() != at::kByte, op,
                    ": 8-bit (uint8, segmented) CSR is a CPU layout; move the CSRWeight with "
                    ".to(device) (it repacks to 16-bit) or pack without index_bits=8");
+  check_index_tensor(op, "row_offsets", row_offsets, at::kLong, out_features + 1, x);
+  const bool idx16 = col_indices.scalar_type() == at::kUInt16;
   TORCH_CHECK_TYPE(idx16 || col_indices.scalar_type() == at::kInt, op,
                    ": col_indices must be uint16 or int32, got ", col_indices.scalar_type());
   check_index_tensor(op, "col_indices", col_indices, col_indices.scalar_type(), nnz, x);

@@ -2,7 +2,7 @@
 // cores (mma.sync m16n8k16, fp16/bf16): a warp owns a block row's bh rows and up to 32
 // batch columns and walks a share of the row's blocks; the CTA's warps split the blocks
 // and sum through shared memory, so a short block row still keeps several warps loading.
-// Above batch 32 the GEMM-shaped kernels of spmm_bsr_gemm.cu take over (bsr_choice).
+// At larger batch the GEMM-shaped kernels of spmm_bsr_gemm.cu take over (bsr_choice).
 // Other blocks and fp32 take the CUDA-core row kernels of rows.cuh, which read a block row
 // as rows of (value, column) pairs.
 #include "bsr_gemm.cuh"
@@ -159,21 +159,23 @@ bool tensor_core_ok(DType dtype, int64_t bh, int64_t bw, int64_t in_features) {
 
 constexpr int kLegacy = 1;     // bsr_tc
 constexpr int kFirstGemm = 2;  // bsr_gemm::launch(variant - kFirstGemm)
-constexpr int kGemmFromBatch = 33;
-
-// The tensor-core kernel for this problem: a forced variant if it fits, else bsr_tc to
-// batch 32 and the GEMM kernels above, with 128-column tiles where they still give every SM
-// two CTAs and 64-column tiles otherwise.
+// The tensor-core kernel for this problem: a forced variant if it fits, else the measured
+// choice (H200, benchmarks/cuda/bsr_sweep_h200_1.json: 16x16 and 32x32 blocks at 90%, three
+// shapes, batch 32-512). bsr_tc to batch 32, and to 64 unless the layer has enough block rows
+// for 64-column tiles to give every SM two CTAs; above 64 the GEMM kernels, with 128-column
+// tiles once there are three CTAs per SM of them (fewer, larger tiles: less A re-read).
 int bsr_choice(const Dense& d, const Bsr& w) {
   if (w.variant == kLegacy) return kLegacy;
   if (w.variant >= kFirstGemm) {
     return bsr_gemm::fits(w.variant - kFirstGemm, d, w) ? w.variant : kLegacy;
   }
-  if (d.batch < kGemmFromBatch) return kLegacy;
-  const int wide = bsr_gemm::find(128), narrow = bsr_gemm::find(64);
+  if (d.batch <= 32) return kLegacy;
+  const int wide = bsr_gemm::find(128, 4), narrow = bsr_gemm::find(64, 4);
   const int64_t block_rows = detail::ceil_div(d.out_features, w.bh);
   const int64_t sms = detail::device_attr(cudaDevAttrMultiProcessorCount, 132);
-  if (block_rows * detail::ceil_div(d.batch, 128) >= 2 * sms && bsr_gemm::fits(wide, d, w)) {
+  if (d.batch <= 64 && block_rows < 2 * sms) return kLegacy;
+  if (d.batch > 64 && block_rows * detail::ceil_div(d.batch, 128) >= 3 * sms &&
+      bsr_gemm::fits(wide, d, w)) {
     return kFirstGemm + wide;
   }
   return bsr_gemm::fits(narrow, d, w) ? kFirstGemm + narrow : kLegacy;

@@ -22,12 +22,15 @@ namespace {
 
 using detail::kWarp;
 
-constexpr int kWarps = 4;   // along the batch; each owns all bh rows x 8 NF columns
-constexpr int kStages = 4;  // cp.async pipeline depth
+constexpr int kWarps = 4;  // along the batch; each owns all bh rows x 8 NF columns
 
-// Batch columns per warp in 8-column mma tiles: the CTA tile is 8 * kWarps * NF columns.
-constexpr int kNf[] = {2, 4};
-constexpr int kCount = sizeof(kNf) / sizeof(kNf[0]);
+// Batch columns per warp in 8-column mma tiles (the CTA tile is 8 * kWarps * nf columns) and
+// cp.async pipeline stages.
+struct Shape {
+  int nf, stages;
+};
+constexpr Shape kShapes[] = {{2, 4}, {4, 4}, {2, 8}, {4, 8}};
+constexpr int kCount = sizeof(kShapes) / sizeof(kShapes[0]);
 
 __host__ __device__ constexpr int stage_bytes(int mf, int nf, int kc) {
   return (16 * mf + 8 * kWarps * nf) * kc * 2;
@@ -45,7 +48,7 @@ __device__ __forceinline__ int tile_off(int r, int c) {
   }
 }
 
-template <typename T, int MF, int NF, int KC>
+template <typename T, int MF, int NF, int KC, int S>
 __global__ __launch_bounds__(kWarps * kWarp) void bsr_gemm(
     const int64_t* __restrict__ block_row_offsets, const int32_t* __restrict__ block_cols,
     const T* __restrict__ blocks, int64_t nnzb, int bw, const T* __restrict__ x,
@@ -69,7 +72,7 @@ __global__ __launch_bounds__(kWarps * kWarp) void bsr_gemm(
   // Batch rows past `batch` and inputs past `in` (a last, partial block column) are
   // zero-filled; in % 8 == 0, so a 16-byte chunk is wholly inside or outside.
   auto load_stage = [&](int64_t s) {
-    uint8_t* const st = base + static_cast<int>(s % kStages) * kStage;
+    uint8_t* const st = base + static_cast<int>(s % S) * kStage;
     const int64_t k = kb + s / per_block;
     const int c = static_cast<int>(s % per_block);
     const int64_t cb = min(max(static_cast<int64_t>(__ldg(block_cols + k)), int64_t{0}),
@@ -95,17 +98,17 @@ __global__ __launch_bounds__(kWarps * kWarp) void bsr_gemm(
   };
 
 #pragma unroll
-  for (int p = 0; p < kStages - 1; ++p) {
+  for (int p = 0; p < S - 1; ++p) {
     if (p < steps) load_stage(p);
     detail::cp_async_commit();
   }
   float acc[MF][NF][4] = {};
   for (int64_t s = 0; s < steps; ++s) {
-    detail::cp_async_wait<kStages - 2>();
+    detail::cp_async_wait<S - 2>();
     __syncthreads();  // step s landed for every thread; the buffer of step s - 1 is free
-    if (s + kStages - 1 < steps) load_stage(s + kStages - 1);
+    if (s + S - 1 < steps) load_stage(s + S - 1);
     detail::cp_async_commit();
-    const uint8_t* const st = base + static_cast<int>(s % kStages) * kStage;
+    const uint8_t* const st = base + static_cast<int>(s % S) * kStage;
     const uint8_t* const xs = st + kABytes;
     // B fragments of the step: for n-tile j, k-tile kk: bf[j][2 kk], bf[j][2 kk + 1].
     uint32_t bf[NF][CH];
@@ -150,26 +153,35 @@ __global__ __launch_bounds__(kWarps * kWarp) void bsr_gemm(
                          lane);
 }
 
-template <typename T, int MF, int NF, int KC>
+__host__ __device__ constexpr int smem_bytes(int mf, int nf, int kc, int stages) {
+  return stages * stage_bytes(mf, nf, kc);
+}
+
+template <typename T, int MF, int NF, int KC, int S>
 void go(const Dense& d, const Bsr& w, cudaStream_t stream) {
-  constexpr int kSmem = kStages * stage_bytes(MF, NF, KC);
-  static_assert(kSmem <= 48 * 1024, "above the default dynamic shared memory limit");
+  constexpr int kSmem = smem_bytes(MF, NF, KC, S);
+  const auto kernel = bsr_gemm<T, MF, NF, KC, S>;
+  // Above 48 KB; set on every launch so that every device gets it (host-side, no stream
+  // work). A failure resurfaces as the launch error.
+  if (kSmem > 48 * 1024) {
+    (void)cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  }
   const dim3 grid(static_cast<unsigned>(detail::ceil_div(d.batch, 8 * kWarps * NF)),
                   static_cast<unsigned>(detail::ceil_div(d.out_features, w.bh)));
-  bsr_gemm<T, MF, NF, KC><<<grid, kWarps * kWarp, kSmem, stream>>>(
+  kernel<<<grid, kWarps * kWarp, kSmem, stream>>>(
       w.block_row_offsets, w.block_col_indices, static_cast<const T*>(w.blocks), w.nnzb,
       static_cast<int>(w.bw), static_cast<const T*>(d.x), static_cast<const T*>(d.bias),
       static_cast<T*>(d.y), d.batch, d.in_features, d.out_features);
 }
 
-template <typename T, int NF>
+template <typename T, int NF, int S>
 void by_block(const Dense& d, const Bsr& w, cudaStream_t stream) {
   auto kc = [&](auto mf) {
     constexpr int MF = decltype(mf)::value;
     if (w.bw % 32 == 0) {
-      go<T, MF, NF, 32>(d, w, stream);
+      go<T, MF, NF, 32, S>(d, w, stream);
     } else {
-      go<T, MF, NF, 16>(d, w, stream);
+      go<T, MF, NF, 16, S>(d, w, stream);
     }
   };
   switch (w.bh / 16) {
@@ -186,11 +198,14 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 int count() { return kCount; }
 
-std::string name(int k) { return "gemm:" + std::to_string(8 * kWarps * kNf[k]); }
+std::string name(int k) {
+  return "gemm:" + std::to_string(8 * kWarps * kShapes[k].nf) +
+         (kShapes[k].stages == 4 ? "" : "s" + std::to_string(kShapes[k].stages));
+}
 
-int find(int batch) {
+int find(int batch, int stages) {
   for (int k = 0; k < kCount; ++k) {
-    if (8 * kWarps * kNf[k] == batch) return k;
+    if (8 * kWarps * kShapes[k].nf == batch && kShapes[k].stages == stages) return k;
   }
   return -1;
 }
@@ -199,16 +214,20 @@ bool fits(int k, const Dense& d, const Bsr& w) {
   return k >= 0 && k < kCount && d.dtype != DType::f32 && w.bh % 16 == 0 && w.bh >= 16 &&
          w.bh <= 64 && w.bw % 16 == 0 && d.in_features % 8 == 0 && aligned16(d.x) &&
          aligned16(w.blocks) && detail::ceil_div(d.out_features, w.bh) <= 65535 &&
-         detail::ceil_div(d.batch, 8 * kWarps * kNf[k]) <= 0x7fffffff;
+         detail::ceil_div(d.batch, 8 * kWarps * kShapes[k].nf) <= 0x7fffffff &&
+         smem_bytes(static_cast<int>(w.bh / 16), kShapes[k].nf, w.bw % 32 == 0 ? 32 : 16,
+                    kShapes[k].stages) <=
+             detail::device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 << 10);
 }
 
 void launch(int k, const Dense& d, const Bsr& w, cudaStream_t stream) {
   auto run = [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    if (kNf[k] == 2) {
-      by_block<T, 2>(d, w, stream);
+    const Shape& s = kShapes[k];
+    if (s.nf == 2) {
+      s.stages == 4 ? by_block<T, 2, 4>(d, w, stream) : by_block<T, 2, 8>(d, w, stream);
     } else {
-      by_block<T, 4>(d, w, stream);
+      s.stages == 4 ? by_block<T, 4, 4>(d, w, stream) : by_block<T, 4, 8>(d, w, stream);
     }
   };
   if (d.dtype == DType::f16) {
