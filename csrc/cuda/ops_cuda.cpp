@@ -147,6 +147,16 @@ at::Tensor finish(const Problem& p, cudaError_t err) {
   return p.y2.view(p.out_shape);
 }
 
+// SPARSEPRUNE_CUDA_CSR / _BSR / _NM24 force one kernel (benchmarks and tests; unset or
+// "auto": chosen by shape and batch).
+int variant_from_env(const char* name, int (*parse)(const char*), std::string (*names)()) {
+  const char* env = std::getenv(name);
+  const int variant = parse(env);
+  TORCH_CHECK_VALUE(variant >= 0, name, " must be one of ", names(), "; got '",
+                    std::string(env), "'");
+  return variant;
+}
+
 at::Tensor linear_csr_cuda(const at::Tensor& x, const at::Tensor& row_offsets,
                            const at::Tensor& col_indices, const at::Tensor& values,
                            const std::optional<at::Tensor>& bias, int64_t out_features) {
@@ -172,19 +182,10 @@ at::Tensor linear_csr_cuda(const at::Tensor& x, const at::Tensor& row_offsets,
   const at::Tensor ro = row_offsets.contiguous();
   const at::Tensor ci = col_indices.contiguous();
   const at::Tensor vals = values.contiguous();
-  const cu::Csr w{ro.data_ptr<int64_t>(), ci.data_ptr(), vals.data_ptr(), nnz, idx16};
+  cu::Csr w{ro.data_ptr<int64_t>(), ci.data_ptr(), vals.data_ptr(), nnz, idx16};
+  w.variant = variant_from_env("SPARSEPRUNE_CUDA_CSR", cu::csr_variant, cu::csr_variant_names);
   const void* xt = transposed_x(p, true);
   return finish(p, cu::linear_csr(p.dense, xt, w, at::cuda::getCurrentCUDAStream()));
-}
-
-// SPARSEPRUNE_CUDA_BSR forces one BSR tensor-core kernel (benchmarks and tests; unset or
-// "auto": chosen by shape and batch).
-int bsr_variant_from_env() {
-  const char* env = std::getenv("SPARSEPRUNE_CUDA_BSR");
-  const int variant = cu::bsr_variant(env);
-  TORCH_CHECK_VALUE(variant >= 0, "SPARSEPRUNE_CUDA_BSR must be one of ",
-                    cu::bsr_variant_names(), "; got '", std::string(env), "'");
-  return variant;
 }
 
 at::Tensor linear_bsr_cuda(const at::Tensor& x, const at::Tensor& block_row_offsets,
@@ -207,21 +208,11 @@ at::Tensor linear_bsr_cuda(const at::Tensor& x, const at::Tensor& block_row_offs
   const at::Tensor bci = block_col_indices.contiguous();
   const at::Tensor blk = aligned(blocks);
   cu::Bsr w{bro.data_ptr<int64_t>(), bci.data_ptr<int32_t>(), blk.data_ptr(), nnzb, bh, bw};
-  w.variant = bsr_variant_from_env();
+  w.variant = variant_from_env("SPARSEPRUNE_CUDA_BSR", cu::bsr_variant, cu::bsr_variant_names);
   const bool cuda_core =
       std::string(cu::bsr_path(p.dense.dtype, bh, bw, p.dense.in_features)) == "cuda_core";
   const void* xt = transposed_x(p, cuda_core);
   return finish(p, cu::linear_bsr(p.dense, xt, w, at::cuda::getCurrentCUDAStream()));
-}
-
-// SPARSEPRUNE_CUDA_NM24 forces one 2:4 tensor-core kernel (benchmarks and tests; unset or
-// "auto": chosen by shape and batch).
-int nm24_variant_from_env() {
-  const char* env = std::getenv("SPARSEPRUNE_CUDA_NM24");
-  const int variant = cu::nm24_variant(env);
-  TORCH_CHECK_VALUE(variant >= 0, "SPARSEPRUNE_CUDA_NM24 must be one of ",
-                    cu::nm24_variant_names(), "; got '", std::string(env), "'");
-  return variant;
 }
 
 at::Tensor linear_nm_cuda(const at::Tensor& x, const at::Tensor& values,
@@ -253,7 +244,8 @@ at::Tensor linear_nm_cuda(const at::Tensor& x, const at::Tensor& values,
   const at::Tensor vals = aligned(values);
   const at::Tensor meta = aligned(metadata);
   cu::NM w{vals.data_ptr(), meta.data_ptr<uint8_t>(), n, m};
-  w.variant = nm24_variant_from_env();
+  w.variant =
+      variant_from_env("SPARSEPRUNE_CUDA_NM24", cu::nm24_variant, cu::nm24_variant_names);
   const bool cuda_core = std::string(cu::nm_path(p.dense.dtype, n, m, in)) == "cuda_core";
   const void* xt = transposed_x(p, cuda_core);
   at::Tensor scratch;
