@@ -160,10 +160,11 @@ bool tensor_core_ok(DType dtype, int64_t bh, int64_t bw, int64_t in_features) {
 constexpr int kLegacy = 1;     // bsr_tc
 constexpr int kFirstGemm = 2;  // bsr_gemm::launch(variant - kFirstGemm)
 // The tensor-core kernel for this problem: a forced variant if it fits, else the measured
-// choice (H200, benchmarks/cuda/bsr_sweep_h200_1.json: 16x16 and 32x32 blocks at 90%, three
+// choice (H200, benchmarks/cuda/bsr_sweep_h200_{1,2}.json: 16x16 and 32x32 blocks at 90%, five
 // shapes, batch 32-512). bsr_tc to batch 32, and to 64 unless the layer has enough block rows
-// for 64-column tiles to give every SM two CTAs; above 64 the GEMM kernels, with 128-column
-// tiles once there are three CTAs per SM of them (fewer, larger tiles: less A re-read).
+// for 64-column tiles to give every SM two CTAs; with 16-wide blocks (16-input steps) also
+// while 64-column tiles would not; else the GEMM kernels, with 128-column tiles from batch 65
+// once there are three CTAs per SM of them (fewer, larger tiles: less re-read of the blocks).
 int bsr_choice(const Dense& d, const Bsr& w) {
   if (w.variant == kLegacy) return kLegacy;
   if (w.variant >= kFirstGemm) {
@@ -174,6 +175,7 @@ int bsr_choice(const Dense& d, const Bsr& w) {
   const int64_t block_rows = detail::ceil_div(d.out_features, w.bh);
   const int64_t sms = detail::device_attr(cudaDevAttrMultiProcessorCount, 132);
   if (d.batch <= 64 && block_rows < 2 * sms) return kLegacy;
+  if (w.bw % 32 != 0 && block_rows * detail::ceil_div(d.batch, 64) < 2 * sms) return kLegacy;
   if (d.batch > 64 && block_rows * detail::ceil_div(d.batch, 128) >= 3 * sms &&
       bsr_gemm::fits(wide, d, w)) {
     return kFirstGemm + wide;
