@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One lease of a GPU machine (see benchmarks/RESULTS.md, "CUDA"): builds the extension with
 # the CUDA kernels against the machine's CUDA torch, runs tests/cuda, runs a subset of them
-# under compute-sanitizer memcheck, then the GPU benchmark. Stages: build test sweep bsrsweep
-# sanitize bench (default: all but the sweeps; sweep = benchmarks/cuda_nm24_sweep.py,
-# bsrsweep = benchmarks/cuda_bsr_sweep.py). Logs and results go to $OUT (default
-# /tmp/sparseprune-cuda).
+# under compute-sanitizer memcheck, then the GPU benchmark. Stages: build test sweep variants
+# sanitize bench (default: all but the sweeps; sweep = benchmarks/cuda_nm24_sweep.py for 2:4,
+# variants = benchmarks/cuda_variant_sweep.py for BSR and CSR). Logs and results go to $OUT
+# (default /tmp/sparseprune-cuda).
 set -uo pipefail
 OUT=${OUT:-/tmp/sparseprune-cuda}
 mkdir -p "$OUT"
@@ -28,10 +28,10 @@ for stage in $STAGES; do
       timeout ${SWEEP_TIMEOUT:-240} $PY benchmarks/cuda_nm24_sweep.py --out "$OUT" ${SWEEP_ARGS:-} \
         >"$OUT/sweep.log" 2>&1
       echo "sweep rc=$?"; cut -c1-400 "$OUT/sweep.log" | tail -40 ;;
-    bsrsweep)
-      timeout ${BSR_SWEEP_TIMEOUT:-240} $PY benchmarks/cuda_bsr_sweep.py --out "$OUT" \
-        ${BSR_SWEEP_ARGS:-} >"$OUT/bsr_sweep.log" 2>&1
-      echo "bsrsweep rc=$?"; cut -c1-400 "$OUT/bsr_sweep.log" | tail -${BSR_TAIL:-70} ;;
+    variants)
+      timeout ${VARIANT_SWEEP_TIMEOUT:-240} $PY benchmarks/cuda_variant_sweep.py --out "$OUT" \
+        ${VARIANT_SWEEP_ARGS:-} >"$OUT/variant_sweep.log" 2>&1
+      echo "variants rc=$?"; cut -c1-400 "$OUT/variant_sweep.log" | tail -${VARIANT_TAIL:-70} ;;
     sanitize)
       SPARSEPRUNE_SANITIZE=1 timeout ${SANITIZE_TIMEOUT:-300} compute-sanitizer --tool memcheck \
         --error-exitcode 9 $PY -m pytest tests/cuda -q -p no:cacheprovider -x ${SANITIZE_ARGS:-} \

@@ -58,6 +58,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "cuda_bsr_variants", [] { return cu::bsr_variant_names(); },
       "The values SPARSEPRUNE_CUDA_BSR accepts (forces one BSR tensor-core kernel).");
+  m.def(
+      "cuda_csr_variants", [] { return cu::csr_variant_names(); },
+      "The values SPARSEPRUNE_CUDA_CSR accepts (forces one CSR kernel).");
 #else
   m.attr("cuda_built") = false;
 #endif

@@ -41,6 +41,7 @@ struct Csr {
   const void* values;          // [nnz]
   int64_t nnz;
   bool idx16;
+  int variant = 0;  // 0 automatic, else csr_variant(...)
 };
 
 struct Bsr {
@@ -64,6 +65,10 @@ struct NM {
 // binding reads it from SPARSEPRUNE_CUDA_NM24): its NM::variant, or -1 if unknown.
 int nm24_variant(const char* spec);
 std::string nm24_variant_names();
+// The CSR kernel a name forces ("auto", "rows" or "staged"; the binding reads it from
+// SPARSEPRUNE_CUDA_CSR): its Csr::variant, or -1 if unknown.
+int csr_variant(const char* spec);
+std::string csr_variant_names();
 // The BSR tensor-core kernel a name forces ("auto", "legacy" or "gemm:BATCH"; the binding
 // reads it from SPARSEPRUNE_CUDA_BSR): its Bsr::variant, or -1 if unknown.
 int bsr_variant(const char* spec);

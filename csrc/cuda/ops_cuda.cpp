@@ -147,8 +147,8 @@ at::Tensor finish(const Problem& p, cudaError_t err) {
   return p.y2.view(p.out_shape);
 }
 
-// SPARSEPRUNE_CUDA_BSR / SPARSEPRUNE_CUDA_NM24 force one tensor-core kernel (benchmarks and
-// tests; unset or "auto": chosen by shape and batch).
+// SPARSEPRUNE_CUDA_CSR / _BSR / _NM24 force one kernel (benchmarks and tests; unset or
+// "auto": chosen by shape and batch).
 int variant_from_env(const char* name, int (*parse)(const char*), std::string (*names)()) {
   const char* env = std::getenv(name);
   const int variant = parse(env);
@@ -182,7 +182,8 @@ at::Tensor linear_csr_cuda(const at::Tensor& x, const at::Tensor& row_offsets,
   const at::Tensor ro = row_offsets.contiguous();
   const at::Tensor ci = col_indices.contiguous();
   const at::Tensor vals = values.contiguous();
-  const cu::Csr w{ro.data_ptr<int64_t>(), ci.data_ptr(), vals.data_ptr(), nnz, idx16};
+  cu::Csr w{ro.data_ptr<int64_t>(), ci.data_ptr(), vals.data_ptr(), nnz, idx16};
+  w.variant = variant_from_env("SPARSEPRUNE_CUDA_CSR", cu::csr_variant, cu::csr_variant_names);
   const void* xt = transposed_x(p, true);
   return finish(p, cu::linear_csr(p.dense, xt, w, at::cuda::getCurrentCUDAStream()));
 }

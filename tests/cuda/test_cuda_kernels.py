@@ -77,8 +77,43 @@ def test_csr(dtype, shape, density):
         _check(packed, batch, dtype, bias=batch % 2 == 1)
 
 
-def test_csr_int32_indices_and_empty_rows():
+CSR_VARIANTS = (getattr(_C, "cuda_csr_variants", lambda: "auto")()).split(", ")
+# Rows of 0 to a few hundred nonzeros (chunks of 32, empty rows, rows ending mid-chunk), more
+# rows than the grid's warps, batches not a multiple of the 32-column tile.
+CSR_SHAPES = [(70, 130), (257, 1024), (100, 5000), (4000, 300)]
+CSR_BATCHES = [1, 9, 16, 17, 33, 64, 130]
+if QUICK:
+    CSR_SHAPES, CSR_BATCHES = [(70, 130), (100, 2100)], [9, 33]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", CSR_VARIANTS)
+def test_csr_variants(variant, dtype, monkeypatch):
+    monkeypatch.setenv("SPARSEPRUNE_CUDA_CSR", variant)
+    for i, shape in enumerate(CSR_SHAPES):
+        w = _weight(*shape, dtype, 31 + i)
+        for density in (0.05, 0.3):
+            packed = sp.CSRWeight.from_dense(w, masks.unstructured(w.abs().float(), 1 - density))
+            for batch in CSR_BATCHES:
+                _check(packed, batch, dtype, bias=batch % 2 == 0)
+
+
+def test_csr_variant_names():
+    assert CSR_VARIANTS == ["auto", "rows", "staged"]
+
+
+def test_csr_unknown_variant(monkeypatch):
+    w = _weight(32, 64, torch.float16, 8)
+    packed = sp.CSRWeight.from_dense(w).to(DEV)
+    monkeypatch.setenv("SPARSEPRUNE_CUDA_CSR", "tiles")
+    with pytest.raises(ValueError, match="SPARSEPRUNE_CUDA_CSR must be one of auto, rows"):
+        packed.linear(torch.randn(40, 64, device=DEV, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("variant", CSR_VARIANTS)
+def test_csr_int32_indices_and_empty_rows(variant, monkeypatch):
     # in > 65536 needs int32 column indices; most rows empty.
+    monkeypatch.setenv("SPARSEPRUNE_CUDA_CSR", variant)
     w = torch.zeros(40, 70000)
     w[::3, ::997] = torch.randn(14, 71)
     packed = sp.CSRWeight.from_dense(w)
