@@ -38,7 +38,7 @@ struct CsrRows {
   }
   __device__ __forceinline__ void get(int64_t, int64_t e, float& v, int& col) const {
     v = detail::load_float(values + e);
-    col = static_cast<int>(min(static_cast<int64_t>(__ldg(cols + e)), in - 1));
+    col = static_cast<int>(min(max(static_cast<int64_t>(__ldg(cols + e)), int64_t{0}), in - 1));
   }
 };
 
@@ -97,7 +97,8 @@ __global__ __launch_bounds__(kStagedWarps * detail::kWarp) void csr_staged(
     c.last = e + n >= end;
     c.v = 0.f;
     if (lane < n) {
-      const int64_t col = min(static_cast<int64_t>(__ldg(cols + e + lane)), in - 1);
+      const int64_t col =
+          min(max(static_cast<int64_t>(__ldg(cols + e + lane)), int64_t{0}), in - 1);
       c.v = detail::load_float(values + e + lane);
       T* dst = stages + (slot * kW + lane) * kStagedBatch;
       const T* src = xt + col * ld + b0;

@@ -54,11 +54,16 @@ def _check(packed: sp.PackedWeight, batch: int, dtype: torch.dtype, bias: bool, 
     b = torch.randn(packed.out_features, generator=gen).to(dtype) if bias else None
     ref = x.double() @ w.double().T + (b.double() if bias else 0)
     dev_w = packed.to(DEV)
+    xd, bd = x.to(DEV), None if b is None else b.to(DEV)
+    # After the inputs' allocations, so that the output is the one to get the NaN block.
     _poison_allocator(x[..., :1].numel() * packed.out_features, dtype)
-    y = dev_w.linear(x.to(DEV), None if b is None else b.to(DEV))
+    y = dev_w.linear(xd, bd)
     assert y.shape == ref.shape and y.dtype == dtype and y.device.type == "cuda"
     err = _rel_err(y.cpu(), ref)
     assert err < TOL[dtype], f"relative error {err:.2e} >= {TOL[dtype]:.0e}"
+    # Element by element too: one wrong element of a large output hides in the norm.
+    worst = float((y.cpu().double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+    assert worst < 4 * TOL[dtype], f"an element is off by {worst:.2e} of the largest output"
 
 
 def _weight(out, inn, dtype, seed):
@@ -96,6 +101,26 @@ def test_csr_variants(variant, dtype, monkeypatch):
             packed = sp.CSRWeight.from_dense(w, masks.unstructured(w.abs().float(), 1 - density))
             for batch in CSR_BATCHES:
                 _check(packed, batch, dtype, bias=batch % 2 == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("variant", CSR_VARIANTS)
+def test_csr_row_lengths(variant, dtype, monkeypatch):
+    # Rows of 0, 1, 31, 32, 33, 64, 65 and 100 nonzeros (chunk boundaries of csr_staged),
+    # empty rows back to back, and more rows than the staged grid has warps (2 CTAs of 8
+    # warps per SM: 2112 on a 132-SM card), so warps run their pipeline across rows.
+    monkeypatch.setenv("SPARSEPRUNE_CUDA_CSR", variant)
+    lengths = [0, 0, 1, 31, 32, 33, 0, 64, 65, 100]
+    out, inn = 2500, 200
+    gen = torch.Generator().manual_seed(17)
+    w = torch.zeros(out, inn)
+    for r in range(out):
+        n = lengths[r % len(lengths)]
+        cols = torch.randperm(inn, generator=gen)[:n]
+        w[r, cols] = torch.randn(n, generator=gen)
+    packed = sp.CSRWeight.from_dense(w.to(dtype))
+    for batch in (9, 17, 40):
+        _check(packed, batch, dtype, bias=batch != 17)
 
 
 def test_csr_variant_names():
@@ -166,8 +191,10 @@ def test_nm(dtype, nm):
 # choice is a measured threshold that may move.
 BSR_VARIANTS = (getattr(_C, "cuda_bsr_variants", lambda: "auto")()).split(", ")
 # bw 16, 32 and 48 (steps of 16 and 32 inputs), bh 16-64, a partial last block row and column.
-BSR_BLOCKS = [(16, 16), (32, 32), (48, 16), (64, 32), (16, 48)]
-BSR_SHAPES = [(48, 64), (100, 96), (129, 160), (257, 1024), (70, 130)]
+# (16, 64): two 32-input steps per block; (48, 32): bh 48 with 32-input steps; in = 1000: a
+# partial last block column under 32-input steps.
+BSR_BLOCKS = [(16, 16), (32, 32), (48, 16), (64, 32), (16, 48), (16, 64), (48, 32)]
+BSR_SHAPES = [(48, 64), (100, 96), (129, 160), (257, 1024), (130, 1000), (70, 130)]
 BSR_BATCHES = [1, 9, 33, 64, 65, 130, 257]
 if QUICK:
     BSR_BLOCKS, BSR_SHAPES, BSR_BATCHES = [(32, 32), (48, 16)], [(100, 96)], [33, 130]
