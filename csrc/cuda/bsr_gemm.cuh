@@ -12,11 +12,10 @@ namespace cuda {
 namespace bsr_gemm {
 
 int count();
-// "gemm:BATCH[sSTAGES]": the batch columns of variant k's CTA tile (its rows are one block
-// row) and its pipeline depth when not 4.
+// "gemm:BATCH", the batch columns of variant k's CTA tile (its rows are one block row).
 std::string name(int k);
-// The variant with this many batch columns per CTA tile and pipeline stages, or -1.
-int find(int batch, int stages);
+// The variant whose CTA tile has this many batch columns, or -1.
+int find(int batch);
 // Whether variant k can run this problem: fp16/bf16, bh in {16, 32, 48, 64}, bw a multiple
 // of 16, in_features a multiple of 8, x and blocks 16-byte aligned, grid limits.
 bool fits(int k, const Dense& d, const Bsr& w);

@@ -171,7 +171,7 @@ int bsr_choice(const Dense& d, const Bsr& w) {
     return bsr_gemm::fits(w.variant - kFirstGemm, d, w) ? w.variant : kLegacy;
   }
   if (d.batch <= 32) return kLegacy;
-  const int wide = bsr_gemm::find(128, 4), narrow = bsr_gemm::find(64, 4);
+  const int wide = bsr_gemm::find(128), narrow = bsr_gemm::find(64);
   const int64_t block_rows = detail::ceil_div(d.out_features, w.bh);
   const int64_t sms = detail::device_attr(cudaDevAttrMultiProcessorCount, 132);
   if (d.batch <= 64 && block_rows < 2 * sms) return kLegacy;

@@ -3,7 +3,7 @@
 // [batch, in] layout as the B operand (KC inputs of one batch row are one column of B).
 //
 // bsr_tc (spmm_bsr.cu) loads every fragment straight from global memory, one block at a
-// time per warp: at batch 128-512 it waits on L2 for each and ran at 0.73-0.96x dense fp16
+// time per warp: at batch 128-512 it waits on L2 for each and ran at 0.46-1.03x dense fp16
 // cuBLAS on an H200 with 32x32 blocks at 90% (a tenth of the FLOPs). Here a CTA of 4 warps
 // owns a block row (bh = 16 MF rows) x BATCH columns and walks the row's blocks in steps of
 // KC inputs (32, or 16 when bw is an odd multiple of 16): each step stages the block's
@@ -23,16 +23,15 @@ namespace {
 using detail::kWarp;
 
 constexpr int kWarps = 4;  // along the batch; each owns all bh rows x 8 NF columns
+// cp.async pipeline stages. Measured on an H200 (benchmarks/cuda/bsr_sweep_h200_2.json): 8
+// stages were 0-40% slower than 4 at every shape and batch (the kernel is not waiting on
+// load latency).
+constexpr int kStages = 4;
 
-// Batch columns per warp in 8-column mma tiles (the CTA tile is 8 * kWarps * nf columns) and
-// cp.async pipeline stages.
-struct Shape {
-  int nf, stages;
-};
-// Measured on an H200 and dropped (benchmarks/cuda/bsr_sweep_h200_2.json): 8 stages, 0-40%
-// slower than 4 at every shape and batch (the kernel is not waiting on load latency).
-constexpr Shape kShapes[] = {{2, 4}, {4, 4}};
-constexpr int kCount = sizeof(kShapes) / sizeof(kShapes[0]);
+// Batch columns per warp of each variant, in 8-column mma tiles (the CTA tile is
+// 8 * kWarps * nf columns).
+constexpr int kNf[] = {2, 4};
+constexpr int kCount = sizeof(kNf) / sizeof(kNf[0]);
 
 __host__ __device__ constexpr int stage_bytes(int mf, int nf, int kc) {
   return (16 * mf + 8 * kWarps * nf) * kc * 2;
@@ -176,14 +175,14 @@ void go(const Dense& d, const Bsr& w, cudaStream_t stream) {
       static_cast<T*>(d.y), d.batch, d.in_features, d.out_features);
 }
 
-template <typename T, int NF, int S>
+template <typename T, int NF>
 void by_block(const Dense& d, const Bsr& w, cudaStream_t stream) {
   auto kc = [&](auto mf) {
     constexpr int MF = decltype(mf)::value;
     if (w.bw % 32 == 0) {
-      go<T, MF, NF, 32, S>(d, w, stream);
+      go<T, MF, NF, 32, kStages>(d, w, stream);
     } else {
-      go<T, MF, NF, 16, S>(d, w, stream);
+      go<T, MF, NF, 16, kStages>(d, w, stream);
     }
   };
   switch (w.bh / 16) {
@@ -200,14 +199,11 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 int count() { return kCount; }
 
-std::string name(int k) {
-  return "gemm:" + std::to_string(8 * kWarps * kShapes[k].nf) +
-         (kShapes[k].stages == 4 ? "" : "s" + std::to_string(kShapes[k].stages));
-}
+std::string name(int k) { return "gemm:" + std::to_string(8 * kWarps * kNf[k]); }
 
-int find(int batch, int stages) {
+int find(int batch) {
   for (int k = 0; k < kCount; ++k) {
-    if (8 * kWarps * kShapes[k].nf == batch && kShapes[k].stages == stages) return k;
+    if (8 * kWarps * kNf[k] == batch) return k;
   }
   return -1;
 }
@@ -216,22 +212,19 @@ bool fits(int k, const Dense& d, const Bsr& w) {
   return k >= 0 && k < kCount && d.dtype != DType::f32 && w.bh % 16 == 0 && w.bh >= 16 &&
          w.bh <= 64 && w.bw % 16 == 0 && d.in_features % 8 == 0 && aligned16(d.x) &&
          aligned16(w.blocks) && detail::ceil_div(d.out_features, w.bh) <= 65535 &&
-         detail::ceil_div(d.batch, 8 * kWarps * kShapes[k].nf) <= 0x7fffffff &&
-         smem_bytes(static_cast<int>(w.bh / 16), kShapes[k].nf, w.bw % 32 == 0 ? 32 : 16,
-                    kShapes[k].stages) <=
+         detail::ceil_div(d.batch, 8 * kWarps * kNf[k]) <= 0x7fffffff &&
+         smem_bytes(static_cast<int>(w.bh / 16), kNf[k], w.bw % 32 == 0 ? 32 : 16, kStages) <=
              detail::device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 << 10);
 }
 
 void launch(int k, const Dense& d, const Bsr& w, cudaStream_t stream) {
-  static_assert(kShapes[0].nf == 2 && kShapes[1].nf == 4 && kShapes[0].stages == 4 &&
-                    kShapes[1].stages == 4,
-                "launch instantiates these shapes");
+  static_assert(kCount == 2 && kNf[0] == 2 && kNf[1] == 4, "launch instantiates these");
   auto run = [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    if (kShapes[k].nf == 2) {
-      by_block<T, 2, 4>(d, w, stream);
+    if (kNf[k] == 2) {
+      by_block<T, 2>(d, w, stream);
     } else {
-      by_block<T, 4, 4>(d, w, stream);
+      by_block<T, 4>(d, w, stream);
     }
   };
   if (d.dtype == DType::f16) {

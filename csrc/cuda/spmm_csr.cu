@@ -42,7 +42,6 @@ struct CsrRows {
   }
 };
 
-
 constexpr int kStagedWarps = 8;
 constexpr int kStagedBatch = detail::kWarp;  // batch columns per warp: one per lane
 constexpr int kStagedStages = 3;
@@ -58,9 +57,8 @@ constexpr int staged_warp_bytes() {
 // i + 2 is in flight while chunk i is summed.
 template <typename T, typename Idx>
 __global__ __launch_bounds__(kStagedWarps * detail::kWarp) void csr_staged(
-    const int64_t* __restrict__ row_offsets, const Idx* __restrict__ cols,
-    const T* __restrict__ values, int64_t nnz, const T* __restrict__ xt, int64_t ld,
-    const T* __restrict__ bias, T* __restrict__ y, int64_t batch, int64_t in, int64_t out) {
+    const CsrRows<T, Idx> rows, const T* __restrict__ xt, int64_t ld, const T* __restrict__ bias,
+    T* __restrict__ y, int64_t batch, int64_t out) {
   constexpr int kW = detail::kWarp, kVec = 16 / static_cast<int>(sizeof(T));
   constexpr int kRowVecs = kStagedBatch / kVec;  // 16-byte copies per nonzero
   extern __shared__ uint4 smem[];
@@ -71,11 +69,7 @@ __global__ __launch_bounds__(kStagedWarps * detail::kWarp) void csr_staged(
 
   // The warp's position: the row and the first nonzero of its next chunk to issue.
   int64_t row = static_cast<int64_t>(blockIdx.x) * kStagedWarps + warp;
-  auto row_begin = [&](int64_t r) { return min(max(__ldg(row_offsets + r), int64_t{0}), nnz); };
-  auto row_end = [&](int64_t r) {
-    return max(min(__ldg(row_offsets + r + 1), nnz), row_begin(r));
-  };
-  int64_t e = row < out ? row_begin(row) : 0, end = row < out ? row_end(row) : 0;
+  int64_t e = row < out ? rows.begin(row) : 0, end = row < out ? rows.end(row) : 0;
 
   // A chunk in flight: its row, how many nonzeros, whether it ends the row, and this
   // lane's nonzero value.
@@ -97,11 +91,10 @@ __global__ __launch_bounds__(kStagedWarps * detail::kWarp) void csr_staged(
     c.last = e + n >= end;
     c.v = 0.f;
     if (lane < n) {
-      const int64_t col =
-          min(max(static_cast<int64_t>(__ldg(cols + e + lane)), int64_t{0}), in - 1);
-      c.v = detail::load_float(values + e + lane);
+      int col;
+      rows.get(row, e + lane, c.v, col);
       T* dst = stages + (slot * kW + lane) * kStagedBatch;
-      const T* src = xt + col * ld + b0;
+      const T* src = xt + static_cast<int64_t>(col) * ld + b0;
 #pragma unroll
       for (int q = 0; q < kRowVecs; ++q) {
         const bool ok = b0 + q * kVec < ld;  // ld is a multiple of 8: whole vectors
@@ -113,8 +106,8 @@ __global__ __launch_bounds__(kStagedWarps * detail::kWarp) void csr_staged(
     if (e >= end) {  // the next row of this warp
       row += row_step;
       if (row < out) {
-        e = row_begin(row);
-        end = row_end(row);
+        e = rows.begin(row);
+        end = rows.end(row);
       }
     }
     return true;
@@ -159,7 +152,8 @@ __global__ __launch_bounds__(kStagedWarps * detail::kWarp) void csr_staged(
 }
 
 template <typename T, typename Idx>
-cudaError_t launch_staged(const Dense& d, const void* xt, const Csr& w, cudaStream_t stream) {
+cudaError_t launch_staged(const Dense& d, const void* xt, const CsrRows<T, Idx>& rows,
+                          cudaStream_t stream) {
   const auto kernel = csr_staged<T, Idx>;
   constexpr int kSmem = kStagedWarps * staged_warp_bytes<T>();
   if (kSmem > 48 * 1024) {
@@ -173,9 +167,8 @@ cudaError_t launch_staged(const Dense& d, const void* xt, const Csr& w, cudaStre
   const dim3 grid(static_cast<unsigned>(ctas),
                   static_cast<unsigned>(detail::ceil_div(d.batch, kStagedBatch)));
   kernel<<<grid, kStagedWarps * detail::kWarp, kSmem, stream>>>(
-      w.row_offsets, static_cast<const Idx*>(w.col_indices), static_cast<const T*>(w.values),
-      w.nnz, static_cast<const T*>(xt), padded_batch(d.batch), static_cast<const T*>(d.bias),
-      static_cast<T*>(d.y), d.batch, d.in_features, d.out_features);
+      rows, static_cast<const T*>(xt), padded_batch(d.batch), static_cast<const T*>(d.bias),
+      static_cast<T*>(d.y), d.batch, d.out_features);
   return cudaGetLastError();
 }
 
@@ -203,19 +196,14 @@ std::string csr_variant_names() { return "auto, rows, staged"; }
 cudaError_t linear_csr(const Dense& d, const void* xt, const Csr& w, cudaStream_t stream) {
   return detail::by_dtype(d.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    const T* values = static_cast<const T*>(w.values);
-    if (csr_choice(d, w) == kStagedVariant) {
-      return w.idx16 ? launch_staged<T, uint16_t>(d, xt, w, stream)
-                     : launch_staged<T, int32_t>(d, xt, w, stream);
-    }
-    if (w.idx16) {
-      const CsrRows<T, uint16_t> rows{w.row_offsets, static_cast<const uint16_t*>(w.col_indices),
-                                      values, w.nnz, d.in_features};
-      return detail::launch_rows<T>(d, xt, rows, stream);
-    }
-    const CsrRows<T, int32_t> rows{w.row_offsets, static_cast<const int32_t*>(w.col_indices),
-                                   values, w.nnz, d.in_features};
-    return detail::launch_rows<T>(d, xt, rows, stream);
+    auto run = [&](auto* idx_tag) {
+      using Idx = std::remove_pointer_t<decltype(idx_tag)>;
+      const CsrRows<T, Idx> rows{w.row_offsets, static_cast<const Idx*>(w.col_indices),
+                                 static_cast<const T*>(w.values), w.nnz, d.in_features};
+      return csr_choice(d, w) == kStagedVariant ? launch_staged(d, xt, rows, stream)
+                                                : detail::launch_rows<T>(d, xt, rows, stream);
+    };
+    return w.idx16 ? run(static_cast<uint16_t*>(nullptr)) : run(static_cast<int32_t*>(nullptr));
   });
 }
 
