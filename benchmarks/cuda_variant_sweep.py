@@ -53,6 +53,9 @@ def main() -> int:
     dtype = getattr(torch, args.dtype)
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     rows = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    head = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__,
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     for pattern in args.patterns.split(","):
         fmt, kw, sparsity = parse(pattern)
         key = KEYS[fmt]
@@ -89,10 +92,9 @@ def main() -> int:
                       " ".join(f"{v} {us[v]:.2f} (x{us['dense'] / us[v]:.2f})"
                                for v in variants) +
                       f" | best {best} | max err {max(errs.values()):.1e}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    res = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__,
-               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), rows=rows)
-    (args.out / "variant_sweep.json").write_text(json.dumps(res, indent=1))
+                # Rewritten after every row: a sweep cut off by the lease keeps what it measured.
+                (args.out / "variant_sweep.json").write_text(json.dumps(dict(head, rows=rows),
+                                                                        indent=1))
     return 0
 
 
