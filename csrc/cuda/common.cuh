@@ -141,6 +141,18 @@ __device__ __forceinline__ uint32_t smem_step_meta(const uint8_t* rows, int kk, 
          (static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(top + 64)) << 16);
 }
 
+// Byte offset of 16-byte chunk c of row r in a tile of KC-input rows (KC * 2 bytes each).
+// 64-byte rows: the chunk is XORed with row bits 1-2 (two rows share a 128-byte bank line);
+// 32-byte rows: with row bit 2 (four rows share one). Rows r..r+7 then use 8 bank groups.
+template <int KC>
+__device__ __forceinline__ int tile_off(int r, int c) {
+  if constexpr (KC == 32) {
+    return r * 64 + ((c ^ ((r >> 1) & 3)) << 4);
+  } else {
+    return r * 32 + ((c ^ ((r >> 2) & 1)) << 4);
+  }
+}
+
 // An attribute of the current device (fallback if the query fails).
 inline int device_attr(cudaDeviceAttr attr, int fallback) {
   int device = 0, value = 0;

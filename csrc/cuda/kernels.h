@@ -41,7 +41,8 @@ struct Csr {
   const void* values;          // [nnz]
   int64_t nnz;
   bool idx16;
-  int variant = 0;  // 0 automatic, else csr_variant(...)
+  int variant = 0;          // 0 automatic, else csr_variant(...)
+  void* scratch = nullptr;  // csr_scratch_bytes(d, *this) bytes, 16-byte aligned
 };
 
 struct Bsr {
@@ -65,10 +66,14 @@ struct NM {
 // binding reads it from SPARSEPRUNE_CUDA_NM24): its NM::variant, or -1 if unknown.
 int nm24_variant(const char* spec);
 std::string nm24_variant_names();
-// The CSR kernel a name forces ("auto", "rows" or "staged"; the binding reads it from
+// The CSR kernel a name forces ("auto", "rows" or "tc:BATCH"; the binding reads it from
 // SPARSEPRUNE_CUDA_CSR): its Csr::variant, or -1 if unknown.
 int csr_variant(const char* spec);
 std::string csr_variant_names();
+// Whether linear_csr reads x^T for this problem (the row kernels above kSmallBatch; the
+// tensor-core kernels read x as it is), and the bytes of scratch it needs (0: none).
+bool csr_reads_xt(const Dense& d, const Csr& w);
+int64_t csr_scratch_bytes(const Dense& d, const Csr& w);
 // The BSR tensor-core kernel a name forces ("auto", "legacy" or "gemm:BATCH"; the binding
 // reads it from SPARSEPRUNE_CUDA_BSR): its Bsr::variant, or -1 if unknown.
 int bsr_variant(const char* spec);
@@ -76,8 +81,8 @@ std::string bsr_variant_names();
 // Bytes of scratch linear_nm needs for this problem (0: none); the binding allocates them.
 int64_t nm_scratch_bytes(const Dense& d, const NM& w);
 
-// xt may be nullptr when !wants_transposed_x(d.batch). The returned error is
-// cudaGetLastError() after the launches (launch-configuration errors).
+// xt may be nullptr when !wants_transposed_x(d.batch) (for CSR: when !csr_reads_xt). The
+// returned error is cudaGetLastError() after the launches (launch-configuration errors).
 cudaError_t linear_csr(const Dense& d, const void* xt, const Csr& w, cudaStream_t stream);
 cudaError_t linear_bsr(const Dense& d, const void* xt, const Bsr& w, cudaStream_t stream);
 cudaError_t linear_nm(const Dense& d, const void* xt, const NM& w, cudaStream_t stream);

@@ -180,11 +180,17 @@ at::Tensor linear_csr_cuda(const at::Tensor& x, const at::Tensor& row_offsets,
                     num(p.dense.in_features));
   if (p.empty) return finish(p, cudaSuccess);
   const at::Tensor ro = row_offsets.contiguous();
-  const at::Tensor ci = col_indices.contiguous();
-  const at::Tensor vals = values.contiguous();
+  const at::Tensor ci = aligned(col_indices);
+  const at::Tensor vals = aligned(values);
   cu::Csr w{ro.data_ptr<int64_t>(), ci.data_ptr(), vals.data_ptr(), nnz, idx16};
   w.variant = variant_from_env("SPARSEPRUNE_CUDA_CSR", cu::csr_variant, cu::csr_variant_names);
-  const void* xt = transposed_x(p, true);
+  const void* xt = transposed_x(p, cu::csr_reads_xt(p.dense, w));
+  at::Tensor scratch;
+  const int64_t scratch_bytes = cu::csr_scratch_bytes(p.dense, w);
+  if (scratch_bytes > 0) {
+    scratch = at::empty({scratch_bytes}, p.x2.options().dtype(at::kByte));
+    w.scratch = scratch.data_ptr();
+  }
   return finish(p, cu::linear_csr(p.dense, xt, w, at::cuda::getCurrentCUDAStream()));
 }
 

@@ -37,18 +37,6 @@ __host__ __device__ constexpr int stage_bytes(int mf, int nf, int kc) {
   return (16 * mf + 8 * kWarps * nf) * kc * 2;
 }
 
-// Byte offset of 16-byte chunk c of row r in a tile of KC-input rows (KC * 2 bytes each).
-// 64-byte rows: the chunk is XORed with row bits 1-2 (two rows share a 128-byte bank line);
-// 32-byte rows: with row bit 2 (four rows share one). Rows r..r+7 then use 8 bank groups.
-template <int KC>
-__device__ __forceinline__ int tile_off(int r, int c) {
-  if constexpr (KC == 32) {
-    return r * 64 + ((c ^ ((r >> 1) & 3)) << 4);
-  } else {
-    return r * 32 + ((c ^ ((r >> 2) & 1)) << 4);
-  }
-}
-
 template <typename T, int MF, int NF, int KC, int S>
 __global__ __launch_bounds__(kWarps * kWarp) void bsr_gemm(
     const int64_t* __restrict__ block_row_offsets, const int32_t* __restrict__ block_cols,
@@ -83,7 +71,7 @@ __global__ __launch_bounds__(kWarps * kWarp) void bsr_gemm(
     for (int it = 0; it < detail::ceil_div_c(BH * CH, kThreads); ++it) {
       const int q = tid + it * kThreads, rr = q / CH, ch = q % CH;
       if (q >= BH * CH) break;
-      detail::cp_async16(st + tile_off<KC>(rr, ch), blk + rr * bw + ch * 8, 16);
+      detail::cp_async16(st + detail::tile_off<KC>(rr, ch), blk + rr * bw + ch * 8, 16);
     }
     uint8_t* const xs = st + kABytes;
     const int64_t col0 = cb * bw + c * KC;
@@ -93,7 +81,7 @@ __global__ __launch_bounds__(kWarps * kWarp) void bsr_gemm(
       if (q >= BATCH * CH) break;
       const int64_t col = col0 + ch * 8;
       const bool ok = b0 + rb < batch && col < in;
-      detail::cp_async16(xs + tile_off<KC>(rb, ch), ok ? x + (b0 + rb) * in + col : x,
+      detail::cp_async16(xs + detail::tile_off<KC>(rb, ch), ok ? x + (b0 + rb) * in + col : x,
                          ok ? 16 : 0);
     }
   };
@@ -116,14 +104,14 @@ __global__ __launch_bounds__(kWarps * kWarp) void bsr_gemm(
     if constexpr (KC == 32) {
 #pragma unroll
       for (int j = 0; j < NF; ++j) {
-        detail::ldmatrix_x4(bf[j], xs + tile_off<KC>(wcol + 8 * j + (lane & 7), lane >> 3));
+        detail::ldmatrix_x4(bf[j], xs + detail::tile_off<KC>(wcol + 8 * j + (lane & 7), lane >> 3));
       }
     } else {
 #pragma unroll
       for (int j = 0; j < NF; j += 2) {
         uint32_t r[4];
-        detail::ldmatrix_x4(
-            r, xs + tile_off<KC>(wcol + 8 * (j + (lane >> 4)) + (lane & 7), (lane >> 3) & 1));
+        const int rb = wcol + 8 * (j + (lane >> 4)) + (lane & 7);
+        detail::ldmatrix_x4(r, xs + detail::tile_off<KC>(rb, (lane >> 3) & 1));
         bf[j][0] = r[0];
         bf[j][1] = r[1];
         bf[j + 1][0] = r[2];
@@ -136,7 +124,7 @@ __global__ __launch_bounds__(kWarps * kWarp) void bsr_gemm(
       for (int i = 0; i < MF; ++i) {
         uint32_t a[4];
         const int row = 16 * i + (lane & 7) + ((lane >> 3) & 1) * 8;
-        detail::ldmatrix_x4(a, st + tile_off<KC>(row, 2 * kk + (lane >> 4)));
+        detail::ldmatrix_x4(a, st + detail::tile_off<KC>(row, 2 * kk + (lane >> 4)));
 #pragma unroll
         for (int j = 0; j < NF; ++j) {
           detail::mma_16816<T>(acc[i][j], a, bf[j][2 * kk], bf[j][2 * kk + 1]);

@@ -83,12 +83,13 @@ def test_csr(dtype, shape, density):
 
 
 CSR_VARIANTS = (getattr(_C, "cuda_csr_variants", lambda: "auto")()).split(", ")
-# Rows of 0 to a few hundred nonzeros (chunks of 32, empty rows, rows ending mid-chunk), more
-# rows than the grid's warps, batches not a multiple of the 32-column tile.
+# Rows of 0 to a few hundred nonzeros (empty rows, rows ending mid-chunk), inputs split 16
+# ways by the tensor-core kernels (100 x 5000) or not at all (4000 x 300), in % 8 != 0
+# (tensor-core variants fall back to the row kernels), batches not a multiple of the tiles.
 CSR_SHAPES = [(70, 130), (257, 1024), (100, 5000), (4000, 300)]
 CSR_BATCHES = [1, 9, 16, 17, 33, 64, 130]
 if QUICK:
-    CSR_SHAPES, CSR_BATCHES = [(70, 130), (100, 2100)], [9, 33]
+    CSR_SHAPES, CSR_BATCHES = [(70, 130), (100, 2104)], [9, 33]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -103,14 +104,14 @@ def test_csr_variants(variant, dtype, monkeypatch):
                 _check(packed, batch, dtype, bias=batch % 2 == 0)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("variant", CSR_VARIANTS)
 def test_csr_row_lengths(variant, dtype, monkeypatch):
-    # Rows of 0, 1, 31, 32, 33, 64, 65 and 100 nonzeros (chunk boundaries of csr_staged),
-    # empty rows back to back, and more rows than the staged grid has warps (2 CTAs of 8
-    # warps per SM: 2112 on a 132-SM card), so warps run their pipeline across rows.
+    # Rows of 0, 1, 7, 8, 9, 31, 32, 33, 64, 65 and 100 nonzeros (the 8-entry chunks of the
+    # tensor-core kernels, the 32 lanes of the row kernels), empty rows back to back, rows
+    # starting anywhere in a chunk.
     monkeypatch.setenv("SPARSEPRUNE_CUDA_CSR", variant)
-    lengths = [0, 0, 1, 31, 32, 33, 0, 64, 65, 100]
+    lengths = [0, 0, 1, 7, 8, 9, 31, 32, 33, 0, 64, 65, 100]
     out, inn = 2500, 200
     gen = torch.Generator().manual_seed(17)
     w = torch.zeros(out, inn)
@@ -124,7 +125,7 @@ def test_csr_row_lengths(variant, dtype, monkeypatch):
 
 
 def test_csr_variant_names():
-    assert CSR_VARIANTS == ["auto", "rows", "staged"]
+    assert CSR_VARIANTS == ["auto", "rows", "tc:32", "tc:64"]
 
 
 def test_csr_unknown_variant(monkeypatch):
