@@ -1,7 +1,7 @@
 // Unstructured (CSR) weights: the shared CUDA-core row kernels of rows.cuh with 16-bit
 // column indices wherever in_features allows (4 bytes per fp16 nonzero), and the
-// tensor-core kernels of spmm_csr_tc.cu when forced (SPARSEPRUNE_CUDA_CSR=tc:32 / tc:64;
-// not chosen automatically until a GPU run has measured them against rows_mid).
+// tensor-core kernels of spmm_csr_tc.cu (chosen at batch >= 256 and density >= 7.5%, see
+// csr_choice; SPARSEPRUNE_CUDA_CSR=rows / tc:32 / tc:64 forces one).
 //
 // rows_mid (one warp per row, lanes over the row's nonzeros, each lane loading its
 // nonzero's batch slice of x^T with plain loads) ran a 4096x4096 layer at 95% and batch
@@ -11,7 +11,7 @@
 // warp's row chunks of 32 nonzeros copied to shared memory by cp.async 3 deep, lane = batch
 // column; 0.9-0.5x of rows_mid at batch 16-512, benchmarks/cuda/csr_sweep_h200_staged.json;
 // commit 11a7c94). The gathers themselves are the cost: the tensor-core kernels read x once
-// per 128 rows instead.
+// per 128 rows instead, but their per-row scatter is the cost there (spmm_csr_tc.cu).
 #include <string>
 #include <type_traits>
 
@@ -45,11 +45,25 @@ struct CsrRows {
 constexpr int kRowsVariant = 1;
 constexpr int kTcVariant = 2;  // + csr_tc variant index
 
-// rows_small / rows_mid unless a tensor-core kernel is forced and fits the problem.
+// The tensor-core kernel at batch >= 256 where the weight keeps 7.5% or more (its cost is
+// that of a dense tile, the rows' grows with the nonzeros): on an H200 tc:64 ran 1.27-1.61x
+// faster than rows_mid at 90% and batch 256-512 on all three measured shapes, 0.83-1.05x at
+// 95% (benchmarks/cuda/csr_sweep_h200_tc1.json; below batch 256 it lost at one shape or
+// more). Otherwise rows_small / rows_mid, unless a fitting tensor-core kernel is forced.
+constexpr int64_t kTcMinBatch = 256;
+constexpr double kTcMinDensity = 0.075;
+
 int csr_choice(const Dense& d, const Csr& w) {
-  const int k = w.variant - kTcVariant;
-  if (!wants_transposed_x(d.batch) || k < 0 || !csr_tc::fits(k, d, w)) return kRowsVariant;
-  return w.variant;
+  if (!wants_transposed_x(d.batch) || w.variant == kRowsVariant) return kRowsVariant;
+  if (w.variant == 0) {
+    const int k = csr_tc::find(64);
+    const double density = static_cast<double>(w.nnz) /
+                           (static_cast<double>(d.out_features) * d.in_features);
+    return d.batch >= kTcMinBatch && density >= kTcMinDensity && csr_tc::fits(k, d, w)
+               ? kTcVariant + k
+               : kRowsVariant;
+  }
+  return csr_tc::fits(w.variant - kTcVariant, d, w) ? w.variant : kRowsVariant;
 }
 
 }  // namespace

@@ -8,8 +8,17 @@
 // 32-input step are staged once per CTA (cp.async, kStages deep) and shared by its 128
 // rows, as in a dense GEMM; each lane owns one weight row and scatters that row's nonzeros
 // of the step into a zeroed 32-input tile in shared memory, which its warp then reads with
-// ldmatrix. The tile's FLOPs are dense, so this wins where dense cuBLAS is memory-bound
-// (the weight is a tenth of its dense bytes, or less) and cannot at large batch.
+// ldmatrix. The tile's FLOPs are dense, so this could win only where dense cuBLAS is
+// memory-bound, and cannot at large batch.
+//
+// Measured on an H200 (benchmarks/cuda/csr_sweep_h200_tc1.json): every CTA took ~2.9 us per
+// step whether 1 or 3 shared an SM, so a step is one long dependent chain, and the chain is
+// the scatter: each lane scans its 8-entry chunk (64-bit offsets, a branch per entry) for
+// the ~1.6 entries (95%) a 32-input step holds, then the warp issues only 32 mma. tc:64 is
+// still 1.27-1.61x faster than rows_mid at 90% and batch 256-512 (chosen there), but
+// 0.06-0.23x dense fp16. Next: scatter once per 128-256 inputs into a wider tile (the mma
+// steps under it reuse it) with 32-bit offsets, or a tile-ordered layout built on .to("cuda")
+// whose entries a warp scatters 32 at a time.
 //
 // A lane streams its row's (column, value) pairs 8 at a time from 16-byte-aligned chunks of
 // the uint16 column and value arrays, the next chunk loaded while the current one is used.

@@ -85,9 +85,10 @@ def test_csr(dtype, shape, density):
 CSR_VARIANTS = (getattr(_C, "cuda_csr_variants", lambda: "auto")()).split(", ")
 # Rows of 0 to a few hundred nonzeros (empty rows, rows ending mid-chunk), inputs split 16
 # ways by the tensor-core kernels (100 x 5000) or not at all (4000 x 300), in % 8 != 0
-# (tensor-core variants fall back to the row kernels), batches not a multiple of the tiles.
+# (tensor-core variants fall back to the row kernels), batches not a multiple of the tiles,
+# 260 (auto takes tc:64 from batch 256 at density 0.3).
 CSR_SHAPES = [(70, 130), (257, 1024), (100, 5000), (4000, 300)]
-CSR_BATCHES = [1, 9, 16, 17, 33, 64, 130]
+CSR_BATCHES = [1, 9, 16, 17, 33, 64, 130, 260]
 if QUICK:
     CSR_SHAPES, CSR_BATCHES = [(70, 130), (100, 2104)], [9, 33]
 
