@@ -31,6 +31,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "set_isa", [](const std::string& name) { cpu::set_isa(cpu::parse_isa(name)); },
       "Forces the CPU kernels to one ISA; ValueError if unknown or unsupported here.");
+  m.def(
+      "nm_tile_copy",
+      [] {
+        const cpu::KernelTable& k = cpu::active_kernels();
+        const bool has = k.nm_tiles_pack != nullptr && k.nm_tiles_cached != nullptr;
+        return std::make_tuple(has ? k.nm_tiles_window : int64_t{0},
+                               has ? k.nm_tiles_cached_min_batch : int64_t{0},
+                               has ? k.nm_tiles_cached_max_batch : int64_t{0});
+      },
+      "(rows per tile, smallest batch, largest batch) of the active ISA's cached N:M row "
+      "tiles; (0, 0, 0) where it has none.");
 #ifdef SPARSEPRUNE_WITH_CUDA
   m.attr("cuda_built") = true;
   namespace cu = sparseprune::cuda;

@@ -378,15 +378,18 @@ at::Tensor linear_nm_cpu(const at::Tensor& x, const at::Tensor& values,
   return finish(p);
 }
 
-// The AVX-512 row-tile kernel's copy of an fp32 N:M weight, made once (the per-call
-// transpose is two thirds of the time at batch 8): sparseprune.formats caches it per weight.
+// The row-tile kernel's copy of an fp32 N:M weight, made once (the per-call transpose is
+// two thirds of the time at batch 8 with AVX-512): sparseprune.tile_cache keeps it per
+// weight. Its layout depends on the active ISA's window (16 or 8 rows per tile).
 const cpu::KernelTable& tile_copy_kernels(const char* op, int64_t n, int64_t m) {
-  TORCH_CHECK_VALUE(m >= 2 && m <= 16 && 16 % m == 0 && n >= 1 && n < m, op,
-                    ": need 1 <= n < m with m dividing 16, got n=", n, " m=", m);
   const cpu::KernelTable& kernels = cpu::active_kernels();
   TORCH_CHECK(kernels.nm_tiles_pack != nullptr && kernels.nm_tiles_cached != nullptr, op,
-              ": needs the AVX-512 kernels, but the active ISA is ",
+              ": needs the AVX2 or AVX-512 kernels, but the active ISA is ",
               cpu::isa_name(cpu::active_isa()));
+  const int64_t window = kernels.nm_tiles_window;
+  TORCH_CHECK_VALUE(m >= 2 && m <= window && window % m == 0 && n >= 1 && n < m, op,
+                    ": need 1 <= n < m with m dividing ", window, " (the ",
+                    cpu::isa_name(cpu::active_isa()), " tile width), got n=", n, " m=", m);
   return kernels;
 }
 
@@ -411,9 +414,10 @@ std::tuple<at::Tensor, at::Tensor> nm_tiles_pack_cpu(const at::Tensor& values,
                     cpu::nm_meta_row_bytes(in_features, n, m), "], got ", metadata.sizes());
   const at::Tensor vals = values.contiguous();
   const at::Tensor meta = metadata.contiguous();
-  const int64_t tiles = (out + 15) / 16, tile_slots = cpu::nm_tile_slots(in_features, n, m);
-  at::Tensor tv = at::empty({tiles, tile_slots, 16}, values.options());
-  at::Tensor tc = at::empty({tiles, tile_slots, 16}, metadata.options());
+  const int64_t W = kernels.nm_tiles_window;
+  const int64_t tiles = (out + W - 1) / W, tile_slots = cpu::nm_tile_slots(in_features, n, m, W);
+  at::Tensor tv = at::empty({tiles, tile_slots, W}, values.options());
+  at::Tensor tc = at::empty({tiles, tile_slots, W}, metadata.options());
   const cpu::NM w{vals.data_ptr(), meta.data_ptr<uint8_t>(), n, m};
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     kernels.nm_tiles_pack(w, in_features, out, t0, t1, tv.data_ptr<float>(),
@@ -432,12 +436,13 @@ at::Tensor linear_nm_tiles_cpu(const at::Tensor& x, const at::Tensor& tile_value
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, op, ": x must be float32, got ",
                    x.scalar_type());
   const int64_t in = p.dense.in_features;
-  const int64_t tiles = (out_features + 15) / 16, tile_slots = cpu::nm_tile_slots(in, n, m);
+  const int64_t W = kernels.nm_tiles_window;
+  const int64_t tiles = (out_features + W - 1) / W, tile_slots = cpu::nm_tile_slots(in, n, m, W);
   TORCH_CHECK_VALUE(tile_values.dim() == 3 && tile_values.size(0) == tiles &&
-                        tile_values.size(1) == tile_slots && tile_values.size(2) == 16,
-                    op, ": tile_values must be [", tiles, ", ", tile_slots,
-                    ", 16] (from nm_tiles_pack for in_features=", in, "), got ",
-                    tile_values.sizes());
+                        tile_values.size(1) == tile_slots && tile_values.size(2) == W,
+                    op, ": tile_values must be [", tiles, ", ", tile_slots, ", ", W,
+                    "] (from nm_tiles_pack for in_features=", in, " under the ",
+                    cpu::isa_name(cpu::active_isa()), " kernels), got ", tile_values.sizes());
   TORCH_CHECK_TYPE(tile_cols.scalar_type() == at::kByte, op, ": tile_cols must be uint8, got ",
                    tile_cols.scalar_type());
   TORCH_CHECK_VALUE(tile_cols.sizes() == tile_values.sizes(), op,
@@ -448,7 +453,7 @@ at::Tensor linear_nm_tiles_cpu(const at::Tensor& x, const at::Tensor& tile_value
   const at::Tensor tc = tile_cols.contiguous();
   const cpu::NMTileCopy copy{tv.data_ptr<float>(), tc.data_ptr<uint8_t>()};
   const cpu::NM w{nullptr, nullptr, n, m};
-  run_row_tiles(p.dense, w, 16, [&](int64_t r0, int64_t r1) {
+  run_row_tiles(p.dense, w, W, [&](int64_t r0, int64_t r1) {
     kernels.nm_tiles_cached(p.dense, w, copy, r0, r1);
   });
   return finish(p);

@@ -1,23 +1,28 @@
-"""A per-weight copy of fp32 N:M weights in the layout of the AVX-512 row-tile kernel.
+"""A per-weight copy of fp32 N:M weights in the layout of the CPU row-tile kernels.
 
-That kernel (csrc/cpu/spmm_nm_avx512.cpp) reads a weight as 16-row tiles in slot-major
-order; without a copy it transposes every tile on every call, which costs two thirds of its
-time at batch 8. With the cache on, the first product of a weight makes the copy once
-(``torch.ops.sparseprune.nm_tiles_pack``) and later products read it
-(``linear_nm_tiles``): 1.1-2.0x faster at batch 1-32 and 1.1-1.4x at 64 on the
-MiniLM/BERT/4096x4096 shapes, about even at 128 (benchmarks/RESULTS.md, "N:M tile copies"). The price is memory: the copy holds the values
-again plus one byte per stored slot (about 1.25x the values' bytes, 2.2x the N:M weight in
-all). It is off by default; :func:`set_nm_tile_cache` or ``SPARSEPRUNE_NM_TILE_CACHE=1`` (read
-at import) turns it on.
+Those kernels (csrc/cpu/spmm_nm_avx512.cpp: 16 output rows per vector; spmm_nm_avx2.cpp: 8)
+read a weight as tiles of rows in slot-major order; without a copy they transpose every tile
+on every call, which costs two thirds of their time at batch 8. With the cache on, the first
+product of a weight makes the copy once (``torch.ops.sparseprune.nm_tiles_pack``) and later
+products read it (``linear_nm_tiles``). With AVX-512: 1.1-2.0x faster at batch 1-32 and
+1.1-1.4x at 64 on the MiniLM/BERT/4096x4096 shapes, about even at 128 (benchmarks/RESULTS.md,
+"N:M tile copies"). With AVX2 only, it is used up to the batch the kernel table names
+(``sparseprune._C.nm_tile_copy()``; above it the plain op is as fast or faster: RESULTS.md,
+"AVX2: cached N:M row tiles"). The price is memory: the copy holds the values again plus
+one byte per stored slot (about 1.25x the values' bytes, 2.2x the N:M weight in all). It is
+off by default; :func:`set_nm_tile_cache` or ``SPARSEPRUNE_NM_TILE_CACHE=1`` (read at
+import) turns it on.
 
 The copy is used for inference only (no gradient flows through it), on the CPU, for
-float32 weights with ``m`` dividing 16, while the AVX-512 kernels are active. It is kept
-beside its owner (a :class:`~sparseprune.formats.NMWeight` or a
-:class:`~sparseprune.nn.SparseLinear`) in a weak map, so it goes when the owner goes and
-never enters a ``state_dict``, a checkpoint or a pickle; it is remade when the values or
-the metadata are replaced or changed in place (tensor version counters). Weights created
-inside ``torch.inference_mode()`` are inference tensors without a version counter: they
-take the plain op. Products run inside ``inference_mode`` on ordinary weights do use it.
+float32 weights with ``m`` dividing the tile width (16 with AVX-512, 8 with AVX2), while
+those kernels are active; its layout follows the ISA active when it was made, and it is
+remade if another is active later. It is kept beside its owner (a
+:class:`~sparseprune.formats.NMWeight` or a :class:`~sparseprune.nn.SparseLinear`) in a weak
+map, so it goes when the owner goes and never enters a ``state_dict``, a checkpoint or a
+pickle; it is remade when the values or the metadata are replaced or changed in place
+(tensor version counters). Weights created inside ``torch.inference_mode()`` are inference
+tensors without a version counter: they take the plain op. Products run inside
+``inference_mode`` on ordinary weights do use it.
 """
 
 from __future__ import annotations
@@ -47,46 +52,80 @@ def nm_tile_cache_enabled() -> bool:
     return _enabled
 
 
-def copy_shape(out_features: int, in_features: int, n: int, m: int) -> tuple[int, int, int]:
-    """Shape of the tile copy's tensors: [16-row tiles, slots per tile padded to whole
-    16-slot steps, 16] (``nm_tile_slots`` in csrc/cpu/kernels.h)."""
-    slots = ((in_features + 15) // 16 * (16 // m * n) + 15) // 16 * 16
-    return (out_features + 15) // 16, slots, 16
+def _limits() -> tuple[int, int, int]:
+    """(rows per tile, smallest and largest batch that use the copy) under the active
+    kernels (benchmarks/bench_tile_cache.py --all-batches replaces it to time every batch)."""
+    from ._ext import _C
+    return _C.nm_tile_copy()
 
 
-def copy_nbytes(weight) -> int:
+def tile_width() -> int:
+    """Rows per tile of the active ISA's cached row-tile kernel (16 with AVX-512, 8 with
+    AVX2), 0 where it has none."""
+    from ._ext import _C
+    return _C.nm_tile_copy()[0]
+
+
+def copy_shape(out_features: int, in_features: int, n: int, m: int,
+               width: int | None = None) -> tuple[int, int, int]:
+    """Shape of the tile copy's tensors for tiles of ``width`` rows (default: the active
+    ISA's): [tiles, slots per tile padded to a multiple of ``width``, ``width``]
+    (``nm_tile_slots`` in csrc/cpu/kernels.h)."""
+    w = tile_width() if width is None else width
+    if w <= 0:
+        raise RuntimeError("the active ISA has no N:M row-tile kernel (AVX2 or AVX-512 needed)")
+    slots = ((in_features + w - 1) // w * (w // m * n) + w - 1) // w * w
+    return (out_features + w - 1) // w, slots, w
+
+
+def used_at(weight, batch: int) -> bool:
+    """Whether a product of the N:M ``weight`` (on the CPU, no gradient) with ``batch`` rows
+    of x runs through the tile copy under the active kernels (for benchmarks: which bytes
+    a product streams)."""
+    width, min_batch, max_batch = _limits()
+    return (_enabled and width > 0 and weight.m <= width and width % weight.m == 0 and
+            weight.values.dtype == torch.float32 and weight.values.device.type == "cpu" and
+            min_batch <= batch <= max_batch)
+
+
+def copy_nbytes(weight, width: int | None = None) -> int:
     """Bytes of the tile copy of an N:M ``weight`` (float32 values and one column byte per
-    slot)."""
-    tiles, slots, rows = copy_shape(*weight.shape, weight.n, weight.m)
+    slot) for tiles of ``width`` rows (default: the active ISA's)."""
+    tiles, slots, rows = copy_shape(*weight.shape, weight.n, weight.m, width)
     return tiles * slots * rows * (4 + 1)
 
 
-def _applies(x, values, metadata, bias, m) -> bool:
-    if not _enabled or m > 16 or 16 % m != 0:
-        return False
+def _width_if_applies(x, values, metadata, bias, m) -> int:
+    """The tile width of the copy this product would use, 0 where it takes the plain op."""
+    if not _enabled:
+        return 0
     if type(x) is not torch.Tensor or type(values) not in (torch.Tensor, torch.nn.Parameter):
-        return False  # fake / meta / subclass tensors take the plain op
+        return 0  # fake / meta / subclass tensors take the plain op
     if x.device.type != "cpu" or values.device.type != "cpu" or metadata.device.type != "cpu":
-        return False
+        return 0
     if x.dtype != torch.float32 or values.dtype != torch.float32:
-        return False
+        return 0
     if torch.is_grad_enabled() and (x.requires_grad or values.requires_grad or
                                     (bias is not None and bias.requires_grad)):
-        return False
+        return 0
     if torch.compiler.is_compiling():
-        return False
-    from ._ext import cpu_capability
-    return cpu_capability() == "avx512"
+        return 0
+    width, min_batch, max_batch = _limits()
+    if width == 0 or m > width or width % m != 0 or x.dim() == 0 or x.shape[-1] == 0:
+        return 0
+    batch = x.numel() // x.shape[-1]
+    return width if min_batch <= batch <= max_batch else 0
 
 
 def nm_tiles_linear(owner, x, values, metadata, bias, n, m, out_features):
     """``x W^T + bias`` through ``owner``'s tile copy of ``(values, metadata)``, made or
     remade as needed; None where the copy does not apply (the caller runs ``linear_nm``)."""
-    if not _applies(x, values, metadata, bias, m):
+    width = _width_if_applies(x, values, metadata, bias, m)
+    if not width:
         return None
     try:
         key = (values.data_ptr(), values._version, metadata.data_ptr(), metadata._version,
-               tuple(values.shape), n, m, x.shape[-1])
+               tuple(values.shape), n, m, x.shape[-1], width)
     except RuntimeError:  # inference tensors carry no version counter
         return None
     entry = _copies.get(owner)

@@ -110,7 +110,7 @@ const KernelTable& kernels_for(Isa isa) {
   constexpr XLayout as_is{};
   static const KernelTable ref{spmm_csr_ref, as_is, spmm_bsr_ref, as_is,
                                spmm_nm_ref,  as_is, pack_x, nullptr, 0, 0,
-                               nullptr,      nullptr, spmm_csr_bitmap_ref};
+                               nullptr,      nullptr, 0, 0, spmm_csr_bitmap_ref};
   // Chunks of at most 32 batch rows keep a chunk [in][width] within L2 for in <= 4096.
   constexpr XLayout avx2_x{8, 4, 8, true}, avx512_x{16, 2, 8, true};
   // The AVX2 row tiles only when forced (SPARSEPRUNE_NM=tiles): on an AVX2-only Zen 3 the
@@ -118,14 +118,20 @@ const KernelTable& kernels_for(Isa isa) {
   // batch 128-256 but one (1.15-1.65x; RESULTS.md, "AVX2-only machine"). They had been the
   // default from batch 128 after a Zen 4 run forced to AVX2, against the older batched body.
   constexpr int64_t kAvx2TilesOff = INT64_MAX;
+  // Their cached copies (opt-in, sparseprune.tile_cache) at batch 2-24: on the Zen 3 VM,
+  // 2:4 and 1:4 on the five issue-4 shapes, 1.13-2.8x faster than the plain op at batch
+  // 2-12, 0.91-1.32x at 16-24, 0.79-1.11x at 32 and 0.77-1.40x at 1, where the in-lane
+  // batch-1 kernel wins for 2:4 (RESULTS.md, "AVX2: cached N:M row tiles").
+  constexpr int64_t kAvx2CachedMinBatch = 2, kAvx2CachedMaxBatch = 24;
   static const KernelTable avx2{spmm_csr_avx2, avx2_x, spmm_bsr_avx2, avx2_x,
                                 spmm_nm_avx2,  avx2_x, pack_x_avx2, spmm_nm_tiles_avx2, 8,
-                                kAvx2TilesOff, nullptr, nullptr, spmm_csr_bitmap_avx2};
+                                kAvx2TilesOff, nm_tiles_pack_avx2, spmm_nm_tiles_cached_avx2,
+                                kAvx2CachedMinBatch, kAvx2CachedMaxBatch, spmm_csr_bitmap_avx2};
   static const KernelTable avx512{spmm_csr_avx512, avx512_x, spmm_bsr_avx512, avx512_x,
                                   spmm_nm_avx512,  avx512_x, pack_x_avx512,
                                   spmm_nm_tiles_avx512, 16, 8,
                                   nm_tiles_pack_avx512, spmm_nm_tiles_cached_avx512,
-                                  spmm_csr_bitmap_avx2};
+                                  1, INT64_MAX, spmm_csr_bitmap_avx2};
   switch (isa) {
     case Isa::avx512:
       return avx512;

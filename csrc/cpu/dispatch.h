@@ -40,10 +40,13 @@ struct KernelTable {
   // Smallest batch nm_tiles runs at: below it, transposing the weight tiles costs more than
   // the faster inner loop gains (measured: ops.cpp).
   int64_t nm_tiles_min_batch;
-  // The same kernel over a copy made once per weight (fp32, m dividing 16); null where the
-  // ISA has none (only AVX-512 has).
+  // The same kernel over a copy made once per weight (fp32, m dividing the window); null
+  // where the ISA has none (the scalar reference). Worth its copy for batches of
+  // nm_tiles_cached_min_batch .. nm_tiles_cached_max_batch rows of x (outside, the plain op
+  // is as fast or faster; measured: dispatch.cpp).
   NMTilesPackFn nm_tiles_pack;
   NMTilesCachedKernel nm_tiles_cached;
+  int64_t nm_tiles_cached_min_batch, nm_tiles_cached_max_batch;
   // Batch-1 CSR through its bitmap view (AVX-512 CPUs run the AVX2 kernel: an AVX-512 one
   // is yet to be written and measured).
   CsrBitmapKernel csr_bitmap;

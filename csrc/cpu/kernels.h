@@ -238,21 +238,22 @@ using NMKernel = void (*)(const Dense&, const NM&, const XPacked&, int64_t row_b
 using NMTilesKernel = void (*)(const Dense&, const NM&, int64_t row_begin, int64_t row_end);
 
 // A weight's slot-major tile copy, made once (NMTilesPackFn) and reused by every call
-// instead of the per-call transpose of NMTilesKernel: for tile t (rows 16t .. 16t + 15) and
-// slot s, values[(t * tile_slots + s) * 16 + i] is row 16t + i's value and cols[...] its
-// input column modulo 16. tile_slots = nm_tile_slots(in, n, m).
+// instead of the per-call transpose of NMTilesKernel. W is the ISA's window (16 with AVX-512,
+// 8 with AVX2; KernelTable::nm_tiles_window): for tile t (rows W t .. W t + W - 1) and slot
+// s, values[(t * tile_slots + s) * W + i] is row W t + i's value and cols[...] its input
+// column modulo W. tile_slots = nm_tile_slots(in, n, m, W).
 struct NMTileCopy {
   const float* values;
   const uint8_t* cols;
 };
-inline int64_t nm_tile_slots(int64_t in_features, int64_t n, int64_t m) {
-  return ((in_features + 15) / 16 * (16 / m * n) + 15) / 16 * 16;
+inline int64_t nm_tile_slots(int64_t in_features, int64_t n, int64_t m, int64_t window) {
+  return ((in_features + window - 1) / window * (window / m * n) + window - 1) / window * window;
 }
 // Fills the copy of tiles [tile_begin, tile_end).
 using NMTilesPackFn = void (*)(const NM&, int64_t in_features, int64_t out_features,
                                int64_t tile_begin, int64_t tile_end, float* values,
                                uint8_t* cols);
-// NMTilesKernel reading a copy made by NMTilesPackFn (row_begin a multiple of 16).
+// NMTilesKernel reading a copy made by NMTilesPackFn (row_begin a multiple of W).
 using NMTilesCachedKernel = void (*)(const Dense&, const NM&, const NMTileCopy&,
                                      int64_t row_begin, int64_t row_end);
 
@@ -309,6 +310,10 @@ void spmm_nm_tiles_cached_avx512(const Dense&, const NM&, const NMTileCopy&,
 void nm_tiles_pack_avx512(const NM&, int64_t in_features, int64_t out_features,
                           int64_t tile_begin, int64_t tile_end, float* values, uint8_t* cols);
 void spmm_nm_tiles_avx2(const Dense&, const NM&, int64_t row_begin, int64_t row_end);
+void spmm_nm_tiles_cached_avx2(const Dense&, const NM&, const NMTileCopy&, int64_t row_begin,
+                               int64_t row_end);
+void nm_tiles_pack_avx2(const NM&, int64_t in_features, int64_t out_features,
+                        int64_t tile_begin, int64_t tile_end, float* values, uint8_t* cols);
 void spmm_csr_bitmap_avx2(const Dense&, const CsrBitmap&, const float* x, int64_t row_begin,
                           int64_t row_end);
 

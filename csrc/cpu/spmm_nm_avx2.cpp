@@ -318,8 +318,8 @@ void nm_avx2(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin,
 
 // ---- Row tiles: vectorized over 8 output rows (fp32, m divides 8) ----
 // The AVX2 counterpart of the AVX-512 row tiles (spmm_nm_avx512.cpp explains the idea):
-// windows of 8 columns, vpermps over 8 rows, 6 batch rows per register block (2 * 6 + 3 of
-// the 16 registers). The slot-major copy is made with scalar loads and stores.
+// windows of 8 columns, vpermps over 8 rows, up to 6 batch rows per register block (2 * 6 + 2
+// of the 16 registers). The slot-major copy is made with scalar loads and stores.
 
 constexpr int64_t kTileBlockBytes = 32 << 10, kBatchBlockBytes = 256 << 10;
 
@@ -347,10 +347,21 @@ void build_tile8(const NM& w, int64_t in, int64_t r0, int64_t rows, int64_t s_be
   }
 }
 
-template <int BT>
-inline void tile_batch8(const float* x, int64_t in, int64_t windows, int64_t S, const float* tv,
-                        const int32_t* ti, __m256 init, bool accumulate, float* y, int64_t ldy,
+// A slot's 8 column indices: int32 from the per-call copy, uint8 from a cached one (a
+// quarter of the bytes to stream; one zero-extending load).
+inline __m256i load_cols8(const int32_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+inline __m256i load_cols8(const uint8_t* p) {
+  return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+}
+
+// kS: slots per window known at compile time (0: s_rt).
+template <int BT, int kS, typename Idx>
+inline void tile_batch8(const float* x, int64_t in, int64_t windows, int64_t s_rt, const float* tv,
+                        const Idx* ti, __m256 init, bool accumulate, float* y, int64_t ldy,
                         __m256i ymask, __m256i last_window) {
+  const int64_t S = kS ? kS : s_rt;
   __m256 acc[BT];
   for (int b = 0; b < BT; ++b) acc[b] = accumulate ? _mm256_maskload_ps(y + b * ldy, ymask) : init;
   for (int64_t wi = 0; wi < windows; ++wi) {
@@ -362,7 +373,7 @@ inline void tile_batch8(const float* x, int64_t in, int64_t windows, int64_t S, 
     }
     for (int64_t j = 0; j < S; ++j) {
       const __m256 v = _mm256_loadu_ps(tv + (wi * S + j) * 8);
-      const __m256i id = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ti + (wi * S + j) * 8));
+      const __m256i id = load_cols8(ti + (wi * S + j) * 8);
       for (int b = 0; b < BT; ++b)
         acc[b] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(xv[b], id), v, acc[b]);
     }
@@ -370,9 +381,11 @@ inline void tile_batch8(const float* x, int64_t in, int64_t windows, int64_t S, 
   for (int b = 0; b < BT; ++b) _mm256_maskstore_ps(y + b * ldy, ymask, acc[b]);
 }
 
-}  // namespace
-
-void spmm_nm_tiles_avx2(const Dense& d, const NM& w, int64_t row_begin, int64_t row_end) {
+// The row-tile product over rows [row_begin, row_end), transposing each tile per call or,
+// given `copy` (row_begin a multiple of 8), reading the weight's cached copy; the same
+// blocking and summation order either way (bitwise equal results).
+void tiles_body8(const Dense& d, const NM& w, const NMTileCopy* copy, int64_t row_begin,
+                 int64_t row_end) {
   if (d.batch == 0 || row_begin >= row_end) return;
   const int64_t in = d.in_features;
   const int64_t S = 8 / w.m * w.n;  // slots per 8-column window
@@ -382,8 +395,9 @@ void spmm_nm_tiles_avx2(const Dense& d, const NM& w, int64_t row_begin, int64_t 
   const int64_t max_block = std::max<int64_t>(6, kBatchBlockBytes / (block_windows * 32));
   const int64_t batch_blocks = (d.batch + max_block - 1) / max_block;
   const int64_t batch_block = (d.batch + batch_blocks - 1) / batch_blocks;
-  Scratch<float> tv(block_windows * S * 8);
-  Scratch<int32_t> ti(block_windows * S * 8);
+  Scratch<float> tv(copy ? 0 : block_windows * S * 8);
+  Scratch<int32_t> ti(copy ? 0 : block_windows * S * 8);
+  const int64_t copy_slots = nm_tile_slots(in, w.n, w.m, 8);
   const float* x = static_cast<const float*>(d.x);
   const float* bias = static_cast<const float*>(d.bias);
   float* y = static_cast<float*>(d.y);
@@ -395,21 +409,74 @@ void spmm_nm_tiles_avx2(const Dense& d, const NM& w, int64_t row_begin, int64_t 
     for (int64_t w0 = 0; w0 < windows; w0 += block_windows) {
       const int64_t wn = std::min(block_windows, windows - w0);
       const __m256i last = w0 + wn < windows ? lanes8(8) : lanes8(in - (windows - 1) * 8);
-      build_tile8(w, in, r0, rows, w0 * S, (w0 + wn) * S, tv.data(), ti.data());
+      if (copy == nullptr) build_tile8(w, in, r0, rows, w0 * S, (w0 + wn) * S, tv.data(), ti.data());
       for (int64_t b0 = 0; b0 < d.batch; b0 += batch_block) {
         const int64_t b1 = std::min(d.batch, b0 + batch_block);
         int64_t b = b0;
-        auto run = [&](auto bt) {
-          constexpr int BT = decltype(bt)::value;
-          for (; b + BT <= b1; b += BT)
-            tile_batch8<BT>(x + b * in + w0 * 8, in, wn, S, tv.data(), ti.data(), init, w0 > 0,
-                            y + b * d.out_features + r0, d.out_features, ymask, last);
+        // Register blocks of at most 6 batch rows, balanced (8 rows: 4 + 4, not 6 + 1 + 1: a
+        // block of one row is bound by its two weight loads per FMA).
+        auto batch_tiles = [&](auto ks, const float* tvt, const auto* tit) {
+          constexpr int kS = decltype(ks)::value;
+          auto run = [&](auto bt) {
+            constexpr int BT = decltype(bt)::value;
+            tile_batch8<BT, kS>(x + b * in + w0 * 8, in, wn, S, tvt, tit, init, w0 > 0,
+                                y + b * d.out_features + r0, d.out_features, ymask, last);
+            b += BT;
+          };
+          while (b < b1) {
+            const int64_t left = b1 - b, blocks = (left + 5) / 6;
+            switch ((left + blocks - 1) / blocks) {
+              case 6: run(std::integral_constant<int, 6>{}); break;
+              case 5: run(std::integral_constant<int, 5>{}); break;
+              case 4: run(std::integral_constant<int, 4>{}); break;
+              case 3: run(std::integral_constant<int, 3>{}); break;
+              case 2: run(std::integral_constant<int, 2>{}); break;
+              default: run(std::integral_constant<int, 1>{}); break;
+            }
+          }
         };
-        run(std::integral_constant<int, 6>{});
-        run(std::integral_constant<int, 3>{});
-        run(std::integral_constant<int, 1>{});
+        auto slots = [&](auto ks) {
+          if (copy != nullptr) {
+            const int64_t o = (r0 / 8 * copy_slots + w0 * S) * 8;
+            batch_tiles(ks, copy->values + o, copy->cols + o);
+          } else {
+            batch_tiles(ks, tv.data(), ti.data());
+          }
+        };
+        // The common patterns (2:4, 4:8, 1:2: 4 slots; 1:4, 2:8: 2) get the slot loop unrolled.
+        if (S == 4) {
+          slots(std::integral_constant<int, 4>{});
+        } else if (S == 2) {
+          slots(std::integral_constant<int, 2>{});
+        } else {
+          slots(std::integral_constant<int, 0>{});
+        }
       }
     }
+  }
+}
+
+}  // namespace
+
+void spmm_nm_tiles_avx2(const Dense& d, const NM& w, int64_t row_begin, int64_t row_end) {
+  tiles_body8(d, w, nullptr, row_begin, row_end);
+}
+
+void spmm_nm_tiles_cached_avx2(const Dense& d, const NM& w, const NMTileCopy& copy,
+                               int64_t row_begin, int64_t row_end) {
+  tiles_body8(d, w, &copy, row_begin, row_end);
+}
+
+void nm_tiles_pack_avx2(const NM& w, int64_t in_features, int64_t out_features,
+                        int64_t tile_begin, int64_t tile_end, float* values, uint8_t* cols) {
+  const int64_t tile_slots = nm_tile_slots(in_features, w.n, w.m, 8);
+  Scratch<int32_t> ci(tile_slots * 8);
+  for (int64_t t = tile_begin; t < tile_end; ++t) {
+    const int64_t r0 = t * 8;
+    build_tile8(w, in_features, r0, std::min<int64_t>(8, out_features - r0), 0, tile_slots,
+                values + t * tile_slots * 8, ci.data());
+    uint8_t* tc = cols + t * tile_slots * 8;
+    for (int64_t k = 0; k < tile_slots * 8; ++k) tc[k] = static_cast<uint8_t>(ci.data()[k]);
   }
 }
 

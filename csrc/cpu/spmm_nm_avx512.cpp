@@ -326,7 +326,7 @@ void tiles_body(const Dense& d, const NM& w, const NMTileCopy* copy, int64_t row
   // No scratch with a copy: the tiles are read where they are.
   Scratch<float> tv(copy ? 0 : panel_tiles * tile_floats);
   Scratch<int32_t> ti(copy ? 0 : panel_tiles * tile_floats);
-  const int64_t copy_slots = nm_tile_slots(in, w.n, w.m);
+  const int64_t copy_slots = nm_tile_slots(in, w.n, w.m, 16);
   const float* x = static_cast<const float*>(d.x);
   const float* bias = static_cast<const float*>(d.bias);
   float* y = static_cast<float*>(d.y);
@@ -400,7 +400,7 @@ void nm_tiles_pack_avx512(const NM& w, int64_t in_features, int64_t out_features
                           int64_t tile_begin, int64_t tile_end, float* values, uint8_t* cols) {
   Decoder dc;
   make_decoder(dc, w, in_features);
-  const int64_t tile_slots = nm_tile_slots(in_features, w.n, w.m);
+  const int64_t tile_slots = nm_tile_slots(in_features, w.n, w.m, 16);
   Scratch<int32_t> ci(tile_slots * 16);
   for (int64_t t = tile_begin; t < tile_end; ++t) {
     const int64_t r0 = t * 16;

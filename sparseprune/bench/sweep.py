@@ -264,12 +264,14 @@ def _case(cfg, weight, bias, pruned, packed32, pattern, dname, threads, shape, b
     with torch.inference_mode(False):
         packs = rotating(lambda: clone_packed(packed), packed.nbytes, cfg.rotate_bytes)
     tile_copies = isinstance(packed, NMWeight) and tile_cache.nm_tile_cache_enabled()
+    # The smallest batch the tile copy serves (2 with AVX2, whose batch 1 keeps the plain op).
+    warm_batch = next((b for b in (1, 2) if tile_copies and tile_cache.used_at(packed, b)), 1)
     view_bytes = None  # a CSR weight's batch-1 bitmap view (csr_bitmap), where one is made
     if tile_copies or isinstance(packed, formats.CSRWeight):
         # every copy's tile copy or bitmap view made before timing (once per weight in use)
         with torch.no_grad():
             for _ in range(copies_for(packed.nbytes, cfg.rotate_bytes)):
-                next(packs).linear(torch.zeros(1, weight.shape[1], dtype=dtype))
+                next(packs).linear(torch.zeros(warm_batch, weight.shape[1], dtype=dtype))
             view_bytes = csr_bitmap.view_nbytes(next(packs))
     baseline, base_reason, base_bytes = None, None, None
     if cfg.baselines:
@@ -301,7 +303,8 @@ def _case(cfg, weight, bias, pruned, packed32, pattern, dname, threads, shape, b
         s = sparse_t.median
         # Weights as the kernel streams them (the tile copy when it is on: fp32 values and one
         # column byte per padded slot) + x in + y out.
-        streamed = (tile_cache.copy_nbytes(packed) if tile_copies else
+        streamed = (tile_cache.copy_nbytes(packed)
+                    if tile_copies and tile_cache.used_at(packed, batch) else
                     view_bytes if view_bytes is not None and batch == 1 else packed.nbytes)
         moved = streamed + 2 * x.numel() * x.element_size()
         row = {
