@@ -198,6 +198,7 @@ bool run_by_batch(const cpu::Dense& d, const cpu::XLayout& layout, cpu::PackFn p
       part.y = static_cast<char*>(d.y) + first * d.out_features * elem;
       cpu::XPacked xp;
       xp.plan = cpu::plan_x(part.batch, d.in_features, part_layout);
+      xp.plan.split_part = true;
       pack(part, xp.plan, buf, 0, d.in_features);
       xp.xt = buf;
       kernel(part, xp, 0, rows);

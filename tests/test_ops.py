@@ -96,15 +96,17 @@ def test_nm_column_tiles_8_lanes(isa, batch, dtype):
             torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("batch", [1, 2, 3, 4])
 @pytest.mark.parametrize("in_features", [16, 31, 48, 64, 80, 129, 257, 1000])
-def test_nm_batch1_windows_match_float64(isa, in_features):
-    # batch-1 N:M (AVX2: row_dot_decode8): an unrolled loop over the steps whose window and
-    # 32-bit metadata word lie inside the row (in-lane quads for 2:4, 1:2, 1:4), then the
-    # checked steps, then the scalar slots of a partial step; these widths give even and odd
-    # step counts, no unrolled step at all, and windows that end inside x
-    torch.manual_seed(in_features)
+def test_nm_small_batch_windows_match_float64(isa, in_features, batch):
+    # batch 1-4 N:M (AVX2: row_dot_decode8, rows_dot_decode8 for fp32 x at 2-4): an unrolled
+    # loop over the steps whose window and 32-bit metadata word lie inside the row (in-lane
+    # quads for 2:4, 1:2, 1:4), then the checked steps, then the scalar slots of a partial
+    # step; these widths give even and odd step counts, no unrolled step at all, and windows
+    # that end inside x
+    torch.manual_seed(in_features + batch)
     w = sparse_weight(23, in_features, 0.3)
-    x, bias = torch.randn(1, in_features), torch.randn(23)
+    x, bias = torch.randn(batch, in_features), torch.randn(23)
     for n, m in [(2, 4), (1, 2), (1, 4), (4, 8), (2, 8), (1, 8)]:
         wn = w * sp.masks.n_m(w.abs(), n, m)
         for dtype in DTYPES:
@@ -160,10 +162,12 @@ def test_nm_path_override_is_checked(monkeypatch):
         w.linear(torch.randn(20, 32))
 
 
-@pytest.mark.parametrize("batch", [1, 37, 150, 161])
+@pytest.mark.parametrize("batch", [1, 3, 37, 150, 161, 162, 164])
 def test_repeated_calls_and_thread_counts_are_bitwise_identical(isa, batch):
     # every output element is summed by one thread in a fixed order, so neither a second
-    # call nor another thread count may change a single bit
+    # call nor another thread count may change a single bit (162, 164: the batch split
+    # between threads leaves a part of 2 or 4 rows, which must not take the small-batch
+    # kernels that a whole batch of 2-4 takes)
     torch.manual_seed(3)
     w = sparse_weight(257, 300, 0.3)
     x, bias = torch.randn(batch, 300), torch.randn(257)

@@ -162,6 +162,10 @@ struct XPlan {
   int64_t tail_width = 0;  // 0 if the batch divides evenly
   int64_t tail_rows = 0;   // real batch rows in the tail chunk (<= tail_width)
   int64_t in_features = 0;
+  // A part of a batch split between threads (ops.cpp, run_by_batch): kernels keep its rows
+  // on the chunk path, so that every output has the summation order of the whole batch's
+  // plan (no small-batch kernel for a tail part of 1-4 rows).
+  bool split_part = false;
 
   int64_t chunks() const { return full_chunks + (tail_width ? 1 : 0); }
   int64_t width(int64_t c) const { return c < full_chunks ? full_width : tail_width; }

@@ -229,6 +229,81 @@ float row_dot_decode8(const Decoder8& dc, const NM& w, const uint8_t* row_meta, 
   return hsum(_mm256_add_ps(acc0, acc1)) + rest;
 }
 
+// Batch 2..kRowBatch (fp32 x, read as it is): row_dot_decode8 for BT batch rows at once,
+// each step decoded once and its values loaded once for all of them. The batched body
+// below vectorizes over 8 batch rows, most of them empty at this size.
+template <int BT, typename T>
+void rows_dot_decode8(const Decoder8& dc, const NM& w, const uint8_t* row_meta, const T* vals,
+                      const float* x, int64_t in, float* out) {
+  __m256 acc[BT];
+  for (int b = 0; b < BT; ++b) acc[b] = _mm256_setzero_ps();
+  const int64_t full = dc.slots / 8;
+  int64_t step = 0;
+  auto windows = [&](auto cols, auto in_lane) {
+    constexpr int C = decltype(cols)::value;
+    auto xs = [&](const float* xb, int64_t st, __m256i rel) {
+      if constexpr (decltype(in_lane)::value && C == 16) {
+        return quads16(xb + st * C, rel);
+      } else if constexpr (decltype(in_lane)::value) {
+        return quads32(xb + st * C, rel);
+      } else {
+        return window<C>(xb, st * C, in, rel);
+      }
+    };
+    const int64_t safe =
+        std::min({full, in / C, dc.row_bytes >= 4 ? (dc.row_bytes - 4) / dc.bits + 1 : 0});
+    const char* ahead = reinterpret_cast<const char*>(vals) + kValuesAhead;
+    for (; step < safe; ++step) {
+      _mm_prefetch(ahead + step * 8 * static_cast<int64_t>(sizeof(T)), _MM_HINT_T0);
+      const __m256i rel = _mm256_sub_epi32(decode8(dc, row_meta, step),
+                                           _mm256_set1_epi32(static_cast<int32_t>(step * C)));
+      const __m256 v = load_vals(vals + step * 8);
+      for (int b = 0; b < BT; ++b) acc[b] = _mm256_fmadd_ps(v, xs(x + b * in, step, rel), acc[b]);
+    }
+    for (; step < full; ++step) {
+      const __m256i rel = _mm256_sub_epi32(decode8(dc, row_meta, step),
+                                           _mm256_set1_epi32(static_cast<int32_t>(step * C)));
+      const __m256 v = load_vals(vals + step * 8);
+      for (int b = 0; b < BT; ++b)
+        acc[b] = _mm256_fmadd_ps(v, window<C>(x + b * in, step * C, in, rel), acc[b]);
+    }
+  };
+  using No = std::false_type;
+  if (dc.cols_per_step == 16) {
+    if (dc.quads) {
+      windows(std::integral_constant<int, 16>{}, std::true_type{});
+    } else {
+      windows(std::integral_constant<int, 16>{}, No{});
+    }
+  }
+  if (dc.cols_per_step == 32) {
+    if (dc.quads) {
+      windows(std::integral_constant<int, 32>{}, std::true_type{});
+    } else {
+      windows(std::integral_constant<int, 32>{}, No{});
+    }
+  }
+  for (; step < full; ++step) {
+    const __m256i c = decode8(dc, row_meta, step);
+    const __m256 v = load_vals(vals + step * 8);
+    for (int b = 0; b < BT; ++b)
+      acc[b] = _mm256_fmadd_ps(v, _mm256_i32gather_ps(x + b * in, c, 4), acc[b]);
+  }
+  for (int b = 0; b < BT; ++b) {
+    float rest = 0.f;
+    for (int64_t s = full * 8; s < dc.slots; ++s)
+      rest += load_f32(vals[s]) * x[b * in + s / w.n * w.m +
+                                    nm_slot_index(row_meta, dc.row_bytes, s,
+                                                  static_cast<int>(dc.bits))];
+    out[b] = hsum(acc[b]) + rest;
+  }
+}
+
+// Largest batch rows_dot_decode8 takes. Zen 3, 2 threads, same-process A/B against the
+// batched body (5 issue-4 shapes, 2:4 and 1:4, 15 rounds, A/A spread up to 1.27x): batch
+// 2-4 1.3-2.6x faster (about even for 1:4 on 1536x384 at 3-4); batch 5-6 0.62-1.54x.
+constexpr int64_t kRowBatch = 4;
+
 // Batch > 1 when a row's activations outgrow L1 (as csr_segment_major in csr_rows.h):
 // blocks of ChunkWriter::kRows rows, column tile by column tile (8-slot steps spanning
 // <= 16 KB of the chunk), every row of the block adding the tile's slots to its partial sums
@@ -288,6 +363,26 @@ void nm_avx2(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin,
       store_column<T>(d, &acc, 0, 1, r);
     }
     return;
+  }
+  if (dc.usable && d.dtype == DType::f32 && d.batch >= 2 && d.batch <= kRowBatch &&
+      !xp.plan.split_part) {
+    const float* x = static_cast<const float*>(d.x);
+    auto run = [&](auto bt) {
+      constexpr int BT = decltype(bt)::value;
+      float acc[BT];
+      for (int64_t r = row_begin; r < row_end; ++r) {
+        rows_dot_decode8<BT>(dc, w, w.metadata + r * row_bytes, vals + r * slots, x,
+                             d.in_features, acc);
+        store_column<T>(d, acc, 0, BT, r);
+      }
+    };
+    static_assert(kRowBatch == 4, "the cases below");
+    switch (d.batch) {
+      case 2: run(std::integral_constant<int, 2>{}); return;
+      case 3: run(std::integral_constant<int, 3>{}); return;
+      case 4: run(std::integral_constant<int, 4>{}); return;
+      default: break;
+    }
   }
   for_each_chunk(xp.plan, [&](auto v, auto nv, int64_t c) {
     using V = typename decltype(v)::type;
