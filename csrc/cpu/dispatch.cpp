@@ -119,9 +119,10 @@ const KernelTable& kernels_for(Isa isa) {
   // default from batch 128 after a Zen 4 run forced to AVX2, against the older batched body.
   constexpr int64_t kAvx2TilesOff = INT64_MAX;
   // Their cached copies (opt-in, sparseprune.tile_cache) at batch 2-24: on the Zen 3 VM,
-  // 2:4 and 1:4 on the five issue-4 shapes, 1.13-2.8x faster than the plain op at batch
-  // 2-12, 0.91-1.32x at 16-24, 0.79-1.11x at 32 and 0.77-1.40x at 1, where the in-lane
-  // batch-1 kernel wins for 2:4 (RESULTS.md, "AVX2: cached N:M row tiles").
+  // 2:4 and 1:4 on the five issue-4 shapes, 1.06-2.19x faster than the plain op at batch
+  // 2-4 (its row kernel included), 1.13-1.74x at 8-12, 0.91-1.32x at 16-24, 0.79-1.11x at
+  // 32 and 0.77-1.40x at 1, where the in-lane batch-1 kernel wins for 2:4 (RESULTS.md,
+  // "AVX2: cached N:M row tiles").
   constexpr int64_t kAvx2CachedMinBatch = 2, kAvx2CachedMaxBatch = 24;
   static const KernelTable avx2{spmm_csr_avx2, avx2_x, spmm_bsr_avx2, avx2_x,
                                 spmm_nm_avx2,  avx2_x, pack_x_avx2, spmm_nm_tiles_avx2, 8,
