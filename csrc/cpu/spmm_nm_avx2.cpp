@@ -229,9 +229,9 @@ float row_dot_decode8(const Decoder8& dc, const NM& w, const uint8_t* row_meta, 
   return hsum(_mm256_add_ps(acc0, acc1)) + rest;
 }
 
-// Batch 2..kRowBatch (fp32 x, read as it is): row_dot_decode8 for BT batch rows at once,
-// each step decoded once and its values loaded once for all of them. The batched body
-// below vectorizes over 8 batch rows, most of them empty at this size.
+// Batch 2..kRowBatch (x read as it is; bf16 x converted to fp32 first): row_dot_decode8 for
+// BT batch rows at once, each step decoded once and its values loaded once for all of them.
+// The batched body below vectorizes over 8 batch rows, most of them empty at this size.
 template <int BT, typename T>
 void rows_dot_decode8(const Decoder8& dc, const NM& w, const uint8_t* row_meta, const T* vals,
                       const float* x, int64_t in, float* out) {
@@ -300,8 +300,10 @@ void rows_dot_decode8(const Decoder8& dc, const NM& w, const uint8_t* row_meta, 
 }
 
 // Largest batch rows_dot_decode8 takes. Zen 3, 2 threads, same-process A/B against the
-// batched body (5 issue-4 shapes, 2:4 and 1:4, 15 rounds, A/A spread up to 1.27x): batch
-// 2-4 1.3-2.6x faster (about even for 1:4 on 1536x384 at 3-4); batch 5-6 0.62-1.54x.
+// batched body (5 issue-4 shapes, 2:4 and 1:4, 13-15 rounds, A/A spread up to 1.27x): fp32
+// batch 2-4 1.3-2.6x faster (about even for 1:4 on 1536x384 at 3-4), batch 5-6 0.62-1.54x;
+// bf16 batch 2-4 1.15-2.76x for 2:4, 1.2-2.4x for 1:4 but 0.78-0.99x for 1:4 at 3-4 on the
+// two 384/768-input shapes.
 constexpr int64_t kRowBatch = 4;
 
 // Batch > 1 when a row's activations outgrow L1 (as csr_segment_major in csr_rows.h):
@@ -364,9 +366,15 @@ void nm_avx2(const Dense& d, const NM& w, const XPacked& xp, int64_t row_begin,
     }
     return;
   }
-  if (dc.usable && d.dtype == DType::f32 && d.batch >= 2 && d.batch <= kRowBatch &&
-      !xp.plan.split_part) {
+  if (dc.usable && d.batch >= 2 && d.batch <= kRowBatch && !xp.plan.split_part) {
+    // bf16 x: its 2-4 rows converted to fp32 once per call (a few KB per thread).
+    Scratch<float> xf(d.dtype == DType::f32 ? 0 : d.batch * d.in_features);
     const float* x = static_cast<const float*>(d.x);
+    if (d.dtype != DType::f32) {
+      const T* xs = static_cast<const T*>(d.x);
+      for (int64_t i = 0; i < d.batch * d.in_features; ++i) xf.data()[i] = load_f32(xs[i]);
+      x = xf.data();
+    }
     auto run = [&](auto bt) {
       constexpr int BT = decltype(bt)::value;
       float acc[BT];
