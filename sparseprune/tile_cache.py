@@ -62,8 +62,17 @@ def _limits() -> tuple[int, int, int]:
 def tile_width() -> int:
     """Rows per tile of the active ISA's cached row-tile kernel (16 with AVX-512, 8 with
     AVX2), 0 where it has none."""
-    from ._ext import _C
-    return _C.nm_tile_copy()[0]
+    return _limits()[0]
+
+
+def _serving_width(m: int, batch: int) -> int:
+    """The tile width whose copy serves an fp32 N:M product of ``batch`` rows with groups of
+    ``m`` under the active kernels, 0 where the plain op runs it (no row-tile kernel, m not
+    dividing the width, batch outside the kernel table's range)."""
+    width, min_batch, max_batch = _limits()
+    if width == 0 or m > width or width % m != 0:
+        return 0
+    return width if min_batch <= batch <= max_batch else 0
 
 
 def copy_shape(out_features: int, in_features: int, n: int, m: int,
@@ -82,10 +91,8 @@ def used_at(weight, batch: int) -> bool:
     """Whether a product of the N:M ``weight`` (on the CPU, no gradient) with ``batch`` rows
     of x runs through the tile copy under the active kernels (for benchmarks: which bytes
     a product streams)."""
-    width, min_batch, max_batch = _limits()
-    return (_enabled and width > 0 and weight.m <= width and width % weight.m == 0 and
-            weight.values.dtype == torch.float32 and weight.values.device.type == "cpu" and
-            min_batch <= batch <= max_batch)
+    return (_enabled and weight.values.dtype == torch.float32 and
+            weight.values.device.type == "cpu" and _serving_width(weight.m, batch) > 0)
 
 
 def copy_nbytes(weight, width: int | None = None) -> int:
@@ -110,11 +117,9 @@ def _width_if_applies(x, values, metadata, bias, m) -> int:
         return 0
     if torch.compiler.is_compiling():
         return 0
-    width, min_batch, max_batch = _limits()
-    if width == 0 or m > width or width % m != 0 or x.dim() == 0 or x.shape[-1] == 0:
+    if x.dim() == 0 or x.shape[-1] == 0:
         return 0
-    batch = x.numel() // x.shape[-1]
-    return width if min_batch <= batch <= max_batch else 0
+    return _serving_width(m, x.numel() // x.shape[-1])
 
 
 def nm_tiles_linear(owner, x, values, metadata, bias, n, m, out_features):

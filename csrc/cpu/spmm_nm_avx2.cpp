@@ -151,6 +151,40 @@ inline __m256 quads32(const float* x, __m256i rel) {
 // dense row (Zen 3, one thread); 1-2 KB ahead brought it to the dense row's rate.
 constexpr int64_t kValuesAhead = 1024;
 
+// x[st * C + rel[j]] of one batch row for a step's 8 slots over C columns: in-lane quads
+// where the pattern allows (InLane: 2:4, 1:2, 1:4), lane-crossing windows otherwise.
+template <int C, bool InLane>
+inline __m256 step_x(const float* x, int64_t st, int64_t in, __m256i rel) {
+  if constexpr (InLane && C == 16) {
+    return quads16(x + st * C, rel);
+  } else if constexpr (InLane) {
+    return quads32(x + st * C, rel);
+  } else {
+    return window<C>(x, st * C, in, rel);
+  }
+}
+
+// Steps from 0 whose C columns lie inside x and whose 32-bit metadata word starts >= 4
+// bytes before the row end (no checks needed), at most `full`.
+inline int64_t unchecked_steps(const Decoder8& dc, int64_t full, int64_t in, int64_t C) {
+  return std::min({full, in / C, dc.row_bytes >= 4 ? (dc.row_bytes - 4) / dc.bits + 1 : 0});
+}
+
+// Calls fn(std::integral_constant<int, C>, std::bool_constant<in-lane>) for a pattern whose
+// 8-slot steps span C = 16 or 32 columns; nothing for the others (gathered).
+template <typename Fn>
+inline void with_step_window(const Decoder8& dc, const Fn& fn) {
+  auto by_quads = [&](auto cols) {
+    if (dc.quads) {
+      fn(cols, std::true_type{});
+    } else {
+      fn(cols, std::false_type{});
+    }
+  };
+  if (dc.cols_per_step == 16) by_quads(std::integral_constant<int, 16>{});
+  if (dc.cols_per_step == 32) by_quads(std::integral_constant<int, 32>{});
+}
+
 // Batch 1: sum over the row's slots of vals[s] * x[col(s)], decoding 8 slots per step and
 // fetching their activations with contiguous loads and permutes where 8 slots span 16 or
 // 32 columns (2:4, 4:8, 1:4, 2:8, ...), else with a gather; two chains; the last partial
@@ -162,20 +196,10 @@ float row_dot_decode8(const Decoder8& dc, const NM& w, const uint8_t* row_meta, 
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   const int64_t full = dc.slots / 8;
   int64_t step = 0;
-  auto windows = [&](auto cols, auto in_lane) {
+  with_step_window(dc, [&](auto cols, auto in_lane) {
     constexpr int C = decltype(cols)::value;
-    auto xs = [&](int64_t st, __m256i rel) {
-      if constexpr (decltype(in_lane)::value && C == 16) {
-        return quads16(x + st * C, rel);
-      } else if constexpr (decltype(in_lane)::value) {
-        return quads32(x + st * C, rel);
-      } else {
-        return window<C>(x, st * C, in, rel);
-      }
-    };
-    // Steps whose C columns lie inside x and whose word starts >= 4 bytes before the row end.
-    const int64_t safe =
-        std::min({full, in / C, dc.row_bytes >= 4 ? (dc.row_bytes - 4) / dc.bits + 1 : 0});
+    constexpr bool kInLane = decltype(in_lane)::value;
+    const int64_t safe = unchecked_steps(dc, full, in, C);
     const char* ahead = reinterpret_cast<const char*>(vals) + kValuesAhead;
     for (; step + 2 <= safe; step += 2) {
       _mm_prefetch(ahead + step * 8 * static_cast<int64_t>(sizeof(T)), _MM_HINT_T0);
@@ -183,8 +207,10 @@ float row_dot_decode8(const Decoder8& dc, const NM& w, const uint8_t* row_meta, 
                                           _mm256_set1_epi32(static_cast<int32_t>(step * C)));
       const __m256i c1 = _mm256_sub_epi32(decode8(dc, row_meta, step + 1),
                                           _mm256_set1_epi32(static_cast<int32_t>(step * C + C)));
-      acc0 = _mm256_fmadd_ps(load_vals(vals + step * 8), xs(step, c0), acc0);
-      acc1 = _mm256_fmadd_ps(load_vals(vals + step * 8 + 8), xs(step + 1, c1), acc1);
+      acc0 = _mm256_fmadd_ps(load_vals(vals + step * 8), step_x<C, kInLane>(x, step, in, c0),
+                             acc0);
+      acc1 = _mm256_fmadd_ps(load_vals(vals + step * 8 + 8),
+                             step_x<C, kInLane>(x, step + 1, in, c1), acc1);
     }
     for (; step < full; ++step) {
       const __m256i rel = _mm256_sub_epi32(decode8(dc, row_meta, step),
@@ -196,22 +222,7 @@ float row_dot_decode8(const Decoder8& dc, const NM& w, const uint8_t* row_meta, 
         acc0 = _mm256_fmadd_ps(load_vals(vals + step * 8), xv, acc0);
       }
     }
-  };
-  using No = std::false_type;
-  if (dc.cols_per_step == 16) {
-    if (dc.quads) {
-      windows(std::integral_constant<int, 16>{}, std::true_type{});
-    } else {
-      windows(std::integral_constant<int, 16>{}, No{});
-    }
-  }
-  if (dc.cols_per_step == 32) {
-    if (dc.quads) {
-      windows(std::integral_constant<int, 32>{}, std::true_type{});
-    } else {
-      windows(std::integral_constant<int, 32>{}, No{});
-    }
-  }
+  });
   for (; step + 2 <= full; step += 2) {
     const __m256 x0 = _mm256_i32gather_ps(x, decode8(dc, row_meta, step), 4);
     const __m256 x1 = _mm256_i32gather_ps(x, decode8(dc, row_meta, step + 1), 4);
@@ -239,26 +250,18 @@ void rows_dot_decode8(const Decoder8& dc, const NM& w, const uint8_t* row_meta, 
   for (int b = 0; b < BT; ++b) acc[b] = _mm256_setzero_ps();
   const int64_t full = dc.slots / 8;
   int64_t step = 0;
-  auto windows = [&](auto cols, auto in_lane) {
+  with_step_window(dc, [&](auto cols, auto in_lane) {
     constexpr int C = decltype(cols)::value;
-    auto xs = [&](const float* xb, int64_t st, __m256i rel) {
-      if constexpr (decltype(in_lane)::value && C == 16) {
-        return quads16(xb + st * C, rel);
-      } else if constexpr (decltype(in_lane)::value) {
-        return quads32(xb + st * C, rel);
-      } else {
-        return window<C>(xb, st * C, in, rel);
-      }
-    };
-    const int64_t safe =
-        std::min({full, in / C, dc.row_bytes >= 4 ? (dc.row_bytes - 4) / dc.bits + 1 : 0});
+    constexpr bool kInLane = decltype(in_lane)::value;
+    const int64_t safe = unchecked_steps(dc, full, in, C);
     const char* ahead = reinterpret_cast<const char*>(vals) + kValuesAhead;
     for (; step < safe; ++step) {
       _mm_prefetch(ahead + step * 8 * static_cast<int64_t>(sizeof(T)), _MM_HINT_T0);
       const __m256i rel = _mm256_sub_epi32(decode8(dc, row_meta, step),
                                            _mm256_set1_epi32(static_cast<int32_t>(step * C)));
       const __m256 v = load_vals(vals + step * 8);
-      for (int b = 0; b < BT; ++b) acc[b] = _mm256_fmadd_ps(v, xs(x + b * in, step, rel), acc[b]);
+      for (int b = 0; b < BT; ++b)
+        acc[b] = _mm256_fmadd_ps(v, step_x<C, kInLane>(x + b * in, step, in, rel), acc[b]);
     }
     for (; step < full; ++step) {
       const __m256i rel = _mm256_sub_epi32(decode8(dc, row_meta, step),
@@ -267,22 +270,7 @@ void rows_dot_decode8(const Decoder8& dc, const NM& w, const uint8_t* row_meta, 
       for (int b = 0; b < BT; ++b)
         acc[b] = _mm256_fmadd_ps(v, window<C>(x + b * in, step * C, in, rel), acc[b]);
     }
-  };
-  using No = std::false_type;
-  if (dc.cols_per_step == 16) {
-    if (dc.quads) {
-      windows(std::integral_constant<int, 16>{}, std::true_type{});
-    } else {
-      windows(std::integral_constant<int, 16>{}, No{});
-    }
-  }
-  if (dc.cols_per_step == 32) {
-    if (dc.quads) {
-      windows(std::integral_constant<int, 32>{}, std::true_type{});
-    } else {
-      windows(std::integral_constant<int, 32>{}, No{});
-    }
-  }
+  });
   for (; step < full; ++step) {
     const __m256i c = decode8(dc, row_meta, step);
     const __m256 v = load_vals(vals + step * 8);
