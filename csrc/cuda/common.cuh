@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels.h"
@@ -186,6 +187,101 @@ __device__ __forceinline__ void store_tile(const float (&c)[4], const T* __restr
     }
   }
 }
+
+// The same tile's accumulators as fp32 partial sums of one input split, no bias: p is the
+// split's [batch, out] slice (split_sum adds the slices up).
+__device__ __forceinline__ void store_partial_tile(const float (&c)[4], float* __restrict__ p,
+                                                   int64_t row0, int64_t b0, int64_t out,
+                                                   int64_t batch, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const int64_t row = row0 + g + 8 * h;
+      const int64_t b = b0 + 2 * t + q;
+      if (row < out && b < batch) p[b * out + row] = c[2 * h + q];
+    }
+}
+
+// y = bias + the sum of the splits' fp32 partials [splits, batch, out] (total = batch * out
+// elements each), in a fixed order (deterministic; no atomics); four elements per thread
+// when they align. Grid-stride.
+template <typename T>
+__global__ __launch_bounds__(256) void split_sum(const float* __restrict__ partial, int splits,
+                                                 const T* __restrict__ bias, T* __restrict__ y,
+                                                 int64_t total, int64_t out) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (total % 4 == 0) {
+    for (int64_t v = first; v < total / 4; v += stride) {
+      float4 sum = reinterpret_cast<const float4*>(partial)[v];
+      for (int s = 1; s < splits; ++s) {
+        const float4 q = reinterpret_cast<const float4*>(partial + s * total)[v];
+        sum.x += q.x;
+        sum.y += q.y;
+        sum.z += q.z;
+        sum.w += q.w;
+      }
+      const float r[4] = {sum.x, sum.y, sum.z, sum.w};
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int64_t i = 4 * v + c;
+        y[i] = from_float<T>(r[c] + (bias != nullptr ? load_float(bias + i % out) : 0.f));
+      }
+    }
+    return;
+  }
+  for (int64_t i = first; i < total; i += stride) {
+    float sum = bias != nullptr ? load_float(bias + i % out) : 0.f;
+    for (int s = 0; s < splits; ++s) sum += partial[s * total + i];
+    y[i] = from_float<T>(sum);
+  }
+}
+
+// Launches split_sum on `stream`: at most 4 CTAs per SM, each thread looping.
+template <typename T>
+void launch_split_sum(const float* partial, int64_t splits, const void* bias, void* y,
+                      int64_t total, int64_t out, cudaStream_t stream) {
+  const int64_t blocks =
+      std::min<int64_t>(ceil_div(ceil_div(total, 4), 256),
+                        4 * static_cast<int64_t>(device_attr(cudaDevAttrMultiProcessorCount, 132)));
+  split_sum<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
+      partial, static_cast<int>(splits), static_cast<const T*>(bias), static_cast<T*>(y), total,
+      out);
+}
+
+// Rows [b0, b0 + ROWS) x inputs [col0, col0 + KC) of x [batch, in] into a tile swizzled by
+// tile_off<KC>, by cp.async from THREADS threads (thread tid); rows at or past `batch` and
+// inputs at or past col_end are zero-filled. in and col_end are multiples of 8, so a 16-byte
+// chunk is wholly inside or outside.
+template <int ROWS, int KC, int THREADS, typename T>
+__device__ __forceinline__ void stage_x_tile(uint8_t* xs, const T* __restrict__ x, int64_t in,
+                                             int64_t b0, int64_t batch, int64_t col0,
+                                             int64_t col_end, int tid) {
+  constexpr int CH = KC / 8;
+#pragma unroll
+  for (int it = 0; it < ceil_div_c(ROWS * CH, THREADS); ++it) {
+    const int q = tid + it * THREADS, rb = q / CH, ch = q % CH;
+    if (q >= ROWS * CH) break;
+    const int64_t col = col0 + ch * 8;
+    const bool ok = b0 + rb < batch && col < col_end;
+    cp_async16(xs + tile_off<KC>(rb, ch), ok ? x + (b0 + rb) * in + col : x, ok ? 16 : 0);
+  }
+}
+
+// Host: calls fn with a null pointer of the half type of dt (__half or __nv_bfloat16);
+// nothing for fp32 (the tensor-core kernels' fits() exclude it).
+template <typename Fn>
+void by_half_dtype(DType dt, const Fn& fn) {
+  if (dt == DType::f16) {
+    fn(static_cast<__half*>(nullptr));
+  } else if (dt == DType::bf16) {
+    fn(static_cast<__nv_bfloat16*>(nullptr));
+  }
+}
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace detail
 }  // namespace cuda

@@ -132,9 +132,10 @@ Problem make_problem(const char* op, const at::Tensor& x, const at::Tensor& weig
   return p;
 }
 
-// The CUDA-core kernels read x^T at larger batch sizes (see cuda/kernels.h).
-const void* transposed_x(Problem& p, bool cuda_core) {
-  if (!cuda_core || !cu::wants_transposed_x(p.dense.batch)) return nullptr;
+// x^T for a kernel that reads it (the CUDA-core kernels, at larger batch sizes: see
+// cuda/kernels.h).
+const void* transposed_x(Problem& p, bool reads_xt) {
+  if (!reads_xt || !cu::wants_transposed_x(p.dense.batch)) return nullptr;
   const int64_t batch = p.dense.batch, padded = cu::padded_batch(batch);
   p.xt = at::empty({p.dense.in_features, padded}, p.x2.options());
   p.xt.narrow(1, 0, batch).copy_(p.x2.t());

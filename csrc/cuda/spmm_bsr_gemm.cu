@@ -73,17 +73,8 @@ __global__ __launch_bounds__(kWarps * kWarp) void bsr_gemm(
       if (q >= BH * CH) break;
       detail::cp_async16(st + detail::tile_off<KC>(rr, ch), blk + rr * bw + ch * 8, 16);
     }
-    uint8_t* const xs = st + kABytes;
-    const int64_t col0 = cb * bw + c * KC;
-#pragma unroll
-    for (int it = 0; it < detail::ceil_div_c(BATCH * CH, kThreads); ++it) {
-      const int q = tid + it * kThreads, rb = q / CH, ch = q % CH;
-      if (q >= BATCH * CH) break;
-      const int64_t col = col0 + ch * 8;
-      const bool ok = b0 + rb < batch && col < in;
-      detail::cp_async16(xs + detail::tile_off<KC>(rb, ch), ok ? x + (b0 + rb) * in + col : x,
-                         ok ? 16 : 0);
-    }
+    detail::stage_x_tile<BATCH, KC, kThreads>(st + kABytes, x, in, b0, batch,
+                                               cb * bw + c * KC, in, tid);
   };
 
 #pragma unroll
@@ -181,8 +172,6 @@ void by_block(const Dense& d, const Bsr& w, cudaStream_t stream) {
   }
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 }  // namespace
 
 int count() { return kCount; }
@@ -198,8 +187,8 @@ int find(int batch) {
 
 bool fits(int k, const Dense& d, const Bsr& w) {
   return k >= 0 && k < kCount && d.dtype != DType::f32 && w.bh % 16 == 0 && w.bh >= 16 &&
-         w.bh <= 64 && w.bw % 16 == 0 && d.in_features % 8 == 0 && aligned16(d.x) &&
-         aligned16(w.blocks) && detail::ceil_div(d.out_features, w.bh) <= 65535 &&
+         w.bh <= 64 && w.bw % 16 == 0 && d.in_features % 8 == 0 && detail::aligned16(d.x) &&
+         detail::aligned16(w.blocks) && detail::ceil_div(d.out_features, w.bh) <= 65535 &&
          detail::ceil_div(d.batch, 8 * kWarps * kNf[k]) <= 0x7fffffff &&
          smem_bytes(static_cast<int>(w.bh / 16), kNf[k], w.bw % 32 == 0 ? 32 : 16, kStages) <=
              detail::device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 << 10);
@@ -215,11 +204,7 @@ void launch(int k, const Dense& d, const Bsr& w, cudaStream_t stream) {
       by_block<T, 4>(d, w, stream);
     }
   };
-  if (d.dtype == DType::f16) {
-    run(static_cast<__half*>(nullptr));
-  } else if (d.dtype == DType::bf16) {
-    run(static_cast<__nv_bfloat16*>(nullptr));
-  }
+  detail::by_half_dtype(d.dtype, run);
 }
 
 }  // namespace bsr_gemm

@@ -24,7 +24,7 @@
 // the uint16 column and value arrays, the next chunk loaded while the current one is used.
 // Splits of the input dimension (grid.z) give the SMs enough CTAs at small batch; each split
 // finds its first nonzero per row by binary search and writes fp32 partial sums, which
-// csr_tc_reduce adds up with the bias.
+// detail::split_sum adds up with the bias.
 #include <algorithm>
 #include <string>
 #include <type_traits>
@@ -130,20 +130,12 @@ __global__ __launch_bounds__(kWarps * kWarp) void csr_tc(
   if (e < end) load_chunk(cols, vals, nnz, base, cc, cv);
   if (base + 8 < end) load_chunk(cols, vals, nnz, base + 8, nc, nv);
 
-  // Activations outside [0, batch) x [k_lo, k_hi) are zero-filled; k_hi is in or a multiple
-  // of 32 and in % 8 == 0, so a 16-byte chunk is wholly inside or outside.
+  // Activations outside [0, batch) x [k_lo, k_hi) are zero-filled (k_hi is in or a
+  // multiple of 32).
   auto load_stage = [&](int64_t s) {
-    uint8_t* const xs = xbase + static_cast<int>(s % kStages) * kXBytes;
-    const int64_t col0 = k_lo + s * kKc;
-#pragma unroll
-    for (int it = 0; it < detail::ceil_div_c(BATCH * CH, kThreads); ++it) {
-      const int q = tid + it * kThreads, rb = q / CH, ch = q % CH;
-      if (q >= BATCH * CH) break;
-      const int64_t col = col0 + ch * 8;
-      const bool ok = b0 + rb < batch && col < k_hi;
-      detail::cp_async16(xs + detail::tile_off<kKc>(rb, ch), ok ? x + (b0 + rb) * in + col : x,
-                         ok ? 16 : 0);
-    }
+    detail::stage_x_tile<BATCH, kKc, kThreads>(
+        xbase + static_cast<int>(s % kStages) * kXBytes, x, in, b0, batch, k_lo + s * kKc,
+        k_hi, tid);
   };
 
 #pragma unroll
@@ -227,36 +219,13 @@ __global__ __launch_bounds__(kWarps * kWarp) void csr_tc(
         detail::store_tile(acc[i][j], bias, y, row0 + 16 * i, b0 + 8 * j, out, batch, lane);
     return;
   }
-  // Split: fp32 partial sums [split, batch, out], no bias.
+  // Split: fp32 partial sums [split, batch, out], no bias (detail::split_sum adds them).
   float* const part = partial + static_cast<int64_t>(blockIdx.z) * batch * out;
-  const int g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
     for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int64_t r = row0 + 16 * i + g + 8 * h;
-        if (r >= out) continue;
-#pragma unroll
-        for (int q = 0; q < 2; ++q) {
-          const int64_t b = b0 + 8 * j + 2 * t + q;
-          if (b < batch) part[b * out + r] = acc[i][j][2 * h + q];
-        }
-      }
-}
-
-// y = sum of the splits' partial sums + bias.
-template <typename T>
-__global__ __launch_bounds__(256) void csr_tc_reduce(const float* __restrict__ partial,
-                                                     int splits, const T* __restrict__ bias,
-                                                     T* __restrict__ y, int64_t total,
-                                                     int64_t out) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= total) return;
-  float s = bias != nullptr ? detail::load_float(bias + i % out) : 0.f;
-  for (int z = 0; z < splits; ++z) s += __ldg(partial + z * total + i);
-  y[i] = detail::from_float<T>(s);
+      detail::store_partial_tile(acc[i][j], part, row0 + 16 * i, b0 + 8 * j, out, batch, lane);
 }
 
 // How the input dimension is split for variant k: the split count and inputs per split
@@ -293,14 +262,10 @@ void go(int k, const Dense& d, const Csr& w, cudaStream_t stream) {
       static_cast<const T*>(d.bias), static_cast<T*>(d.y), partial, d.batch, d.in_features,
       d.out_features, sp.inputs);
   if (sp.count > 1) {
-    const int64_t total = d.batch * d.out_features;
-    csr_tc_reduce<T><<<static_cast<unsigned>(detail::ceil_div(total, 256)), 256, 0, stream>>>(
-        partial, static_cast<int>(sp.count), static_cast<const T*>(d.bias),
-        static_cast<T*>(d.y), total, d.out_features);
+    detail::launch_split_sum<T>(partial, sp.count, d.bias, d.y, d.batch * d.out_features,
+                                d.out_features, stream);
   }
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 
@@ -317,8 +282,8 @@ int find(int batch) {
 
 bool fits(int k, const Dense& d, const Csr& w) {
   return k >= 0 && k < kCount && d.dtype != DType::f32 && w.idx16 &&
-         d.in_features % 8 == 0 && aligned16(d.x) && aligned16(w.values) &&
-         aligned16(w.col_indices) && detail::ceil_div(d.out_features, kRows) <= 65535 &&
+         d.in_features % 8 == 0 && detail::aligned16(d.x) && detail::aligned16(w.values) &&
+         detail::aligned16(w.col_indices) && detail::ceil_div(d.out_features, kRows) <= 65535 &&
          detail::ceil_div(d.batch, kBatch[k]) <= 0x7fffffff;
 }
 
@@ -337,11 +302,7 @@ void launch(int k, const Dense& d, const Csr& w, cudaStream_t stream) {
       go<T, 64>(k, d, w, stream);
     }
   };
-  if (d.dtype == DType::f16) {
-    run(static_cast<__half*>(nullptr));
-  } else if (d.dtype == DType::bf16) {
-    run(static_cast<__nv_bfloat16*>(nullptr));
-  }
+  detail::by_half_dtype(d.dtype, run);
 }
 
 }  // namespace csr_tc

@@ -167,48 +167,8 @@ __global__ __launch_bounds__(WM * WN * kWarp, CTAS) void nm24_gemm(
   for (int i = 0; i < MF; ++i)
 #pragma unroll
     for (int j = 0; j < NF; ++j)
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int q = 0; q < 2; ++q) {
-          const int64_t row = r0 + wrow + 16 * i + g + 8 * h;
-          const int64_t b = b0 + wcol + 8 * j + 2 * t + q;
-          if (row < out && b < batch) p[b * out + row] = acc[i][j][2 * h + q];
-        }
-}
-
-// y = bias + the sum of the splits' partials, four elements per thread when they align.
-template <typename T>
-__global__ __launch_bounds__(256) void split_sum(const float* __restrict__ partial, int splits,
-                                                 const T* __restrict__ bias, T* __restrict__ y,
-                                                 int64_t total, int64_t out) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (total % 4 == 0) {
-    for (int64_t v = first; v < total / 4; v += stride) {
-      float4 sum = reinterpret_cast<const float4*>(partial)[v];
-      for (int s = 1; s < splits; ++s) {
-        const float4 q = reinterpret_cast<const float4*>(partial + s * total)[v];
-        sum.x += q.x;
-        sum.y += q.y;
-        sum.z += q.z;
-        sum.w += q.w;
-      }
-      const float r[4] = {sum.x, sum.y, sum.z, sum.w};
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int64_t i = 4 * v + c;
-        y[i] = detail::from_float<T>(r[c] + (bias != nullptr ? detail::load_float(bias + i % out)
-                                                              : 0.f));
-      }
-    }
-    return;
-  }
-  for (int64_t i = first; i < total; i += stride) {
-    float sum = bias != nullptr ? detail::load_float(bias + i % out) : 0.f;
-    for (int s = 0; s < splits; ++s) sum += partial[s * total + i];
-    y[i] = detail::from_float<T>(sum);
-  }
+      detail::store_partial_tile(acc[i][j], p, r0 + wrow + 16 * i, b0 + wcol + 8 * j, out,
+                                 batch, lane);
 }
 
 // Calls f(std::integral_constant<int, k>) for the runtime variant k.
@@ -318,20 +278,11 @@ void launch(int k, const Dense& d, const NM& w, cudaStream_t stream) {
           d.in_features, d.out_features, detail::ceil_div(steps, n));
     });
     if (partial != nullptr) {
-      const int64_t total = d.batch * d.out_features;
-      const int64_t blocks = std::min<int64_t>(
-          detail::ceil_div(detail::ceil_div(total, 4), 256),
-          4 * static_cast<int64_t>(detail::device_attr(cudaDevAttrMultiProcessorCount, 132)));
-      split_sum<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
-          partial, static_cast<int>(n), static_cast<const T*>(d.bias), static_cast<T*>(d.y),
-          total, d.out_features);
+      detail::launch_split_sum<T>(partial, n, d.bias, d.y, d.batch * d.out_features,
+                                  d.out_features, stream);
     }
   };
-  if (d.dtype == DType::f16) {
-    go(static_cast<__half*>(nullptr));
-  } else if (d.dtype == DType::bf16) {
-    go(static_cast<__nv_bfloat16*>(nullptr));
-  }
+  detail::by_half_dtype(d.dtype, go);
 }
 
 }  // namespace gemm24
