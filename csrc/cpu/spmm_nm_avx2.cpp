@@ -500,7 +500,8 @@ void tiles_body8(const Dense& d, const NM& w, const NMTileCopy* copy, int64_t ro
     for (int64_t w0 = 0; w0 < windows; w0 += block_windows) {
       const int64_t wn = std::min(block_windows, windows - w0);
       const __m256i last = w0 + wn < windows ? lanes8(8) : lanes8(in - (windows - 1) * 8);
-      if (copy == nullptr) build_tile8(w, in, r0, rows, w0 * S, (w0 + wn) * S, tv.data(), ti.data());
+      if (copy == nullptr)
+        build_tile8(w, in, r0, rows, w0 * S, (w0 + wn) * S, tv.data(), ti.data());
       for (int64_t b0 = 0; b0 < d.batch; b0 += batch_block) {
         const int64_t b1 = std::min(d.batch, b0 + batch_block);
         int64_t b = b0;
