@@ -257,6 +257,32 @@ def test_8bit_csr_dense_enough_for_segment_major(isa, in_f, batch, dtype):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("index_bits", [8, 16])
+@pytest.mark.parametrize("batch", [17, 32, 40])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_csr_every_entry_count_at_width_32(isa, index_bits, batch, dtype):
+    # From batch 17 the AVX2 kernels take eight entries per step (values broadcast in
+    # registers), then pairs, then an odd last one: every count from 0 to 40 per row (8-bit:
+    # per row and segment), in rows dense enough for the segment-major walk and sparse ones
+    gen = torch.Generator().manual_seed(index_bits * 100 + batch)
+    in_f = 700 if index_bits == 8 else 1500
+    w = torch.zeros(82, in_f)
+    for r in range(82):
+        count = r % 41
+        for s0 in range(0, in_f, 256) if index_bits == 8 else [0]:
+            width = min(256, in_f - s0) if index_bits == 8 else in_f
+            cols = torch.randperm(width, generator=gen)[:count] + s0
+            w[r, cols] = torch.randn(len(cols), generator=gen)
+    w[41:] += torch.randn(41, in_f, generator=gen) * (torch.rand(41, in_f, generator=gen) < 0.5)
+    w = w.to(dtype)
+    packed = sp.CSRWeight.from_dense(w, index_bits=8 if index_bits == 8 else None)
+    assert packed.col_indices.dtype == (torch.uint8 if index_bits == 8 else torch.uint16)
+    x, bias = torch.randn(batch, in_f, generator=gen).to(dtype), torch.randn(82).to(dtype)
+    y = packed.linear(x, bias)
+    assert_matches(y, reference(x, w, bias), dtype)
+    assert torch.equal(packed.linear(x, bias), y)
+
+
 @pytest.mark.parametrize("batch", [9, 16, 33, 161])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_nm_column_tiles(isa, batch, dtype, monkeypatch):

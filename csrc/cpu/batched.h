@@ -10,14 +10,93 @@
 // Activations of one column tile: small enough to stay in L1 next to the partial sums.
 constexpr int64_t kTileBytes = 32 << 10;
 
+// The batched sums of one output row at width 32 (four 256-bit vectors) for 8- or 16-bit
+// columns, two chains per vector: each 8 entries' values come from one load and are
+// broadcast by in-lane permutes, their columns from one or two 8-byte loads. The plain loop
+// loads per entry the value, the column and four activation vectors, and those loads, not
+// the FMAs, bounded it (Zen 3, one thread, 128 entries per 256 columns: 0.28-0.34 ns per
+// 8-wide FMA against 0.22-0.23 here; the FMA alone 0.174). Same-process A/B on the issue-4
+// shapes at batch 32-128: 50% 1.06-1.24x faster, 80% 1.0-1.26x, 90% 0.93-1.14x
+// (benchmarks/RESULTS.md, "AVX2: weights broadcast in registers"). Not for the int32
+// columns of the N:M body: 0.64-0.76x there. Within one add(), entry k goes to chain k % 2
+// and an odd last one to chain 0, as in dot_batched with 8 chains: for 8-bit CSR
+// segment-major the same sums as before, bit for bit.
+template <typename I, typename T>
+class Bcast8Sums {
+ public:
+  explicit Bcast8Sums(const float* init) {
+    for (int v = 0; v < 4; ++v) {
+      a_[0][v] = init ? _mm256_loadu_ps(init + v * 8) : _mm256_setzero_ps();
+      a_[1][v] = _mm256_setzero_ps();
+    }
+  }
+
+  // Adds vals[k] * xt[cols[k]][0..32) for k in [0, count).
+  void add(const I* cols, const T* vals, int64_t count, const float* xt) {
+    int64_t k = 0;
+    for (; k + 8 <= count; k += 8) {
+      const __m256 v8 = V256::load8(vals + k);
+      const __m256 lo = _mm256_permute2f128_ps(v8, v8, 0x00);
+      const __m256 hi = _mm256_permute2f128_ps(v8, v8, 0x11);
+      uint64_t c[8];
+      columns8(cols + k, c);
+      step(0, _mm256_permute_ps(lo, 0x00), xt, c[0]);
+      step(1, _mm256_permute_ps(lo, 0x55), xt, c[1]);
+      step(0, _mm256_permute_ps(lo, 0xaa), xt, c[2]);
+      step(1, _mm256_permute_ps(lo, 0xff), xt, c[3]);
+      step(0, _mm256_permute_ps(hi, 0x00), xt, c[4]);
+      step(1, _mm256_permute_ps(hi, 0x55), xt, c[5]);
+      step(0, _mm256_permute_ps(hi, 0xaa), xt, c[6]);
+      step(1, _mm256_permute_ps(hi, 0xff), xt, c[7]);
+    }
+    for (; k + 2 <= count; k += 2) {
+      step(0, _mm256_set1_ps(load_f32(vals[k])), xt, cols[k]);
+      step(1, _mm256_set1_ps(load_f32(vals[k + 1])), xt, cols[k + 1]);
+    }
+    if (k < count) step(0, _mm256_set1_ps(load_f32(vals[k])), xt, cols[k]);
+  }
+
+  void store(float* out) const {
+    for (int v = 0; v < 4; ++v) _mm256_storeu_ps(out + v * 8, _mm256_add_ps(a_[0][v], a_[1][v]));
+  }
+
+ private:
+  // Eight column indices from one (8-bit) or two (16-bit) 8-byte loads.
+  static void columns8(const I* p, uint64_t* c) {
+    static_assert(sizeof(I) <= 2, "8- or 16-bit columns");
+    constexpr int kPer = 8 / sizeof(I), kBits = 8 * sizeof(I);
+    constexpr uint64_t kMask = (uint64_t{1} << kBits) - 1;
+    for (int h = 0; h < 8 / kPer; ++h) {
+      uint64_t q;
+      std::memcpy(&q, p + h * kPer, 8);
+      for (int j = 0; j < kPer; ++j) c[h * kPer + j] = (q >> (kBits * j)) & kMask;
+    }
+  }
+
+  void step(int u, __m256 w, const float* xt, uint64_t col) {
+    const float* xr = xt + col * 32;
+    for (int v = 0; v < 4; ++v) a_[u][v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + v * 8), a_[u][v]);
+  }
+
+  __m256 a_[2][4];
+};
+
 // out[0..NV*lanes) (+)= sum_k value(k) * xt[col(k)][...], over count stored entries;
 // with Accumulate the sum is added to what out holds. Chains: independent accumulators (the
 // ISA's kChains where the activations are in L1: N:M, CSR segment-major; the 90% CSR rows,
-// whose loads come from L2, showed no consistent gain from 8 on Zen 3).
+// whose loads come from L2, showed no consistent gain from 8 on Zen 3). AVX2 at width 32
+// with 8- or 16-bit columns: Bcast8Sums (8 chains) whatever Chains says.
 template <class V, int NV, typename I, typename T, bool Accumulate = false, int Chains = 4>
 inline void dot_batched(const I* cols, const T* vals, int64_t count, const float* xt,
                         float* out) {
   constexpr int W = NV * V::kLanes;
+  if constexpr (kRegisterBroadcast && W == 32 && V::kLanes == 8 &&
+                (std::is_same<I, uint8_t>::value || std::is_same<I, uint16_t>::value)) {
+    Bcast8Sums<I, T> sums(Accumulate ? out : nullptr);
+    sums.add(cols, vals, count, xt);
+    sums.store(out);
+    return;
+  }
   if constexpr (NV == 1) {
     // Named chains: as acc[4][1] below, GCC kept three of them on the stack, a load
     // and a store around every FMA (perf, batch 16), and the loop ran ~2x slower. Eight
@@ -95,6 +174,13 @@ inline void dot_batched_segments(const uint8_t* cols, const T* vals, const int64
   constexpr int W = NV * V::kLanes;
   constexpr int64_t kStride = kCsrSegment * W;
   int64_t k = bounds[0];
+  if constexpr (kRegisterBroadcast && W == 32 && V::kLanes == 8) {
+    Bcast8Sums<uint8_t, T> sums(nullptr);
+    for (int64_t s = 0; s < segments; ++s, xt += kStride)
+      sums.add(cols + bounds[s], vals + bounds[s], bounds[s + 1] - bounds[s], xt);
+    sums.store(out);
+    return;
+  }
   if constexpr (NV == 1) {
     using R = typename V::reg;  // named chains, as in dot_batched
     R a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();

@@ -20,6 +20,10 @@ constexpr bool kSegmentMajor = true;
 // batch 128 1.15-1.35x faster than with 4).
 constexpr int kChains = 8;
 
+// CSR products at chunk width 32 (batch > 16) read eight weights per load and broadcast
+// them in registers (batched.h: Bcast8Sums).
+constexpr bool kRegisterBroadcast = true;
+
 // Calls f(Tag<vector>, integral_constant<vectors per chunk>) for a chunk width.
 template <class F>
 inline void with_width(int64_t width, const F& f) {

@@ -27,6 +27,9 @@ constexpr int kRegs = 32;
 // (not measured on an AVX-512 machine yet: row by row as before).
 constexpr bool kSegmentMajor = false;
 
+// Bcast8Sums (batched.h) is written for 256-bit vectors: not used here.
+constexpr bool kRegisterBroadcast = false;
+
 // Independent accumulator chains in the batched dot products (batched.h); 8 not measured
 // on an AVX-512 machine yet.
 constexpr int kChains = 4;
