@@ -17,10 +17,9 @@ constexpr int64_t kTileBytes = 32 << 10;
 // the FMAs, bounded it (Zen 3, one thread, 128 entries per 256 columns: 0.28-0.34 ns per
 // 8-wide FMA against 0.22-0.23 here; the FMA alone 0.174). Same-process A/B on the issue-4
 // shapes at batch 32-128: 50% 1.06-1.24x faster, 80% 1.0-1.26x, 90% 0.93-1.14x
-// (benchmarks/RESULTS.md, "AVX2: weights broadcast in registers"). Not for the int32
-// columns of the N:M body: 0.64-0.76x there. Within one add(), entry k goes to chain k % 2
-// and an odd last one to chain 0, as in dot_batched with 8 chains: for 8-bit CSR
-// segment-major the same sums as before, bit for bit.
+// (benchmarks/RESULTS.md, "AVX2: CSR weights broadcast in registers"). Within one add(),
+// entry k goes to chain k % 2 and an odd last one to chain 0, as in dot_batched with 8
+// chains: for 8-bit CSR segment-major the same sums as before, bit for bit.
 template <typename I, typename T>
 class Bcast8Sums {
  public:
@@ -84,19 +83,11 @@ class Bcast8Sums {
 // out[0..NV*lanes) (+)= sum_k value(k) * xt[col(k)][...], over count stored entries;
 // with Accumulate the sum is added to what out holds. Chains: independent accumulators (the
 // ISA's kChains where the activations are in L1: N:M, CSR segment-major; the 90% CSR rows,
-// whose loads come from L2, showed no consistent gain from 8 on Zen 3). AVX2 at width 32
-// with 8- or 16-bit columns: Bcast8Sums (8 chains) whatever Chains says.
+// whose loads come from L2, showed no consistent gain from 8 on Zen 3).
 template <class V, int NV, typename I, typename T, bool Accumulate = false, int Chains = 4>
 inline void dot_batched(const I* cols, const T* vals, int64_t count, const float* xt,
                         float* out) {
   constexpr int W = NV * V::kLanes;
-  if constexpr (kRegisterBroadcast && W == 32 && V::kLanes == 8 &&
-                (std::is_same<I, uint8_t>::value || std::is_same<I, uint16_t>::value)) {
-    Bcast8Sums<I, T> sums(Accumulate ? out : nullptr);
-    sums.add(cols, vals, count, xt);
-    sums.store(out);
-    return;
-  }
   if constexpr (NV == 1) {
     // Named chains: as acc[4][1] below, GCC kept three of them on the stack, a load
     // and a store around every FMA (perf, batch 16), and the loop ran ~2x slower. Eight
@@ -162,6 +153,22 @@ inline void dot_batched(const I* cols, const T* vals, int64_t count, const float
     typename V::reg s = acc[0][v];
     for (int u = 1; u < U; ++u) s = V::add(s, acc[u][v]);
     V::store(out + v * V::kLanes, s);
+  }
+}
+
+// dot_batched for CSR rows: Bcast8Sums where the ISA has it (AVX2 at width 32), whatever
+// Chains says. Not for N:M: its activations come from L1 column tiles, the FMAs bound it, and
+// the permutes compete with them for the FP pipes (Zen 3: 0.65-0.85x at batch 32-128).
+template <class V, int NV, typename I, typename T, bool Accumulate = false, int Chains = 4>
+inline void dot_batched_csr(const I* cols, const T* vals, int64_t count, const float* xt,
+                            float* out) {
+  if constexpr (kRegisterBroadcast && NV * V::kLanes == 32 && V::kLanes == 8 &&
+                (std::is_same<I, uint8_t>::value || std::is_same<I, uint16_t>::value)) {
+    Bcast8Sums<I, T> sums(Accumulate ? out : nullptr);
+    sums.add(cols, vals, count, xt);
+    sums.store(out);
+  } else {
+    dot_batched<V, NV, I, T, Accumulate, Chains>(cols, vals, count, xt, out);
   }
 }
 

@@ -32,8 +32,8 @@ void csr_segment_major(const Csr& w, const uint8_t* cols, const T* vals, int64_t
           prefetch_bytes(cols + b[1], b[2] - b[1]);
           prefetch_bytes(vals + b[1], (b[2] - b[1]) * static_cast<int64_t>(sizeof(T)));
         }
-        dot_batched<V, NV, uint8_t, T, true, kChains>(cols + b[0], vals + b[0], b[1] - b[0], xs,
-                                                      acc[i]);
+        dot_batched_csr<V, NV, uint8_t, T, true, kChains>(cols + b[0], vals + b[0], b[1] - b[0],
+                                                          xs, acc[i]);
       }
     }
   });
@@ -86,7 +86,7 @@ void csr_rows(const Dense& d, const Csr& w, const XPacked& xp, int64_t row_begin
                                     out.slot(r));
       } else {
         const int64_t k0 = w.row_offsets[r];
-        dot_batched<V, NV>(cols + k0, vals + k0, w.row_offsets[r + 1] - k0, xt, out.slot(r));
+        dot_batched_csr<V, NV>(cols + k0, vals + k0, w.row_offsets[r + 1] - k0, xt, out.slot(r));
       }
     }
   });
