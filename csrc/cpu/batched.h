@@ -10,27 +10,29 @@
 // Activations of one column tile: small enough to stay in L1 next to the partial sums.
 constexpr int64_t kTileBytes = 32 << 10;
 
-// The batched sums of one output row at width 32 (four 256-bit vectors) for 8- or 16-bit
-// columns, two chains per vector: each 8 entries' values come from one load and are
-// broadcast by in-lane permutes, their columns from one or two 8-byte loads. The plain loop
-// loads per entry the value, the column and four activation vectors, and those loads, not
-// the FMAs, bounded it (Zen 3, one thread, 128 entries per 256 columns: 0.28-0.34 ns per
-// 8-wide FMA against 0.22-0.23 here; the FMA alone 0.174). Same-process A/B on the issue-4
-// shapes at batch 32-128: 50% 1.06-1.24x faster, 80% 1.0-1.26x, 90% 0.93-1.14x
-// (benchmarks/RESULTS.md, "AVX2: CSR weights broadcast in registers"). Within one add(),
-// entry k goes to chain k % 2 and an odd last one to chain 0, as in dot_batched with 8
-// chains: for 8-bit CSR segment-major the same sums as before, bit for bit.
-template <typename I, typename T>
+// The batched sums of one output row at width 16 or 32 (NV = 2 or 4 256-bit vectors) for
+// 8- or 16-bit columns, two chains per vector: each 8 entries' values come from one load
+// and are broadcast by in-lane permutes, their columns from one or two 8-byte loads. The
+// plain loop loads per entry the value, the column and NV activation vectors, and those
+// loads, not the FMAs, bounded it (Zen 3, one thread, width 32, 128 entries per 256
+// columns: 0.28-0.34 ns per 8-wide FMA against 0.22-0.23 here, the FMA alone 0.174; width
+// 16 with activations from L2: 1.09-1.19x faster). Same-process A/B on the issue-4 shapes,
+// CSR at 50-90%: 1.0-1.30x faster at batch 9-128 but for 4096x4096 at 80-90% and batch
+// 32-128 (0.88-1.07x) (benchmarks/RESULTS.md, "AVX2: CSR weights broadcast in registers").
+// Within one add(), entry k goes to chain k % 2 and an odd last one to chain 0, as in
+// dot_batched with two chains per vector: the same sums, bit for bit, wherever that loop
+// had two (width 16 row by row, width 32 segment-major).
+template <int NV, typename I, typename T>
 class Bcast8Sums {
  public:
   explicit Bcast8Sums(const float* init) {
-    for (int v = 0; v < 4; ++v) {
+    for (int v = 0; v < NV; ++v) {
       a_[0][v] = init ? _mm256_loadu_ps(init + v * 8) : _mm256_setzero_ps();
       a_[1][v] = _mm256_setzero_ps();
     }
   }
 
-  // Adds vals[k] * xt[cols[k]][0..32) for k in [0, count).
+  // Adds vals[k] * xt[cols[k]][0..8 * NV) for k in [0, count).
   void add(const I* cols, const T* vals, int64_t count, const float* xt) {
     int64_t k = 0;
     for (; k + 8 <= count; k += 8) {
@@ -56,7 +58,7 @@ class Bcast8Sums {
   }
 
   void store(float* out) const {
-    for (int v = 0; v < 4; ++v) _mm256_storeu_ps(out + v * 8, _mm256_add_ps(a_[0][v], a_[1][v]));
+    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(out + v * 8, _mm256_add_ps(a_[0][v], a_[1][v]));
   }
 
  private:
@@ -73,11 +75,11 @@ class Bcast8Sums {
   }
 
   void step(int u, __m256 w, const float* xt, uint64_t col) {
-    const float* xr = xt + col * 32;
-    for (int v = 0; v < 4; ++v) a_[u][v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + v * 8), a_[u][v]);
+    const float* xr = xt + col * (8 * NV);
+    for (int v = 0; v < NV; ++v) a_[u][v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + v * 8), a_[u][v]);
   }
 
-  __m256 a_[2][4];
+  __m256 a_[2][NV];
 };
 
 // out[0..NV*lanes) (+)= sum_k value(k) * xt[col(k)][...], over count stored entries;
@@ -156,15 +158,15 @@ inline void dot_batched(const I* cols, const T* vals, int64_t count, const float
   }
 }
 
-// dot_batched for CSR rows: Bcast8Sums where the ISA has it (AVX2 at width 32), whatever
-// Chains says. Not for N:M: its activations come from L1 column tiles, the FMAs bound it, and
+// dot_batched for CSR rows: Bcast8Sums where the ISA has it (AVX2 at width 16 and 32),
+// whatever Chains says. Not for N:M: its activations come from L1 column tiles, the FMAs bound it, and
 // the permutes compete with them for the FP pipes (Zen 3: 0.65-0.85x at batch 32-128).
 template <class V, int NV, typename I, typename T, bool Accumulate = false, int Chains = 4>
 inline void dot_batched_csr(const I* cols, const T* vals, int64_t count, const float* xt,
                             float* out) {
-  if constexpr (kRegisterBroadcast && NV * V::kLanes == 32 && V::kLanes == 8 &&
+  if constexpr (kRegisterBroadcast && (NV == 2 || NV == 4) && V::kLanes == 8 &&
                 (std::is_same<I, uint8_t>::value || std::is_same<I, uint16_t>::value)) {
-    Bcast8Sums<I, T> sums(Accumulate ? out : nullptr);
+    Bcast8Sums<NV, I, T> sums(Accumulate ? out : nullptr);
     sums.add(cols, vals, count, xt);
     sums.store(out);
   } else {
@@ -181,8 +183,8 @@ inline void dot_batched_segments(const uint8_t* cols, const T* vals, const int64
   constexpr int W = NV * V::kLanes;
   constexpr int64_t kStride = kCsrSegment * W;
   int64_t k = bounds[0];
-  if constexpr (kRegisterBroadcast && W == 32 && V::kLanes == 8) {
-    Bcast8Sums<uint8_t, T> sums(nullptr);
+  if constexpr (kRegisterBroadcast && (NV == 2 || NV == 4) && V::kLanes == 8) {
+    Bcast8Sums<NV, uint8_t, T> sums(nullptr);
     for (int64_t s = 0; s < segments; ++s, xt += kStride)
       sums.add(cols + bounds[s], vals + bounds[s], bounds[s + 1] - bounds[s], xt);
     sums.store(out);

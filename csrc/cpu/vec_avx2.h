@@ -20,8 +20,8 @@ constexpr bool kSegmentMajor = true;
 // batch 128 1.15-1.35x faster than with 4).
 constexpr int kChains = 8;
 
-// CSR products at chunk width 32 (batch > 16) read eight weights per load and broadcast
-// them in registers (batched.h: Bcast8Sums).
+// CSR products at chunk width 16 and 32 (batch > 8) read eight weights per load and
+// broadcast them in registers (batched.h: Bcast8Sums).
 constexpr bool kRegisterBroadcast = true;
 
 // Calls f(Tag<vector>, integral_constant<vectors per chunk>) for a chunk width.
