@@ -14,9 +14,9 @@ constexpr int64_t kTileBytes = 32 << 10;
 // 8- or 16-bit columns, two chains per vector: each 8 entries' values come from one load
 // and are broadcast by in-lane permutes, their columns from one or two 8-byte loads. The
 // plain loop loads per entry the value, the column and NV activation vectors, and those
-// loads, not the FMAs, bounded it (Zen 3, one thread, width 32, 128 entries per 256
-// columns: 0.28-0.34 ns per 8-wide FMA against 0.22-0.23 here, the FMA alone 0.174; width
-// 16 with activations from L2: 1.09-1.19x faster). Same-process A/B on the issue-4 shapes,
+// loads, not the FMAs, bounded it (Zen 3, one thread, benchmarks/csr_loop_roofline.cpp:
+// width 32, 8-bit, 50%: 0.36 ns per 8-wide FMA against 0.27-0.29 here, the FMA alone
+// 0.173-0.179; width 16: 1.02-1.14x). Same-process A/B on the issue-4 shapes,
 // CSR at 50-90%: 1.0-1.30x faster at batch 9-128 but for 4096x4096 at 80-90% and batch
 // 32-128 (0.88-1.07x) (benchmarks/RESULTS.md, "AVX2: CSR weights broadcast in registers").
 // Within one add(), entry k goes to chain k % 2 and an odd last one to chain 0, as in
@@ -58,7 +58,8 @@ class Bcast8Sums {
   }
 
   void store(float* out) const {
-    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(out + v * 8, _mm256_add_ps(a_[0][v], a_[1][v]));
+    for (int v = 0; v < NV; ++v)
+      _mm256_storeu_ps(out + v * 8, _mm256_add_ps(a_[0][v], a_[1][v]));
   }
 
  private:
@@ -76,7 +77,8 @@ class Bcast8Sums {
 
   void step(int u, __m256 w, const float* xt, uint64_t col) {
     const float* xr = xt + col * (8 * NV);
-    for (int v = 0; v < NV; ++v) a_[u][v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + v * 8), a_[u][v]);
+    for (int v = 0; v < NV; ++v)
+      a_[u][v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + v * 8), a_[u][v]);
   }
 
   __m256 a_[2][NV];
@@ -159,8 +161,9 @@ inline void dot_batched(const I* cols, const T* vals, int64_t count, const float
 }
 
 // dot_batched for CSR rows: Bcast8Sums where the ISA has it (AVX2 at width 16 and 32),
-// whatever Chains says. Not for N:M: its activations come from L1 column tiles, the FMAs bound it, and
-// the permutes compete with them for the FP pipes (Zen 3: 0.65-0.85x at batch 32-128).
+// whatever Chains says. Not for N:M: its activations come from L1 column tiles, the FMAs
+// bound it, and the permutes compete with them for the FP pipes (Zen 3: 0.65-0.85x at
+// batch 32-128).
 template <class V, int NV, typename I, typename T, bool Accumulate = false, int Chains = 4>
 inline void dot_batched_csr(const I* cols, const T* vals, int64_t count, const float* xt,
                             float* out) {

@@ -303,8 +303,8 @@ void nm_column_tiles(const Decoder8& dc, const NM& w, const T* vals, int64_t row
                      int64_t row_end, const float* xt, int32_t* cols, Writer& out) {
   constexpr int W = NV * V::kLanes;
   const int64_t steps = (dc.slots + 7) / 8;
-  const int64_t tile_steps =
-      std::max<int64_t>(1, (16 << 10) / (W * static_cast<int64_t>(sizeof(float))) / dc.cols_per_step);
+  const int64_t tile_steps = std::max<int64_t>(
+      1, (16 << 10) / (W * static_cast<int64_t>(sizeof(float))) / dc.cols_per_step);
   zeroed_row_blocks<W>(out, row_begin, row_end, [&](int64_t r0, int64_t rows, float** acc) {
     for (int64_t t0 = 0; t0 < steps; t0 += tile_steps) {
       const int64_t t1 = std::min(steps, t0 + tile_steps);

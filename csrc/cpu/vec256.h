@@ -20,7 +20,8 @@ struct V256 {
   // 8 weight values widened to fp32 (bf16: bit patterns shifted into the high half).
   static reg load8(const float* p) { return _mm256_loadu_ps(p); }
   static reg load8(const uint16_t* p) {
-    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256i wide =
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
   }
 };
