@@ -2,6 +2,8 @@
 // anonymous namespace (see the linkage note in kernels.h).
 #pragma once
 
+#include "cpu/vec256.h"  // V256::load8
+
 template <typename I>
 inline __m256i load_idx(const I* p);
 template <>
@@ -15,19 +17,6 @@ inline __m256i load_idx<int32_t>(const int32_t* p) {
 template <>
 inline __m256i load_idx<uint8_t>(const uint8_t* p) {
   return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-}
-
-template <typename T>
-inline __m256 load_vals(const T* p);
-template <>
-inline __m256 load_vals<float>(const float* p) {
-  return _mm256_loadu_ps(p);
-}
-template <>
-inline __m256 load_vals<uint16_t>(const uint16_t* p) {
-  const __m256i wide =
-      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
 }
 
 inline float hsum(__m256 v) {
@@ -65,12 +54,12 @@ inline void gather_fma(const I* cols, const T* vals, int64_t k0, int64_t k1, con
                  _MM_HINT_T0);
     const __m256 x0 = _mm256_i32gather_ps(x, load_idx(cols + k), 4);
     const __m256 x1 = _mm256_i32gather_ps(x, load_idx(cols + k + 8), 4);
-    acc0 = _mm256_fmadd_ps(load_vals(vals + k), x0, acc0);
-    acc1 = _mm256_fmadd_ps(load_vals(vals + k + 8), x1, acc1);
+    acc0 = _mm256_fmadd_ps(V256::load8(vals + k), x0, acc0);
+    acc1 = _mm256_fmadd_ps(V256::load8(vals + k + 8), x1, acc1);
   }
   for (; k + 8 <= k1; k += 8) {
     const __m256 x0 = _mm256_i32gather_ps(x, load_idx(cols + k), 4);
-    acc0 = _mm256_fmadd_ps(load_vals(vals + k), x0, acc0);
+    acc0 = _mm256_fmadd_ps(V256::load8(vals + k), x0, acc0);
   }
   float rest = acc.rest;
   for (; k < k1; ++k) rest += load_f32(vals[k]) * x[cols[k]];

@@ -17,10 +17,3 @@ inline __m512 load16(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps
 inline __m512 load16(const uint16_t* p, __mmask16 k) {
   return widen_bf16(_mm256_maskz_loadu_epi16(k, p));
 }
-
-// 8 values.
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const uint16_t* p) {
-  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-}

@@ -24,7 +24,7 @@ struct Load8 {
   using reg = __m256;
   static constexpr int kLanes = 8;
   template <typename T>
-  static reg weights(const T* p) { return load_vals(p); }
+  static reg weights(const T* p) { return V256::load8(p); }
   static reg x(const float* p) { return _mm256_loadu_ps(p); }
   static reg x_tail(const float* p, int64_t n) {  // n < 8 lanes, zeros after
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);

@@ -29,7 +29,7 @@ struct Load8 {
   using reg = __m256;
   static constexpr int kLanes = 8;
   template <typename T>
-  static reg weights(const T* p) { return load8(p); }
+  static reg weights(const T* p) { return V256::load8(p); }
   static reg x(const float* p) { return _mm256_loadu_ps(p); }
   static reg x_tail(const float* p, int64_t n) {
     return _mm256_maskz_loadu_ps(static_cast<__mmask8>((1u << n) - 1u), p);

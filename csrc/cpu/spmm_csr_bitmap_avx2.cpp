@@ -10,7 +10,7 @@ namespace sparseprune {
 namespace cpu {
 namespace {
 
-#include "cpu/gather_avx2.h"  // load_vals, hsum
+#include "cpu/gather_avx2.h"  // V256::load8, hsum
 
 // For bitmap byte b: lane j of idx[b] is the rank of bit j among b's set bits, with the
 // sign bit set where bit j is set (the blend mask).
@@ -40,7 +40,7 @@ inline __m256 fma8(unsigned b, const T* v, const float* x, __m256 a) {
   const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(kExpand.idx[b]));
   const __m256 keep = _mm256_castsi256_ps(idx);
   const __m256 wv =
-      _mm256_blendv_ps(_mm256_setzero_ps(), _mm256_permutevar8x32_ps(load_vals(v), idx), keep);
+      _mm256_blendv_ps(_mm256_setzero_ps(), _mm256_permutevar8x32_ps(V256::load8(v), idx), keep);
   return _mm256_fmadd_ps(wv, _mm256_blendv_ps(_mm256_setzero_ps(), _mm256_loadu_ps(x), keep),
                          a);
 }

@@ -207,9 +207,9 @@ float row_dot_decode8(const Decoder8& dc, const NM& w, const uint8_t* row_meta, 
                                           _mm256_set1_epi32(static_cast<int32_t>(step * C)));
       const __m256i c1 = _mm256_sub_epi32(decode8(dc, row_meta, step + 1),
                                           _mm256_set1_epi32(static_cast<int32_t>(step * C + C)));
-      acc0 = _mm256_fmadd_ps(load_vals(vals + step * 8), step_x<C, kInLane>(x, step, in, c0),
+      acc0 = _mm256_fmadd_ps(V256::load8(vals + step * 8), step_x<C, kInLane>(x, step, in, c0),
                              acc0);
-      acc1 = _mm256_fmadd_ps(load_vals(vals + step * 8 + 8),
+      acc1 = _mm256_fmadd_ps(V256::load8(vals + step * 8 + 8),
                              step_x<C, kInLane>(x, step + 1, in, c1), acc1);
     }
     for (; step < full; ++step) {
@@ -217,21 +217,21 @@ float row_dot_decode8(const Decoder8& dc, const NM& w, const uint8_t* row_meta, 
                                            _mm256_set1_epi32(static_cast<int32_t>(step * C)));
       const __m256 xv = window<C>(x, step * C, in, rel);
       if (step & 1) {
-        acc1 = _mm256_fmadd_ps(load_vals(vals + step * 8), xv, acc1);
+        acc1 = _mm256_fmadd_ps(V256::load8(vals + step * 8), xv, acc1);
       } else {
-        acc0 = _mm256_fmadd_ps(load_vals(vals + step * 8), xv, acc0);
+        acc0 = _mm256_fmadd_ps(V256::load8(vals + step * 8), xv, acc0);
       }
     }
   });
   for (; step + 2 <= full; step += 2) {
     const __m256 x0 = _mm256_i32gather_ps(x, decode8(dc, row_meta, step), 4);
     const __m256 x1 = _mm256_i32gather_ps(x, decode8(dc, row_meta, step + 1), 4);
-    acc0 = _mm256_fmadd_ps(load_vals(vals + step * 8), x0, acc0);
-    acc1 = _mm256_fmadd_ps(load_vals(vals + step * 8 + 8), x1, acc1);
+    acc0 = _mm256_fmadd_ps(V256::load8(vals + step * 8), x0, acc0);
+    acc1 = _mm256_fmadd_ps(V256::load8(vals + step * 8 + 8), x1, acc1);
   }
   if (step < full) {
     const __m256 x0 = _mm256_i32gather_ps(x, decode8(dc, row_meta, step), 4);
-    acc0 = _mm256_fmadd_ps(load_vals(vals + step * 8), x0, acc0);
+    acc0 = _mm256_fmadd_ps(V256::load8(vals + step * 8), x0, acc0);
   }
   float rest = 0.f;
   for (int64_t s = full * 8; s < dc.slots; ++s)
@@ -259,21 +259,21 @@ void rows_dot_decode8(const Decoder8& dc, const NM& w, const uint8_t* row_meta, 
       _mm_prefetch(ahead + step * 8 * static_cast<int64_t>(sizeof(T)), _MM_HINT_T0);
       const __m256i rel = _mm256_sub_epi32(decode8(dc, row_meta, step),
                                            _mm256_set1_epi32(static_cast<int32_t>(step * C)));
-      const __m256 v = load_vals(vals + step * 8);
+      const __m256 v = V256::load8(vals + step * 8);
       for (int b = 0; b < BT; ++b)
         acc[b] = _mm256_fmadd_ps(v, step_x<C, kInLane>(x + b * in, step, in, rel), acc[b]);
     }
     for (; step < full; ++step) {
       const __m256i rel = _mm256_sub_epi32(decode8(dc, row_meta, step),
                                            _mm256_set1_epi32(static_cast<int32_t>(step * C)));
-      const __m256 v = load_vals(vals + step * 8);
+      const __m256 v = V256::load8(vals + step * 8);
       for (int b = 0; b < BT; ++b)
         acc[b] = _mm256_fmadd_ps(v, window<C>(x + b * in, step * C, in, rel), acc[b]);
     }
   });
   for (; step < full; ++step) {
     const __m256i c = decode8(dc, row_meta, step);
-    const __m256 v = load_vals(vals + step * 8);
+    const __m256 v = V256::load8(vals + step * 8);
     for (int b = 0; b < BT; ++b)
       acc[b] = _mm256_fmadd_ps(v, _mm256_i32gather_ps(x + b * in, c, 4), acc[b]);
   }
