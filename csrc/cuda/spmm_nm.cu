@@ -7,7 +7,8 @@
 //               input dimension
 //               (a strip alone would leave the memory system idle) and sum in shared
 //               memory; nm24_small_wide is the same with 16-byte weight loads when
-//               in_features % 64 == 0;
+//               in_features % 64 == 0 (variants wide:... add an L2 prefetch of the
+//               weights ahead of the loads and tighter register caps);
 //   nm24_frag   batch 9-128 (and larger batches of small layers), in_features % 64 == 0:
 //               the same split, with x first rewritten in mma fragment order so that the
 //               activations are one 16-byte load per lane per step; register or cp.async
@@ -219,8 +220,12 @@ __device__ __forceinline__ int frag_offset(int q, int i, int t) {
   return 4 * span_group(q, 2 * i + t / 2) + 2 * (t % 2);
 }
 
-template <typename T, int NF, int U>
-__global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_small_wide(
+//
+// PF > 0: the warp also asks L2 for the weights PF spans ahead of its loads (and for all its
+// metadata at the start), so more of the stream is in flight than U registers hold. MINB is
+// the launch bound's CTAs per SM (a register cap).
+template <typename T, int NF, int U, int PF = 0, int MINB = 1>
+__global__ __launch_bounds__(kSmallWarps * kWarp, MINB) void nm24_small_wide(
     const T* __restrict__ values, const uint8_t* __restrict__ metadata,
     const T* __restrict__ x, const T* __restrict__ bias, T* __restrict__ y, int64_t batch,
     int64_t in, int64_t out) {
@@ -257,8 +262,24 @@ __global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_small_wide(
 
   const int64_t spans = in / 64;
   const int64_t sb = spans * warp / kSmallWarps, se = spans * (warp + 1) / kSmallWarps;
+  // Prefetch: lanes t < 2 take the top row, t >= 2 the bottom one, alternate lines by t & 1.
+  const bool pf_ok = t < 2 ? top_ok : bottom_ok;
+  const int64_t pf_row = pf_ok ? (t < 2 ? rt : rb) : 0;
+  const T* pf_values = values + pf_row * (in / 2);
+  if constexpr (PF > 0) {
+    if (pf_ok) {
+      detail::prefetch_l2(pf_values, sb * 64, (sb + PF < se ? sb + PF : se) * 64, t & 1, 2);
+      detail::prefetch_l2(metadata + pf_row * (in / 8), sb * 8, se * 8, t & 1, 2);
+    }
+  }
   float acc[1][NF][4] = {};
   for (int64_t s0 = sb; s0 < se; s0 += U) {
+    if constexpr (PF > 0) {
+      if (pf_ok) {
+        detail::prefetch_l2(pf_values, (s0 + PF) * 64, (s0 + PF + U < se ? s0 + PF + U : se) * 64,
+                            t & 1, 2);
+      }
+    }
     uint4 va[U], vb[U];
     uint64_t ma[U], mb[U];
 #pragma unroll
@@ -483,7 +504,18 @@ struct FragShape {
 constexpr FragShape kFragShapes[] = {
     {1, 2, 2, 0}, {2, 4, 1, 0}, {1, 4, 1, 8}, {1, 2, 1, 4}, {2, 4, 1, 4}};
 constexpr int kFragVariants = sizeof(kFragShapes) / sizeof(kFragShapes[0]);
-constexpr int kLegacy = 1, kFirstFrag = 2, kFirstGemm = kFirstFrag + kFragVariants;
+
+// nm24_small_wide variants for batch <= kTiledFrom, in % 64 == 0 ("wide:uUpPFbMINB"): U
+// spans loaded per step, L2 prefetch PF spans ahead, MINB CTAs per SM in the launch bound.
+struct WideShape {
+  int u, pf, minb;
+};
+constexpr WideShape kWideShapes[] = {{2, 0, 1}, {4, 0, 1},  {2, 8, 1}, {2, 16, 1},
+                                     {2, 32, 1}, {2, 0, 3},  {2, 16, 3}, {2, 0, 4},
+                                     {2, 16, 4}, {4, 16, 2}};
+constexpr int kWideVariants = sizeof(kWideShapes) / sizeof(kWideShapes[0]);
+constexpr int kLegacy = 1, kFirstFrag = 2, kFirstWide = kFirstFrag + kFragVariants,
+              kFirstGemm = kFirstWide + kWideVariants;
 
 constexpr int frag_index(int mf, int nf, int s) {
   for (int k = 0; k < kFragVariants; ++k) {
@@ -669,6 +701,33 @@ bool frag_fits(int k, const Dense& d) {
          smem <= detail::device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 << 10);
 }
 
+// Launches nm24_small_wide for kWideShapes[k] (instantiated for every entry of the table),
+// with 8, 16 or 32 batch columns per CTA as the batch needs.
+template <typename T, int K = 0>
+void launch_wide(int k, const T* values, const uint8_t* metadata, const T* x, const T* bias,
+                 T* y, int64_t batch, int64_t in, int64_t out, cudaStream_t stream) {
+  if constexpr (K < kWideVariants) {
+    constexpr WideShape f = kWideShapes[K];
+    if (k != K) {
+      launch_wide<T, K + 1>(k, values, metadata, x, bias, y, batch, in, out, stream);
+      return;
+    }
+    const dim3 grid(static_cast<unsigned>(detail::ceil_div(out, 16)),
+                    static_cast<unsigned>(detail::ceil_div(batch, 32)));
+    constexpr int kThreads = kSmallWarps * kWarp;
+    if (batch <= 8) {
+      nm24_small_wide<T, 1, f.u, f.pf, f.minb><<<grid, kThreads, 0, stream>>>(
+          values, metadata, x, bias, y, batch, in, out);
+    } else if (batch <= 16) {
+      nm24_small_wide<T, 2, f.u, f.pf, f.minb><<<grid, kThreads, 0, stream>>>(
+          values, metadata, x, bias, y, batch, in, out);
+    } else {
+      nm24_small_wide<T, 4, f.u, f.pf, f.minb><<<grid, kThreads, 0, stream>>>(
+          values, metadata, x, bias, y, batch, in, out);
+    }
+  }
+}
+
 // The kernel family of a 2:4 tensor-core problem: kLegacy, kFirstFrag + an index of
 // kFragShapes or kFirstGemm + a gemm24 variant. variant is 0 (automatic) or a forced one
 // (nm24_variant); a variant that does not fit falls back to the legacy kernels.
@@ -684,6 +743,7 @@ int nm24_choice(const Dense& d, int variant) {
   const int64_t in = d.in_features, batch = d.batch;
   if (in % 64 != 0 || variant == kLegacy) return kLegacy;
   if (variant >= kFirstGemm) return gemm24::fits(variant - kFirstGemm, d) ? variant : kLegacy;
+  if (variant >= kFirstWide) return batch <= kTiledFrom ? variant : kLegacy;
   if (variant >= kFirstFrag) return frag_fits(variant - kFirstFrag, d) ? variant : kLegacy;
   if (batch <= kSmallBatch) return kLegacy;
   constexpr int kSmall = frag_index(1, 2, 0);
@@ -707,6 +767,10 @@ void launch_tc(const Dense& d, const NM& w, cudaStream_t stream) {
   const int choice = nm24_choice(d, w.variant);
   if (choice >= kFirstGemm) {
     gemm24::launch(choice - kFirstGemm, d, w, stream);
+    return;
+  }
+  if (choice >= kFirstWide) {
+    launch_wide<T>(choice - kFirstWide, values, w.metadata, x, bias, y, batch, in, out, stream);
     return;
   }
   if (choice >= kFirstFrag) {
@@ -770,6 +834,11 @@ std::string frag_name(const FragShape& f) {
          std::to_string(f.mf * 16) + "x" + std::to_string(f.nf * 8);
 }
 
+std::string wide_name(const WideShape& f) {
+  return "wide:u" + std::to_string(f.u) + (f.pf > 0 ? "p" + std::to_string(f.pf) : "") +
+         (f.minb > 1 ? "b" + std::to_string(f.minb) : "");
+}
+
 }  // namespace
 
 const char* nm_path(DType dtype, int64_t n, int64_t m, int64_t in_features) {
@@ -783,6 +852,9 @@ int nm24_variant(const char* spec) {
   for (int k = 0; k < kFragVariants; ++k) {
     if (v == frag_name(kFragShapes[k])) return kFirstFrag + k;
   }
+  for (int k = 0; k < kWideVariants; ++k) {
+    if (v == wide_name(kWideShapes[k])) return kFirstWide + k;
+  }
   for (int k = 0; k < gemm24::count(); ++k) {
     if (v == gemm24::name(k)) return kFirstGemm + k;
   }
@@ -792,6 +864,7 @@ int nm24_variant(const char* spec) {
 std::string nm24_variant_names() {
   std::string names = "auto, legacy";
   for (const FragShape& f : kFragShapes) names += ", " + frag_name(f);
+  for (const WideShape& f : kWideShapes) names += ", " + wide_name(f);
   for (int k = 0; k < gemm24::count(); ++k) names += ", " + gemm24::name(k);
   return names;
 }
@@ -800,7 +873,7 @@ int64_t nm_scratch_bytes(const Dense& d, const NM& w) {
   if (!tensor_core_ok(d.dtype, w.n, w.m, d.in_features) || d.batch == 0) return 0;
   const int choice = nm24_choice(d, w.variant);
   if (choice >= kFirstGemm) return gemm24::scratch_bytes(choice - kFirstGemm, d);
-  if (choice < kFirstFrag) return 0;
+  if (choice < kFirstFrag || choice >= kFirstWide) return 0;
   return detail::ceil_div(d.batch, 8) * 8 * d.in_features * 2;  // 8 rows of 16-bit values
 }
 
