@@ -224,7 +224,11 @@ __device__ __forceinline__ int frag_offset(int q, int i, int t) {
 // PF > 0: the warp also asks L2 for the weights PF spans ahead of its loads (and for all its
 // metadata at the start), so more of the stream is in flight than U registers hold. MINB is
 // the launch bound's CTAs per SM (a register cap).
-template <typename T, int NF, int U, int PF = 0, int MINB = 1>
+//
+// IL: warps take U-span chunks in turn (warp w: chunks w, w + 8, ...) instead of one
+// contiguous range each, so that at any time the CTA's 8 warps read one stretch of 8 U
+// spans of each of its 16 rows rather than 8 far-apart places of each.
+template <typename T, int NF, int U, int PF = 0, int MINB = 1, bool IL = false>
 __global__ __launch_bounds__(kSmallWarps * kWarp, MINB) void nm24_small_wide(
     const T* __restrict__ values, const uint8_t* __restrict__ metadata,
     const T* __restrict__ x, const T* __restrict__ bias, T* __restrict__ y, int64_t batch,
@@ -272,8 +276,11 @@ __global__ __launch_bounds__(kSmallWarps * kWarp, MINB) void nm24_small_wide(
       detail::prefetch_l2(metadata + pf_row * (in / 8), sb * 8, se * 8, t & 1, 2);
     }
   }
+  static_assert(!(IL && PF > 0), "the prefetch follows a contiguous range");
+  const int64_t s_first = IL ? U * warp : sb, s_end = IL ? spans : se;
+  constexpr int64_t kStep = IL ? U * kSmallWarps : U;
   float acc[1][NF][4] = {};
-  for (int64_t s0 = sb; s0 < se; s0 += U) {
+  for (int64_t s0 = s_first; s0 < s_end; s0 += kStep) {
     if constexpr (PF > 0) {
       if (pf_ok) {
         detail::prefetch_l2(pf_values, (s0 + PF) * 64, (s0 + PF + U < se ? s0 + PF + U : se) * 64,
@@ -284,7 +291,7 @@ __global__ __launch_bounds__(kSmallWarps * kWarp, MINB) void nm24_small_wide(
     uint64_t ma[U], mb[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      if (s0 + u < se) {
+      if (s0 + u < s_end) {
         va[u] = top_ok ? __ldg(vtop + (s0 + u) * 4) : make_uint4(0, 0, 0, 0);
         vb[u] = bottom_ok ? __ldg(vbot + (s0 + u) * 4) : make_uint4(0, 0, 0, 0);
         ma[u] = t < 2 && top_ok ? __ldg(mtop + s0 + u) : 0x4444444444444444ull;
@@ -293,7 +300,7 @@ __global__ __launch_bounds__(kSmallWarps * kWarp, MINB) void nm24_small_wide(
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      if (s0 + u >= se) break;
+      if (s0 + u >= s_end) break;
       const uint32_t a[2][4] = {{va[u].x, vb[u].x, va[u].y, vb[u].y},
                                 {va[u].z, vb[u].z, va[u].w, vb[u].w}};
 #pragma unroll
@@ -505,14 +512,18 @@ constexpr FragShape kFragShapes[] = {
     {1, 2, 2, 0}, {2, 4, 1, 0}, {1, 4, 1, 8}, {1, 2, 1, 4}, {2, 4, 1, 4}};
 constexpr int kFragVariants = sizeof(kFragShapes) / sizeof(kFragShapes[0]);
 
-// nm24_small_wide variants for batch <= kTiledFrom, in % 64 == 0 ("wide:uUpPFbMINB"): U
-// spans loaded per step, L2 prefetch PF spans ahead, MINB CTAs per SM in the launch bound.
+// nm24_small_wide variants for batch <= kTiledFrom, in % 64 == 0 ("wide:uUpPFbMINB", "i"
+// when interleaved): U spans loaded per step, L2 prefetch PF spans ahead, MINB CTAs per SM
+// in the launch bound, IL chunks interleaved across the warps.
 struct WideShape {
   int u, pf, minb;
+  bool il;
 };
-constexpr WideShape kWideShapes[] = {{2, 0, 1}, {4, 0, 1},  {2, 8, 1}, {2, 16, 1},
-                                     {2, 32, 1}, {2, 0, 3},  {2, 16, 3}, {2, 0, 4},
-                                     {2, 16, 4}, {4, 16, 2}};
+constexpr WideShape kWideShapes[] = {
+    {2, 0, 1, false},  {4, 0, 1, false}, {2, 8, 1, false}, {2, 16, 1, false},
+    {2, 32, 1, false}, {2, 0, 3, false}, {2, 16, 3, false}, {2, 0, 4, false},
+    {2, 16, 4, false}, {4, 16, 2, false}, {1, 0, 1, true}, {2, 0, 1, true},
+    {4, 0, 1, true},   {2, 0, 3, true},  {1, 0, 3, true}};
 constexpr int kWideVariants = sizeof(kWideShapes) / sizeof(kWideShapes[0]);
 constexpr int kLegacy = 1, kFirstFrag = 2, kFirstWide = kFirstFrag + kFragVariants,
               kFirstGemm = kFirstWide + kWideVariants;
@@ -716,13 +727,13 @@ void launch_wide(int k, const T* values, const uint8_t* metadata, const T* x, co
                     static_cast<unsigned>(detail::ceil_div(batch, 32)));
     constexpr int kThreads = kSmallWarps * kWarp;
     if (batch <= 8) {
-      nm24_small_wide<T, 1, f.u, f.pf, f.minb><<<grid, kThreads, 0, stream>>>(
+      nm24_small_wide<T, 1, f.u, f.pf, f.minb, f.il><<<grid, kThreads, 0, stream>>>(
           values, metadata, x, bias, y, batch, in, out);
     } else if (batch <= 16) {
-      nm24_small_wide<T, 2, f.u, f.pf, f.minb><<<grid, kThreads, 0, stream>>>(
+      nm24_small_wide<T, 2, f.u, f.pf, f.minb, f.il><<<grid, kThreads, 0, stream>>>(
           values, metadata, x, bias, y, batch, in, out);
     } else {
-      nm24_small_wide<T, 4, f.u, f.pf, f.minb><<<grid, kThreads, 0, stream>>>(
+      nm24_small_wide<T, 4, f.u, f.pf, f.minb, f.il><<<grid, kThreads, 0, stream>>>(
           values, metadata, x, bias, y, batch, in, out);
     }
   }
@@ -835,7 +846,8 @@ std::string frag_name(const FragShape& f) {
 }
 
 std::string wide_name(const WideShape& f) {
-  return "wide:u" + std::to_string(f.u) + (f.pf > 0 ? "p" + std::to_string(f.pf) : "") +
+  return "wide:u" + std::to_string(f.u) + (f.il ? "i" : "") +
+         (f.pf > 0 ? "p" + std::to_string(f.pf) : "") +
          (f.minb > 1 ? "b" + std::to_string(f.minb) : "");
 }
 
