@@ -47,21 +47,6 @@ __device__ __forceinline__ uint32_t load_u32(const void* p) {
   return __ldg(static_cast<const uint32_t*>(p));
 }
 
-// The 128-byte lines holding bytes [b, e) of row, every `stride`-th line from line `first`,
-// asked of L2 ahead of their loads: a hint that holds no register and is never waited on,
-// so a warp can keep far more of a weight stream in flight than its registers allow. Only
-// lines that hold a byte of the range are named (never past an allocation).
-__device__ __forceinline__ void prefetch_l2(const void* row, int64_t b, int64_t e, int first,
-                                            int stride) {
-  if (b >= e) return;
-  const char* base = static_cast<const char*>(row);
-  const uintptr_t line0 = reinterpret_cast<uintptr_t>(base + b) & ~uintptr_t{127};
-  const uintptr_t end = reinterpret_cast<uintptr_t>(base + e);
-  for (uintptr_t a = line0 + 128u * first; a < end; a += 128u * stride) {
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(a));
-  }
-}
-
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }

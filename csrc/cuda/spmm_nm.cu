@@ -7,8 +7,7 @@
 //               input dimension
 //               (a strip alone would leave the memory system idle) and sum in shared
 //               memory; nm24_small_wide is the same with 16-byte weight loads when
-//               in_features % 64 == 0 (variants wide:... add an L2 prefetch of the
-//               weights ahead of the loads and tighter register caps);
+//               in_features % 64 == 0 (wide:u1i, wide:u2i: its warps interleaved);
 //   nm24_frag   batch 9-128 (and larger batches of small layers), in_features % 64 == 0:
 //               the same split, with x first rewritten in mma fragment order so that the
 //               activations are one 16-byte load per lane per step; register or cp.async
@@ -221,15 +220,11 @@ __device__ __forceinline__ int frag_offset(int q, int i, int t) {
 }
 
 //
-// PF > 0: the warp also asks L2 for the weights PF spans ahead of its loads (and for all its
-// metadata at the start), so more of the stream is in flight than U registers hold. MINB is
-// the launch bound's CTAs per SM (a register cap).
-//
 // IL: warps take U-span chunks in turn (warp w: chunks w, w + 8, ...) instead of one
 // contiguous range each, so that at any time the CTA's 8 warps read one stretch of 8 U
 // spans of each of its 16 rows rather than 8 far-apart places of each.
-template <typename T, int NF, int U, int PF = 0, int MINB = 1, bool IL = false>
-__global__ __launch_bounds__(kSmallWarps * kWarp, MINB) void nm24_small_wide(
+template <typename T, int NF, int U, bool IL = false>
+__global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_small_wide(
     const T* __restrict__ values, const uint8_t* __restrict__ metadata,
     const T* __restrict__ x, const T* __restrict__ bias, T* __restrict__ y, int64_t batch,
     int64_t in, int64_t out) {
@@ -266,27 +261,10 @@ __global__ __launch_bounds__(kSmallWarps * kWarp, MINB) void nm24_small_wide(
 
   const int64_t spans = in / 64;
   const int64_t sb = spans * warp / kSmallWarps, se = spans * (warp + 1) / kSmallWarps;
-  // Prefetch: lanes t < 2 take the top row, t >= 2 the bottom one, alternate lines by t & 1.
-  const bool pf_ok = t < 2 ? top_ok : bottom_ok;
-  const int64_t pf_row = pf_ok ? (t < 2 ? rt : rb) : 0;
-  const T* pf_values = values + pf_row * (in / 2);
-  if constexpr (PF > 0) {
-    if (pf_ok) {
-      detail::prefetch_l2(pf_values, sb * 64, (sb + PF < se ? sb + PF : se) * 64, t & 1, 2);
-      detail::prefetch_l2(metadata + pf_row * (in / 8), sb * 8, se * 8, t & 1, 2);
-    }
-  }
-  static_assert(!(IL && PF > 0), "the prefetch follows a contiguous range");
   const int64_t s_first = IL ? U * warp : sb, s_end = IL ? spans : se;
   constexpr int64_t kStep = IL ? U * kSmallWarps : U;
   float acc[1][NF][4] = {};
   for (int64_t s0 = s_first; s0 < s_end; s0 += kStep) {
-    if constexpr (PF > 0) {
-      if (pf_ok) {
-        detail::prefetch_l2(pf_values, (s0 + PF) * 64, (s0 + PF + U < se ? s0 + PF + U : se) * 64,
-                            t & 1, 2);
-      }
-    }
     uint4 va[U], vb[U];
     uint64_t ma[U], mb[U];
 #pragma unroll
@@ -512,19 +490,12 @@ constexpr FragShape kFragShapes[] = {
     {1, 2, 2, 0}, {2, 4, 1, 0}, {1, 4, 1, 8}, {1, 2, 1, 4}, {2, 4, 1, 4}};
 constexpr int kFragVariants = sizeof(kFragShapes) / sizeof(kFragShapes[0]);
 
-// nm24_small_wide variants for batch <= kTiledFrom, in % 64 == 0 ("wide:uUpPFbMINB", "i"
-// when interleaved): U spans loaded per step, L2 prefetch PF spans ahead, MINB CTAs per SM
-// in the launch bound, IL chunks interleaved across the warps.
-struct WideShape {
-  int u, pf, minb;
-  bool il;
-};
-constexpr WideShape kWideShapes[] = {
-    {2, 0, 1, false},  {4, 0, 1, false}, {2, 8, 1, false}, {2, 16, 1, false},
-    {2, 32, 1, false}, {2, 0, 3, false}, {2, 16, 3, false}, {2, 0, 4, false},
-    {2, 16, 4, false}, {4, 16, 2, false}, {1, 0, 1, true}, {2, 0, 1, true},
-    {4, 0, 1, true},   {2, 0, 3, true},  {1, 0, 3, true}};
-constexpr int kWideVariants = sizeof(kWideShapes) / sizeof(kWideShapes[0]);
+// Interleaved nm24_small_wide ("wide:uUi", U spans per load step) for batch <= kTiledFrom,
+// in % 64 == 0; the legacy launch is the contiguous one with U = 2 (NF = 1).
+constexpr int kWideU[] = {1, 2};
+constexpr int kWideVariants = sizeof(kWideU) / sizeof(kWideU[0]);
+constexpr int kWideU1 = 0;  // the index of U = 1
+static_assert(kWideU[kWideU1] == 1, "kWideU1 names U = 1");
 constexpr int kLegacy = 1, kFirstFrag = 2, kFirstWide = kFirstFrag + kFragVariants,
               kFirstGemm = kFirstWide + kWideVariants;
 
@@ -712,13 +683,13 @@ bool frag_fits(int k, const Dense& d) {
          smem <= detail::device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 << 10);
 }
 
-// Launches nm24_small_wide for kWideShapes[k] (instantiated for every entry of the table),
-// with 8, 16 or 32 batch columns per CTA as the batch needs.
+// Launches the interleaved nm24_small_wide with U = kWideU[k] (instantiated for every entry
+// of the table), with 8, 16 or 32 batch columns per CTA as the batch needs.
 template <typename T, int K = 0>
 void launch_wide(int k, const T* values, const uint8_t* metadata, const T* x, const T* bias,
                  T* y, int64_t batch, int64_t in, int64_t out, cudaStream_t stream) {
   if constexpr (K < kWideVariants) {
-    constexpr WideShape f = kWideShapes[K];
+    constexpr int U = kWideU[K];
     if (k != K) {
       launch_wide<T, K + 1>(k, values, metadata, x, bias, y, batch, in, out, stream);
       return;
@@ -727,13 +698,13 @@ void launch_wide(int k, const T* values, const uint8_t* metadata, const T* x, co
                     static_cast<unsigned>(detail::ceil_div(batch, 32)));
     constexpr int kThreads = kSmallWarps * kWarp;
     if (batch <= 8) {
-      nm24_small_wide<T, 1, f.u, f.pf, f.minb, f.il><<<grid, kThreads, 0, stream>>>(
+      nm24_small_wide<T, 1, U, true><<<grid, kThreads, 0, stream>>>(
           values, metadata, x, bias, y, batch, in, out);
     } else if (batch <= 16) {
-      nm24_small_wide<T, 2, f.u, f.pf, f.minb, f.il><<<grid, kThreads, 0, stream>>>(
+      nm24_small_wide<T, 2, U, true><<<grid, kThreads, 0, stream>>>(
           values, metadata, x, bias, y, batch, in, out);
     } else {
-      nm24_small_wide<T, 4, f.u, f.pf, f.minb, f.il><<<grid, kThreads, 0, stream>>>(
+      nm24_small_wide<T, 4, U, true><<<grid, kThreads, 0, stream>>>(
           values, metadata, x, bias, y, batch, in, out);
     }
   }
@@ -745,7 +716,10 @@ void launch_wide(int k, const T* values, const uint8_t* metadata, const T* x, co
 //
 // The automatic choice follows the H200 sweeps (benchmarks/cuda/nm24_sweep_h200_*.json,
 // five layer shapes): the legacy kernels up to batch 8 (nm24_small_wide streams weights
-// without any staging); frag:16x16 to 16; above, the GEMM kernels: 128 x 64 tiles to batch
+// without any staging), but wide:u1i to batch 4 on layers with more 16-row strips than two
+// CTAs per SM hold (the legacy kernel's 114 registers allow two; wide:u1i's 64 allow four,
+// which shortens the last wave: 11008x4096 1.09-1.13x faster at batch 1-4, while layers of
+// one wave or less ran 0.8-0.95x with it, nm24_sweep_h200_8.json); frag:16x16 to 16; above, the GEMM kernels: 128 x 64 tiles to batch
 // 64 and on layers with fewer than 2048 rows or inputs (from batch 9 on layers with fewer
 // than 2048 rows), 256 x 128 tiles (split over the input when they are few) on the larger
 // layers above batch 64. A GEMM variant that does not fit the device's shared memory falls
@@ -756,7 +730,11 @@ int nm24_choice(const Dense& d, int variant) {
   if (variant >= kFirstGemm) return gemm24::fits(variant - kFirstGemm, d) ? variant : kLegacy;
   if (variant >= kFirstWide) return batch <= kTiledFrom ? variant : kLegacy;
   if (variant >= kFirstFrag) return frag_fits(variant - kFirstFrag, d) ? variant : kLegacy;
-  if (batch <= kSmallBatch) return kLegacy;
+  if (batch <= kSmallBatch) {
+    const int64_t sms = detail::device_attr(cudaDevAttrMultiProcessorCount, 132);
+    return batch <= 4 && detail::ceil_div(d.out_features, 16) > 2 * sms ? kFirstWide + kWideU1
+                                                                        : kLegacy;
+  }
   constexpr int kSmall = frag_index(1, 2, 0);
   static_assert(kSmall >= 0, "missing from kFragShapes");
   const int big = gemm24::find(256, 128), small = gemm24::find(128, 64);
@@ -845,11 +823,7 @@ std::string frag_name(const FragShape& f) {
          std::to_string(f.mf * 16) + "x" + std::to_string(f.nf * 8);
 }
 
-std::string wide_name(const WideShape& f) {
-  return "wide:u" + std::to_string(f.u) + (f.il ? "i" : "") +
-         (f.pf > 0 ? "p" + std::to_string(f.pf) : "") +
-         (f.minb > 1 ? "b" + std::to_string(f.minb) : "");
-}
+std::string wide_name(int u) { return "wide:u" + std::to_string(u) + "i"; }
 
 }  // namespace
 
@@ -865,7 +839,7 @@ int nm24_variant(const char* spec) {
     if (v == frag_name(kFragShapes[k])) return kFirstFrag + k;
   }
   for (int k = 0; k < kWideVariants; ++k) {
-    if (v == wide_name(kWideShapes[k])) return kFirstWide + k;
+    if (v == wide_name(kWideU[k])) return kFirstWide + k;
   }
   for (int k = 0; k < gemm24::count(); ++k) {
     if (v == gemm24::name(k)) return kFirstGemm + k;
@@ -876,7 +850,7 @@ int nm24_variant(const char* spec) {
 std::string nm24_variant_names() {
   std::string names = "auto, legacy";
   for (const FragShape& f : kFragShapes) names += ", " + frag_name(f);
-  for (const WideShape& f : kWideShapes) names += ", " + wide_name(f);
+  for (int u : kWideU) names += ", " + wide_name(u);
   for (int k = 0; k < gemm24::count(); ++k) names += ", " + gemm24::name(k);
   return names;
 }
