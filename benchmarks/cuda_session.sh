@@ -2,8 +2,9 @@
 # One lease of a GPU machine (see benchmarks/RESULTS.md, "CUDA"): builds the extension with
 # the CUDA kernels against the machine's CUDA torch, runs tests/cuda, runs a subset of them
 # under compute-sanitizer memcheck, then the GPU benchmark. Stages: build test sweep variants
-# sanitize bench (default: all but the sweeps; sweep = benchmarks/cuda_nm24_sweep.py for 2:4,
-# variants = benchmarks/cuda_variant_sweep.py for BSR and CSR). Logs and results go to $OUT
+# sanitize bench probe (default: build test sanitize bench; sweep = benchmarks/cuda_nm24_sweep.py
+# for 2:4, variants = benchmarks/cuda_variant_sweep.py for BSR and CSR, probe =
+# benchmarks/cuda_stream_probe.cu, weight-stream access patterns). Logs and results go to $OUT
 # (default /tmp/sparseprune-cuda).
 set -uo pipefail
 OUT=${OUT:-/tmp/sparseprune-cuda}
@@ -32,6 +33,9 @@ for stage in $STAGES; do
       timeout ${VARIANT_SWEEP_TIMEOUT:-240} $PY benchmarks/cuda_variant_sweep.py --out "$OUT" \
         ${VARIANT_SWEEP_ARGS:-} >"$OUT/variant_sweep.log" 2>&1
       echo "variants rc=$?"; cut -c1-400 "$OUT/variant_sweep.log" | tail -${VARIANT_TAIL:-70} ;;
+    probe)
+      nvcc -O3 -std=c++17 -arch=sm_90 benchmarks/cuda_stream_probe.cu -o "$OUT/probe.bin" \
+        && "$OUT/probe.bin" | tee "$OUT/probe.txt"; rm -f "$OUT/probe.bin" ;;
     sanitize)
       SPARSEPRUNE_SANITIZE=1 timeout ${SANITIZE_TIMEOUT:-300} compute-sanitizer --tool memcheck \
         --error-exitcode 9 $PY -m pytest tests/cuda -q -p no:cacheprovider -x ${SANITIZE_ARGS:-} \

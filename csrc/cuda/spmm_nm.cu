@@ -719,11 +719,12 @@ void launch_wide(int k, const T* values, const uint8_t* metadata, const T* x, co
 // without any staging), but wide:u1i to batch 4 on layers with more 16-row strips than two
 // CTAs per SM hold (the legacy kernel's 114 registers allow two; wide:u1i's 64 allow four,
 // which shortens the last wave: 11008x4096 1.09-1.13x faster at batch 1-4, while layers of
-// one wave or less ran 0.8-0.95x with it, nm24_sweep_h200_8.json); frag:16x16 to 16; above, the GEMM kernels: 128 x 64 tiles to batch
-// 64 and on layers with fewer than 2048 rows or inputs (from batch 9 on layers with fewer
-// than 2048 rows), 256 x 128 tiles (split over the input when they are few) on the larger
-// layers above batch 64. A GEMM variant that does not fit the device's shared memory falls
-// back to the smaller tile, then to frag:16x16, then to the legacy kernels.
+// one wave or less ran 0.8-0.95x with it, nm24_sweep_h200_8.json); frag:16x16 to 16;
+// above, the GEMM kernels: 128 x 64 tiles to batch 64 and on layers with fewer than 2048
+// rows or inputs (from batch 9 on layers with fewer than 2048 rows), 256 x 128 tiles (split
+// over the input when they are few) on the larger layers above batch 64. A GEMM variant
+// that does not fit the device's shared memory falls back to the smaller tile, then to
+// frag:16x16, then to the legacy kernels.
 int nm24_choice(const Dense& d, int variant) {
   const int64_t in = d.in_features, batch = d.batch;
   if (in % 64 != 0 || variant == kLegacy) return kLegacy;
