@@ -237,8 +237,9 @@ def test_8bit_csr_many_segment_starts_per_vector(isa, batch):
 @pytest.mark.parametrize("batch", [9, 16, 33, 161])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_8bit_csr_dense_enough_for_segment_major(isa, in_f, batch, dtype):
-    # >= 64 entries per (row, segment) on average and activation chunks past L1: the AVX2
-    # kernel goes segment by segment over blocks of 32 rows (csr_rows.h); 70 rows = two
+    # >= 64 entries per (row, segment) on average and activation chunks past L1: the
+    # kernels go segment by segment over blocks of 32 rows (csr_rows.h; AVX2 from 16 lanes,
+    # AVX-512 from 32: batch 33 and 161); 70 rows = two
     # full blocks and a ragged one, segments empty in some rows, an all-zero row, a ragged
     # last segment (1100 = 4 * 256 + 76)
     gen = torch.Generator().manual_seed(in_f + batch)

@@ -74,7 +74,7 @@ void csr_rows(const Dense& d, const Csr& w, const XPacked& xp, int64_t row_begin
     constexpr int W = NV * V::kLanes;
     const float* xt = xp.xt + xp.plan.offset(c);
     ChunkWriter<T, W> out(d, xp.plan.first_row(c), xp.plan.rows(c));
-    if constexpr (kSegmented && kSegmentMajor && W >= 16) {
+    if constexpr (kSegmented && kSegmentMajor && W >= kSegmentMajorMinWidth) {
       if (dense_segments && d.in_features * W * static_cast<int64_t>(sizeof(float)) > kTileBytes) {
         csr_segment_major<V, NV>(w, cols, vals, row_begin, row_end, xt, out);
         return;

@@ -11,9 +11,11 @@ constexpr int64_t kLanes = 8;
 // Vector registers (the BSR register passes in batched.h size themselves by it).
 constexpr int kRegs = 16;
 
-// 8-bit CSR batched products walk segment-major once the activation chunk outgrows L1
-// (measured on an AVX2-only Zen 3 (csr_rows.h)).
+// 8-bit CSR batched products walk segment-major once the activation chunk outgrows L1,
+// at chunks of at least kSegmentMajorMinWidth lanes (measured on an AVX2-only Zen 3
+// (csr_rows.h)).
 constexpr bool kSegmentMajor = true;
+constexpr int kSegmentMajorMinWidth = 16;
 
 // Independent accumulator chains in the batched dot products over activations in L1
 // (batched.h: dot_batched): two FMA pipes x 4 cycles of latency (Zen 3, one thread: 2:4 at

@@ -23,9 +23,13 @@ constexpr int64_t kLanes = 16;
 // Vector registers (the BSR register passes in batched.h size themselves by it).
 constexpr int kRegs = 32;
 
-// 8-bit CSR batched products walk segment-major once the activation chunk outgrows L1
-// (not measured on an AVX-512 machine yet: row by row as before).
-constexpr bool kSegmentMajor = false;
+// 8-bit CSR batched products walk segment-major once the activation chunk outgrows L1, at
+// 32-lane chunks (batch > 16). Zen 4 (AVX-512, 2 threads, same-process A/B against row by
+// row): 50% and 70% at batch 32-128 1.03-1.38x faster on the issue-4 shapes (50% at 128
+// 1.07-1.17x -> 1.30-1.62x dense); at 16 lanes 0.78-1.13x, so those stay row by row
+// (benchmarks/RESULTS.md, "AVX-512: 8-bit CSR segment-major").
+constexpr bool kSegmentMajor = true;
+constexpr int kSegmentMajorMinWidth = 32;
 
 // Bcast8Sums (batched.h) is written for 256-bit vectors: not used here.
 constexpr bool kRegisterBroadcast = false;
