@@ -84,6 +84,79 @@ class Bcast8Sums {
   __m256 a_[2][NV];
 };
 
+#ifdef __AVX512F__
+// Bcast8Sums for 512-bit vectors (NV = 1 or 2, width 16 or 32): each 4 entries' values go
+// to the four 128-bit lanes by one vbroadcastf32x4 (fp32: straight from memory) and to
+// every lane by in-lane permutes; chains as in Bcast8Sums. Zen 4, 2 threads, same-process
+// A/B against dot_batched on the issue-4 shapes: CSR 50% 1.04-1.15x faster at batch
+// 16-128, 70% 1.06-1.15x, 80-90% 0.99-1.20x (within the A/A spread of 1.0-1.14x but for
+// none slower) (benchmarks/RESULTS.md, "AVX-512: 8-bit CSR segment-major, weights
+// broadcast in registers").
+template <int NV, typename I, typename T>
+class Bcast8Sums512 {
+ public:
+  explicit Bcast8Sums512(const float* init) {
+    for (int v = 0; v < NV; ++v) {
+      a_[0][v] = init ? _mm512_loadu_ps(init + v * 16) : _mm512_setzero_ps();
+      a_[1][v] = _mm512_setzero_ps();
+    }
+  }
+
+  void add(const I* cols, const T* vals, int64_t count, const float* xt) {
+    int64_t k = 0;
+    for (; k + 8 <= count; k += 8) {
+      const __m512 lo = quad(vals + k), hi = quad(vals + k + 4);
+      uint64_t c[8];
+      columns8(cols + k, c);
+      step(0, _mm512_permute_ps(lo, 0x00), xt, c[0]);
+      step(1, _mm512_permute_ps(lo, 0x55), xt, c[1]);
+      step(0, _mm512_permute_ps(lo, 0xaa), xt, c[2]);
+      step(1, _mm512_permute_ps(lo, 0xff), xt, c[3]);
+      step(0, _mm512_permute_ps(hi, 0x00), xt, c[4]);
+      step(1, _mm512_permute_ps(hi, 0x55), xt, c[5]);
+      step(0, _mm512_permute_ps(hi, 0xaa), xt, c[6]);
+      step(1, _mm512_permute_ps(hi, 0xff), xt, c[7]);
+    }
+    for (; k + 2 <= count; k += 2) {
+      step(0, _mm512_set1_ps(load_f32(vals[k])), xt, cols[k]);
+      step(1, _mm512_set1_ps(load_f32(vals[k + 1])), xt, cols[k + 1]);
+    }
+    if (k < count) step(0, _mm512_set1_ps(load_f32(vals[k])), xt, cols[k]);
+  }
+
+  void store(float* out) const {
+    for (int v = 0; v < NV; ++v)
+      _mm512_storeu_ps(out + v * 16, _mm512_add_ps(a_[0][v], a_[1][v]));
+  }
+
+ private:
+  static __m512 quad(const float* p) { return _mm512_broadcast_f32x4(_mm_loadu_ps(p)); }
+  static __m512 quad(const uint16_t* p) {
+    const __m128i wide = _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    return _mm512_broadcast_f32x4(_mm_castsi128_ps(_mm_slli_epi32(wide, 16)));
+  }
+
+  static void columns8(const I* p, uint64_t* c) {
+    static_assert(sizeof(I) <= 2, "8- or 16-bit columns");
+    constexpr int kPer = 8 / sizeof(I), kBits = 8 * sizeof(I);
+    constexpr uint64_t kMask = (uint64_t{1} << kBits) - 1;
+    for (int h = 0; h < 8 / kPer; ++h) {
+      uint64_t q;
+      std::memcpy(&q, p + h * kPer, 8);
+      for (int j = 0; j < kPer; ++j) c[h * kPer + j] = (q >> (kBits * j)) & kMask;
+    }
+  }
+
+  void step(int u, __m512 w, const float* xt, uint64_t col) {
+    const float* xr = xt + col * (16 * NV);
+    for (int v = 0; v < NV; ++v)
+      a_[u][v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xr + v * 16), a_[u][v]);
+  }
+
+  __m512 a_[2][NV];
+};
+#endif
+
 // out[0..NV*lanes) (+)= sum_k value(k) * xt[col(k)][...], over count stored entries;
 // with Accumulate the sum is added to what out holds. Chains: independent accumulators (the
 // ISA's kChains where the activations are in L1: N:M, CSR segment-major; the 90% CSR rows,
@@ -160,21 +233,30 @@ inline void dot_batched(const I* cols, const T* vals, int64_t count, const float
   }
 }
 
-// dot_batched for CSR rows: Bcast8Sums where the ISA has it (AVX2 at width 16 and 32),
-// whatever Chains says. Not for N:M: its activations come from L1 column tiles, the FMAs
+// dot_batched for CSR rows: the weights broadcast in registers where the ISA asks for it
+// (kRegisterBroadcast: Bcast8Sums at width 16 and 32 of 256-bit vectors, Bcast8Sums512 at
+// 16 and 32 of 512-bit ones), whatever Chains says. Not for N:M: its activations come from L1 column tiles, the FMAs
 // bound it, and the permutes compete with them for the FP pipes (Zen 3: 0.65-0.85x at
 // batch 32-128).
 template <class V, int NV, typename I, typename T, bool Accumulate = false, int Chains = 4>
 inline void dot_batched_csr(const I* cols, const T* vals, int64_t count, const float* xt,
                             float* out) {
-  if constexpr (kRegisterBroadcast && (NV == 2 || NV == 4) && V::kLanes == 8 &&
-                (std::is_same<I, uint8_t>::value || std::is_same<I, uint16_t>::value)) {
+  constexpr bool kNarrow = std::is_same<I, uint8_t>::value || std::is_same<I, uint16_t>::value;
+  if constexpr (kRegisterBroadcast && kNarrow && V::kLanes == 8 && (NV == 2 || NV == 4)) {
     Bcast8Sums<NV, I, T> sums(Accumulate ? out : nullptr);
     sums.add(cols, vals, count, xt);
     sums.store(out);
-  } else {
-    dot_batched<V, NV, I, T, Accumulate, Chains>(cols, vals, count, xt, out);
+    return;
   }
+#ifdef __AVX512F__
+  if constexpr (kRegisterBroadcast && kNarrow && V::kLanes == 16 && (NV == 1 || NV == 2)) {
+    Bcast8Sums512<NV, I, T> sums(Accumulate ? out : nullptr);
+    sums.add(cols, vals, count, xt);
+    sums.store(out);
+    return;
+  }
+#endif
+  dot_batched<V, NV, I, T, Accumulate, Chains>(cols, vals, count, xt, out);
 }
 
 // dot_batched over the segments of an 8-bit CSR row (kernels.h: Csr): entries bounds[s] ..
@@ -185,14 +267,23 @@ inline void dot_batched_segments(const uint8_t* cols, const T* vals, const int64
                                  int64_t segments, const float* xt, float* out) {
   constexpr int W = NV * V::kLanes;
   constexpr int64_t kStride = kCsrSegment * W;
-  int64_t k = bounds[0];
-  if constexpr (kRegisterBroadcast && (NV == 2 || NV == 4) && V::kLanes == 8) {
+  if constexpr (kRegisterBroadcast && V::kLanes == 8 && (NV == 2 || NV == 4)) {
     Bcast8Sums<NV, uint8_t, T> sums(nullptr);
     for (int64_t s = 0; s < segments; ++s, xt += kStride)
       sums.add(cols + bounds[s], vals + bounds[s], bounds[s + 1] - bounds[s], xt);
     sums.store(out);
     return;
   }
+#ifdef __AVX512F__
+  if constexpr (kRegisterBroadcast && V::kLanes == 16 && (NV == 1 || NV == 2)) {
+    Bcast8Sums512<NV, uint8_t, T> sums(nullptr);
+    for (int64_t s = 0; s < segments; ++s, xt += kStride)
+      sums.add(cols + bounds[s], vals + bounds[s], bounds[s + 1] - bounds[s], xt);
+    sums.store(out);
+    return;
+  }
+#endif
+  int64_t k = bounds[0];
   if constexpr (NV == 1) {
     using R = typename V::reg;  // named chains, as in dot_batched
     R a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();

@@ -31,8 +31,8 @@ constexpr int kRegs = 32;
 constexpr bool kSegmentMajor = true;
 constexpr int kSegmentMajorMinWidth = 32;
 
-// Bcast8Sums (batched.h) is written for 256-bit vectors: not used here.
-constexpr bool kRegisterBroadcast = false;
+// CSR weights broadcast in registers at batch > 8 (Bcast8Sums512, batched.h).
+constexpr bool kRegisterBroadcast = true;
 
 // Independent accumulator chains in the batched dot products (batched.h); 8 not measured
 // on an AVX-512 machine yet.
