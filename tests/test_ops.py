@@ -259,11 +259,12 @@ def test_8bit_csr_dense_enough_for_segment_major(isa, in_f, batch, dtype):
 
 
 @pytest.mark.parametrize("index_bits", [8, 16])
-@pytest.mark.parametrize("batch", [9, 16, 17, 32, 40])
+@pytest.mark.parametrize("batch", [5, 9, 16, 17, 32, 40])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_csr_every_entry_count_at_widths_16_and_32(isa, index_bits, batch, dtype):
-    # From batch 9 the AVX2 kernels take eight entries per step (values broadcast in
-    # registers), then pairs, then an odd last one: every count from 0 to 40 per row (8-bit:
+    # From batch 9 the kernels take eight entries per step (values broadcast in registers),
+    # then pairs, then an odd last one (AVX-512 also at batch 2-8 on layers of <= 1536
+    # inputs: eight, then fours, then single ones): every count from 0 to 40 per row (8-bit:
     # per row and segment), in rows dense enough for the segment-major walk and sparse ones
     gen = torch.Generator().manual_seed(index_bits * 100 + batch)
     in_f = 700 if index_bits == 8 else 1500

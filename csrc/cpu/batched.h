@@ -22,13 +22,15 @@ constexpr int64_t kTileBytes = 32 << 10;
 // Within one add(), entry k goes to chain k % 2 and an odd last one to chain 0, as in
 // dot_batched with two chains per vector: the same sums, bit for bit, wherever that loop
 // had two (width 16 row by row, width 32 segment-major).
-template <int NV, typename I, typename T>
+template <int NV, typename I, typename T, int C = 2>
 class Bcast8Sums {
+  static_assert(C == 2 || C == 4, "2 or 4 chains per vector");
+
  public:
   explicit Bcast8Sums(const float* init) {
     for (int v = 0; v < NV; ++v) {
-      a_[0][v] = init ? _mm256_loadu_ps(init + v * 8) : _mm256_setzero_ps();
-      a_[1][v] = _mm256_setzero_ps();
+      for (int u = 0; u < C; ++u) a_[u][v] = _mm256_setzero_ps();
+      if (init) a_[0][v] = _mm256_loadu_ps(init + v * 8);
     }
   }
 
@@ -43,23 +45,25 @@ class Bcast8Sums {
       columns8(cols + k, c);
       step(0, _mm256_permute_ps(lo, 0x00), xt, c[0]);
       step(1, _mm256_permute_ps(lo, 0x55), xt, c[1]);
-      step(0, _mm256_permute_ps(lo, 0xaa), xt, c[2]);
-      step(1, _mm256_permute_ps(lo, 0xff), xt, c[3]);
+      step(2 % C, _mm256_permute_ps(lo, 0xaa), xt, c[2]);
+      step(3 % C, _mm256_permute_ps(lo, 0xff), xt, c[3]);
       step(0, _mm256_permute_ps(hi, 0x00), xt, c[4]);
       step(1, _mm256_permute_ps(hi, 0x55), xt, c[5]);
-      step(0, _mm256_permute_ps(hi, 0xaa), xt, c[6]);
-      step(1, _mm256_permute_ps(hi, 0xff), xt, c[7]);
+      step(2 % C, _mm256_permute_ps(hi, 0xaa), xt, c[6]);
+      step(3 % C, _mm256_permute_ps(hi, 0xff), xt, c[7]);
     }
-    for (; k + 2 <= count; k += 2) {
-      step(0, _mm256_set1_ps(load_f32(vals[k])), xt, cols[k]);
-      step(1, _mm256_set1_ps(load_f32(vals[k + 1])), xt, cols[k + 1]);
+    for (; k + C <= count; k += C) {
+      for (int u = 0; u < C; ++u) step(u, _mm256_set1_ps(load_f32(vals[k + u])), xt, cols[k + u]);
     }
-    if (k < count) step(0, _mm256_set1_ps(load_f32(vals[k])), xt, cols[k]);
+    for (; k < count; ++k) step(0, _mm256_set1_ps(load_f32(vals[k])), xt, cols[k]);
   }
 
   void store(float* out) const {
-    for (int v = 0; v < NV; ++v)
-      _mm256_storeu_ps(out + v * 8, _mm256_add_ps(a_[0][v], a_[1][v]));
+    for (int v = 0; v < NV; ++v) {
+      __m256 s = _mm256_add_ps(a_[0][v], a_[1][v]);
+      if constexpr (C == 4) s = _mm256_add_ps(s, _mm256_add_ps(a_[2][v], a_[3][v]));
+      _mm256_storeu_ps(out + v * 8, s);
+    }
   }
 
  private:
@@ -81,7 +85,7 @@ class Bcast8Sums {
       a_[u][v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + v * 8), a_[u][v]);
   }
 
-  __m256 a_[2][NV];
+  __m256 a_[C][NV];
 };
 
 #ifdef __AVX512F__
@@ -235,18 +239,27 @@ inline void dot_batched(const I* cols, const T* vals, int64_t count, const float
 
 // dot_batched for CSR rows: the weights broadcast in registers where the ISA asks for it
 // (kRegisterBroadcast: Bcast8Sums at width 16 and 32 of 256-bit vectors, Bcast8Sums512 at
-// 16 and 32 of 512-bit ones), whatever Chains says. Not for N:M: its activations come from L1 column tiles, the FMAs
+// 16 and 32 of 512-bit ones), whatever Chains says; at width 8 with four chains, the sums
+// of dot_batched bit for bit, where the caller says so (width8_broadcast: csr_rows.h). Not for N:M: its activations come from L1 column tiles, the FMAs
 // bound it, and the permutes compete with them for the FP pipes (Zen 3: 0.65-0.85x at
 // batch 32-128).
 template <class V, int NV, typename I, typename T, bool Accumulate = false, int Chains = 4>
 inline void dot_batched_csr(const I* cols, const T* vals, int64_t count, const float* xt,
-                            float* out) {
+                            float* out, bool width8_broadcast = false) {
   constexpr bool kNarrow = std::is_same<I, uint8_t>::value || std::is_same<I, uint16_t>::value;
   if constexpr (kRegisterBroadcast && kNarrow && V::kLanes == 8 && (NV == 2 || NV == 4)) {
     Bcast8Sums<NV, I, T> sums(Accumulate ? out : nullptr);
     sums.add(cols, vals, count, xt);
     sums.store(out);
     return;
+  }
+  if constexpr (kRegisterBroadcast && kNarrow && V::kLanes == 8 && NV == 1) {
+    if (width8_broadcast) {
+      Bcast8Sums<1, I, T, 4> sums(Accumulate ? out : nullptr);
+      sums.add(cols, vals, count, xt);
+      sums.store(out);
+      return;
+    }
   }
 #ifdef __AVX512F__
   if constexpr (kRegisterBroadcast && kNarrow && V::kLanes == 16 && (NV == 1 || NV == 2)) {
@@ -264,7 +277,8 @@ inline void dot_batched_csr(const I* cols, const T* vals, int64_t count, const f
 // segment s - 1. The accumulators stay in registers from one segment to the next.
 template <class V, int NV, typename T>
 inline void dot_batched_segments(const uint8_t* cols, const T* vals, const int64_t* bounds,
-                                 int64_t segments, const float* xt, float* out) {
+                                 int64_t segments, const float* xt, float* out,
+                                 bool width8_broadcast = false) {
   constexpr int W = NV * V::kLanes;
   constexpr int64_t kStride = kCsrSegment * W;
   if constexpr (kRegisterBroadcast && V::kLanes == 8 && (NV == 2 || NV == 4)) {
@@ -273,6 +287,15 @@ inline void dot_batched_segments(const uint8_t* cols, const T* vals, const int64
       sums.add(cols + bounds[s], vals + bounds[s], bounds[s + 1] - bounds[s], xt);
     sums.store(out);
     return;
+  }
+  if constexpr (kRegisterBroadcast && V::kLanes == 8 && NV == 1) {
+    if (width8_broadcast) {
+      Bcast8Sums<1, uint8_t, T, 4> sums(nullptr);
+      for (int64_t s = 0; s < segments; ++s, xt += kStride)
+        sums.add(cols + bounds[s], vals + bounds[s], bounds[s + 1] - bounds[s], xt);
+      sums.store(out);
+      return;
+    }
   }
 #ifdef __AVX512F__
   if constexpr (kRegisterBroadcast && V::kLanes == 16 && (NV == 1 || NV == 2)) {

@@ -80,13 +80,17 @@ void csr_rows(const Dense& d, const Csr& w, const XPacked& xp, int64_t row_begin
         return;
       }
     }
+    // Width 8 (batch 2-8): weights broadcast in registers while a row's activations, read
+    // from all over the chunk, stay near L1 (kWidth8BroadcastMaxIn, vec_<isa>.h).
+    const bool width8_broadcast = W == 8 && d.in_features <= kWidth8BroadcastMaxIn;
     for (int64_t r = row_begin; r < row_end; ++r) {
       if constexpr (kSegmented) {
         dot_batched_segments<V, NV>(cols, vals, w.row_offsets + r * nseg, nseg, xt,
-                                    out.slot(r));
+                                    out.slot(r), width8_broadcast);
       } else {
         const int64_t k0 = w.row_offsets[r];
-        dot_batched_csr<V, NV>(cols + k0, vals + k0, w.row_offsets[r + 1] - k0, xt, out.slot(r));
+        dot_batched_csr<V, NV>(cols + k0, vals + k0, w.row_offsets[r + 1] - k0, xt, out.slot(r),
+                               width8_broadcast);
       }
     }
   });

@@ -25,6 +25,8 @@ constexpr int kChains = 8;
 // CSR products at chunk width 16 and 32 (batch > 8) read eight weights per load and
 // broadcast them in registers (batched.h: Bcast8Sums).
 constexpr bool kRegisterBroadcast = true;
+// Not at width 8 (batch 2-8): not measured on an AVX2 machine (vec_avx512.h).
+constexpr int64_t kWidth8BroadcastMaxIn = 0;
 
 // Calls f(Tag<vector>, integral_constant<vectors per chunk>) for a chunk width.
 template <class F>

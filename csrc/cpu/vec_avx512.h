@@ -31,8 +31,12 @@ constexpr int kRegs = 32;
 constexpr bool kSegmentMajor = true;
 constexpr int kSegmentMajorMinWidth = 32;
 
-// CSR weights broadcast in registers at batch > 8 (Bcast8Sums512, batched.h).
+// CSR weights broadcast in registers at batch > 8 (Bcast8Sums512, batched.h), and at batch
+// 2-8 (Bcast8Sums, four chains) on layers of at most kWidth8BroadcastMaxIn inputs: Zen 4,
+// same-process A/B against dot_batched at 50-90%, batch 2 and 8: 1.02-1.24x faster at 384
+// to 1536 inputs, 0.90-1.09x at 2048-4096 (50%: 0.90-0.98x) (benchmarks/RESULTS.md).
 constexpr bool kRegisterBroadcast = true;
+constexpr int64_t kWidth8BroadcastMaxIn = 1536;
 
 // Independent accumulator chains in the batched dot products (batched.h); 8 not measured
 // on an AVX-512 machine yet.
