@@ -55,6 +55,9 @@ SETTINGS = {
                              criterion="sparsegpt"),
     "16x16@50%/sparsegpt": Setting("16x16@50%/sparsegpt", "block:16x16", 0.5,
                                    criterion="sparsegpt"),
+    # The blocks removed along the gradual schedule, SparseGPT re-solving at every step.
+    "16x16@50%/gradual-sparsegpt": Setting("16x16@50%/gradual-sparsegpt", "block:16x16", 0.5,
+                                           gradual=True, criterion="sparsegpt"),
 }
 DEFAULT_SETTINGS = ("2:4", "70%", "90%", "16x16@50%")
 
