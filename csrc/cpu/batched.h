@@ -19,9 +19,23 @@ constexpr int64_t kTileBytes = 32 << 10;
 // 0.173-0.179; width 16: 1.02-1.14x). Same-process A/B on the issue-4 shapes,
 // CSR at 50-90%: 1.0-1.30x faster at batch 9-128 but for 4096x4096 at 80-90% and batch
 // 32-128 (0.88-1.07x) (benchmarks/RESULTS.md, "AVX2: CSR weights broadcast in registers").
-// Within one add(), entry k goes to chain k % 2 and an odd last one to chain 0, as in
-// dot_batched with two chains per vector: the same sums, bit for bit, wherever that loop
-// had two (width 16 row by row, width 32 segment-major).
+// Within one add(), entry k goes to chain k % C (C = 2, or 4 at width 8) and the last
+// k % C ones to chain 0, as in dot_batched with C chains per vector: the same sums, bit
+// for bit, wherever that loop had C (width 8, width 16 row by row, width 32
+// segment-major).
+// Eight column indices from one (8-bit) or two (16-bit) 8-byte loads.
+template <typename I>
+inline void columns8(const I* p, uint64_t* c) {
+  static_assert(sizeof(I) <= 2, "8- or 16-bit columns");
+  constexpr int kPer = 8 / sizeof(I), kBits = 8 * sizeof(I);
+  constexpr uint64_t kMask = (uint64_t{1} << kBits) - 1;
+  for (int h = 0; h < 8 / kPer; ++h) {
+    uint64_t q;
+    std::memcpy(&q, p + h * kPer, 8);
+    for (int j = 0; j < kPer; ++j) c[h * kPer + j] = (q >> (kBits * j)) & kMask;
+  }
+}
+
 template <int NV, typename I, typename T, int C = 2>
 class Bcast8Sums {
   static_assert(C == 2 || C == 4, "2 or 4 chains per vector");
@@ -67,18 +81,6 @@ class Bcast8Sums {
   }
 
  private:
-  // Eight column indices from one (8-bit) or two (16-bit) 8-byte loads.
-  static void columns8(const I* p, uint64_t* c) {
-    static_assert(sizeof(I) <= 2, "8- or 16-bit columns");
-    constexpr int kPer = 8 / sizeof(I), kBits = 8 * sizeof(I);
-    constexpr uint64_t kMask = (uint64_t{1} << kBits) - 1;
-    for (int h = 0; h < 8 / kPer; ++h) {
-      uint64_t q;
-      std::memcpy(&q, p + h * kPer, 8);
-      for (int j = 0; j < kPer; ++j) c[h * kPer + j] = (q >> (kBits * j)) & kMask;
-    }
-  }
-
   void step(int u, __m256 w, const float* xt, uint64_t col) {
     const float* xr = xt + col * (8 * NV);
     for (int v = 0; v < NV; ++v)
@@ -136,19 +138,9 @@ class Bcast8Sums512 {
  private:
   static __m512 quad(const float* p) { return _mm512_broadcast_f32x4(_mm_loadu_ps(p)); }
   static __m512 quad(const uint16_t* p) {
-    const __m128i wide = _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-    return _mm512_broadcast_f32x4(_mm_castsi128_ps(_mm_slli_epi32(wide, 16)));
-  }
-
-  static void columns8(const I* p, uint64_t* c) {
-    static_assert(sizeof(I) <= 2, "8- or 16-bit columns");
-    constexpr int kPer = 8 / sizeof(I), kBits = 8 * sizeof(I);
-    constexpr uint64_t kMask = (uint64_t{1} << kBits) - 1;
-    for (int h = 0; h < 8 / kPer; ++h) {
-      uint64_t q;
-      std::memcpy(&q, p + h * kPer, 8);
-      for (int j = 0; j < kPer; ++j) c[h * kPer + j] = (q >> (kBits * j)) & kMask;
-    }
+    const __m128i four = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    const __m128i wide = _mm_slli_epi32(_mm_cvtepu16_epi32(four), 16);
+    return _mm512_broadcast_f32x4(_mm_castsi128_ps(wide));
   }
 
   void step(int u, __m512 w, const float* xt, uint64_t col) {
@@ -240,9 +232,9 @@ inline void dot_batched(const I* cols, const T* vals, int64_t count, const float
 // dot_batched for CSR rows: the weights broadcast in registers where the ISA asks for it
 // (kRegisterBroadcast: Bcast8Sums at width 16 and 32 of 256-bit vectors, Bcast8Sums512 at
 // 16 and 32 of 512-bit ones), whatever Chains says; at width 8 with four chains, the sums
-// of dot_batched bit for bit, where the caller says so (width8_broadcast: csr_rows.h). Not for N:M: its activations come from L1 column tiles, the FMAs
-// bound it, and the permutes compete with them for the FP pipes (Zen 3: 0.65-0.85x at
-// batch 32-128).
+// of dot_batched bit for bit, where the caller says so (width8_broadcast: csr_rows.h).
+// Not for N:M: its activations come from L1 column tiles, the FMAs bound it, and the
+// permutes compete with them for the FP pipes (Zen 3: 0.65-0.85x at batch 32-128).
 template <class V, int NV, typename I, typename T, bool Accumulate = false, int Chains = 4>
 inline void dot_batched_csr(const I* cols, const T* vals, int64_t count, const float* xt,
                             float* out, bool width8_broadcast = false) {
