@@ -229,38 +229,45 @@ inline void dot_batched(const I* cols, const T* vals, int64_t count, const float
   }
 }
 
-// dot_batched for CSR rows: the weights broadcast in registers where the ISA asks for it
+// The weights of a CSR row broadcast in registers where the ISA asks for it
 // (kRegisterBroadcast: Bcast8Sums at width 16 and 32 of 256-bit vectors, Bcast8Sums512 at
-// 16 and 32 of 512-bit ones), whatever Chains says; at width 8 with four chains, the sums
-// of dot_batched bit for bit, where the caller says so (width8_broadcast: csr_rows.h).
-// Not for N:M: its activations come from L1 column tiles, the FMAs bound it, and the
-// permutes compete with them for the FP pipes (Zen 3: 0.65-0.85x at batch 32-128).
-template <class V, int NV, typename I, typename T, bool Accumulate = false, int Chains = 4>
-inline void dot_batched_csr(const I* cols, const T* vals, int64_t count, const float* xt,
-                            float* out, bool width8_broadcast = false) {
+// 16 and 32 of 512-bit ones; at width 8 Bcast8Sums with four chains, the sums of
+// dot_batched bit for bit, where the caller says so: width8_broadcast, csr_rows.h). Calls
+// add(sums) on sums started from init (or zero), stores them to out and returns true; false
+// where no broadcast applies (dot_batched then). Not for N:M: its activations come from L1
+// column tiles, the FMAs bound it, and the permutes compete with them for the FP pipes
+// (Zen 3: 0.65-0.85x at batch 32-128).
+template <class V, int NV, typename I, typename T, class Add>
+inline bool broadcast_sums(bool width8_broadcast, const float* init, float* out,
+                           const Add& add) {
   constexpr bool kNarrow = std::is_same<I, uint8_t>::value || std::is_same<I, uint16_t>::value;
-  if constexpr (kRegisterBroadcast && kNarrow && V::kLanes == 8 && (NV == 2 || NV == 4)) {
-    Bcast8Sums<NV, I, T> sums(Accumulate ? out : nullptr);
-    sums.add(cols, vals, count, xt);
+  auto run = [&](auto sums) {
+    add(sums);
     sums.store(out);
-    return;
+    return true;
+  };
+  if constexpr (kRegisterBroadcast && kNarrow && V::kLanes == 8 && (NV == 2 || NV == 4)) {
+    return run(Bcast8Sums<NV, I, T>(init));
   }
   if constexpr (kRegisterBroadcast && kNarrow && V::kLanes == 8 && NV == 1) {
-    if (width8_broadcast) {
-      Bcast8Sums<1, I, T, 4> sums(Accumulate ? out : nullptr);
-      sums.add(cols, vals, count, xt);
-      sums.store(out);
-      return;
-    }
+    if (width8_broadcast) return run(Bcast8Sums<1, I, T, 4>(init));
   }
 #ifdef __AVX512F__
   if constexpr (kRegisterBroadcast && kNarrow && V::kLanes == 16 && (NV == 1 || NV == 2)) {
-    Bcast8Sums512<NV, I, T> sums(Accumulate ? out : nullptr);
-    sums.add(cols, vals, count, xt);
-    sums.store(out);
-    return;
+    return run(Bcast8Sums512<NV, I, T>(init));
   }
 #endif
+  return false;
+}
+
+// dot_batched for CSR rows, the weights broadcast in registers where broadcast_sums says
+// so (whatever Chains says).
+template <class V, int NV, typename I, typename T, bool Accumulate = false, int Chains = 4>
+inline void dot_batched_csr(const I* cols, const T* vals, int64_t count, const float* xt,
+                            float* out, bool width8_broadcast = false) {
+  if (broadcast_sums<V, NV, I, T>(width8_broadcast, Accumulate ? out : nullptr, out,
+                                  [&](auto& sums) { sums.add(cols, vals, count, xt); }))
+    return;
   dot_batched<V, NV, I, T, Accumulate, Chains>(cols, vals, count, xt, out);
 }
 
@@ -273,31 +280,12 @@ inline void dot_batched_segments(const uint8_t* cols, const T* vals, const int64
                                  bool width8_broadcast = false) {
   constexpr int W = NV * V::kLanes;
   constexpr int64_t kStride = kCsrSegment * W;
-  if constexpr (kRegisterBroadcast && V::kLanes == 8 && (NV == 2 || NV == 4)) {
-    Bcast8Sums<NV, uint8_t, T> sums(nullptr);
-    for (int64_t s = 0; s < segments; ++s, xt += kStride)
-      sums.add(cols + bounds[s], vals + bounds[s], bounds[s + 1] - bounds[s], xt);
-    sums.store(out);
+  if (broadcast_sums<V, NV, uint8_t, T>(width8_broadcast, nullptr, out, [&](auto& sums) {
+        const float* xs = xt;
+        for (int64_t s = 0; s < segments; ++s, xs += kStride)
+          sums.add(cols + bounds[s], vals + bounds[s], bounds[s + 1] - bounds[s], xs);
+      }))
     return;
-  }
-  if constexpr (kRegisterBroadcast && V::kLanes == 8 && NV == 1) {
-    if (width8_broadcast) {
-      Bcast8Sums<1, uint8_t, T, 4> sums(nullptr);
-      for (int64_t s = 0; s < segments; ++s, xt += kStride)
-        sums.add(cols + bounds[s], vals + bounds[s], bounds[s + 1] - bounds[s], xt);
-      sums.store(out);
-      return;
-    }
-  }
-#ifdef __AVX512F__
-  if constexpr (kRegisterBroadcast && V::kLanes == 16 && (NV == 1 || NV == 2)) {
-    Bcast8Sums512<NV, uint8_t, T> sums(nullptr);
-    for (int64_t s = 0; s < segments; ++s, xt += kStride)
-      sums.add(cols + bounds[s], vals + bounds[s], bounds[s + 1] - bounds[s], xt);
-    sums.store(out);
-    return;
-  }
-#endif
   int64_t k = bounds[0];
   if constexpr (NV == 1) {
     using R = typename V::reg;  // named chains, as in dot_batched
