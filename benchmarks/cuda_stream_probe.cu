@@ -40,6 +40,23 @@ constexpr int kWarps = 8, kWarp = 32;
 
 __device__ __forceinline__ uint32_t fold(uint4 v) { return v.x ^ v.y ^ v.z ^ v.w; }
 
+// Spans [sb, se) two per step, as nm24_small_wide (U = 2): span s is a[s * stride] and
+// b[s * stride] (uint4 units), folded into one word.
+__device__ __forceinline__ uint32_t stream_spans(const uint4* __restrict__ a,
+                                                 const uint4* __restrict__ b, int64_t stride,
+                                                 int64_t sb, int64_t se) {
+  uint32_t acc = 0;
+  for (int64_t s = sb; s < se; s += 2) {
+    uint4 a0 = __ldg(a + s * stride), b0 = __ldg(b + s * stride), a1{}, b1{};
+    if (s + 1 < se) {
+      a1 = __ldg(a + (s + 1) * stride);
+      b1 = __ldg(b + (s + 1) * stride);
+    }
+    acc ^= fold(a0) ^ fold(b0) ^ fold(a1) ^ fold(b1);
+  }
+  return acc;
+}
+
 // Row-major kept values (in / 2 halves = in bytes per row); the access of nm24_small_wide.
 __global__ __launch_bounds__(kWarps * kWarp) void quads(const uint4* __restrict__ v,
                                                         uint32_t* __restrict__ sink,
@@ -51,16 +68,7 @@ __global__ __launch_bounds__(kWarps * kWarp) void quads(const uint4* __restrict_
   const uint4* top = v + (rt < out ? rt : 0) * row16 + t;
   const uint4* bot = v + (rb < out ? rb : 0) * row16 + t;
   const int64_t spans = in / 64, sb = spans * warp / kWarps, se = spans * (warp + 1) / kWarps;
-  uint32_t acc = 0;
-  for (int64_t s = sb; s < se; s += 2) {
-    uint4 a0 = __ldg(top + s * 4), b0 = __ldg(bot + s * 4), a1{}, b1{};
-    if (s + 1 < se) {
-      a1 = __ldg(top + (s + 1) * 4);
-      b1 = __ldg(bot + (s + 1) * 4);
-    }
-    acc ^= fold(a0) ^ fold(b0) ^ fold(a1) ^ fold(b1);
-  }
-  sink[blockIdx.x * blockDim.x + threadIdx.x] = acc;
+  sink[blockIdx.x * blockDim.x + threadIdx.x] = stream_spans(top, bot, 4, sb, se);
 }
 
 // Strip-major: strip k, span s at uint4 offset (k * spans + s) * 64; top rows first.
@@ -70,16 +78,7 @@ __global__ __launch_bounds__(kWarps * kWarp) void strip(const uint4* __restrict_
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int64_t spans = in / 64, sb = spans * warp / kWarps, se = spans * (warp + 1) / kWarps;
   const uint4* base = v + static_cast<int64_t>(blockIdx.x) * spans * 64 + lane;
-  uint32_t acc = 0;
-  for (int64_t s = sb; s < se; s += 2) {
-    uint4 a0 = __ldg(base + s * 64), b0 = __ldg(base + s * 64 + 32), a1{}, b1{};
-    if (s + 1 < se) {
-      a1 = __ldg(base + (s + 1) * 64);
-      b1 = __ldg(base + (s + 1) * 64 + 32);
-    }
-    acc ^= fold(a0) ^ fold(b0) ^ fold(a1) ^ fold(b1);
-  }
-  sink[blockIdx.x * blockDim.x + threadIdx.x] = acc;
+  sink[blockIdx.x * blockDim.x + threadIdx.x] = stream_spans(base, base + 32, 64, sb, se);
 }
 
 // GEMV-like: warp w of CTA k reads rows 16k + 2w and 16k + 2w + 1 end to end.

@@ -732,9 +732,9 @@ int nm24_choice(const Dense& d, int variant) {
   if (variant >= kFirstWide) return batch <= kTiledFrom ? variant : kLegacy;
   if (variant >= kFirstFrag) return frag_fits(variant - kFirstFrag, d) ? variant : kLegacy;
   if (batch <= kSmallBatch) {
+    if (batch > 4) return kLegacy;
     const int64_t sms = detail::device_attr(cudaDevAttrMultiProcessorCount, 132);
-    return batch <= 4 && detail::ceil_div(d.out_features, 16) > 2 * sms ? kFirstWide + kWideU1
-                                                                        : kLegacy;
+    return detail::ceil_div(d.out_features, 16) > 2 * sms ? kFirstWide + kWideU1 : kLegacy;
   }
   constexpr int kSmall = frag_index(1, 2, 0);
   static_assert(kSmall >= 0, "missing from kFragShapes");
