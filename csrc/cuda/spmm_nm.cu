@@ -7,7 +7,8 @@
 //               input dimension
 //               (a strip alone would leave the memory system idle) and sum in shared
 //               memory; nm24_small_wide is the same with 16-byte weight loads when
-//               in_features % 64 == 0 (wide:u1i, wide:u2i: its warps interleaved);
+//               in_features % 64 == 0 (wide:u1i, wide:u2i: its warps interleaved;
+//               nm24_staged_wide, stage:*, copies each step to shared memory first);
 //   nm24_frag   batch 9-128 (and larger batches of small layers), in_features % 64 == 0:
 //               the same split, with x first rewritten in mma fragment order so that the
 //               activations are one 16-byte load per lane per step; register or cp.async
@@ -299,6 +300,119 @@ __global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_small_wide(
   reduce_and_store<T, 1, NF>(sum, acc, bias, y, r0, b0, out, batch, NF);
 }
 
+// nm24_staged_wide: nm24_small_wide with each step's weights first copied by cp.async to
+// the warp's own shared-memory buffer in row order, then read from there in fragment order.
+// A copy instruction reads 32 / (4 U) rows x 64 U contiguous bytes where nm24_small_wide's
+// fragment-order loads read 8 rows x 64 bytes: benchmarks/cuda_stream_probe.cu read the
+// same bytes at 2.06 vs 2.38 TB/s (11008x4096) and 1.70 vs 2.42 TB/s (4096x11008) on an
+// H200 in those two patterns. Chunk c of row r sits at r * 4U + (c ^ 4 (r & 1)), so that
+// both the row-order writes and the fragment reads (rows g, g + 1 of a quarter warp) touch
+// eight distinct 16-byte bank groups. S = 2: the next step's copy is in flight during this
+// step's mma.sp. IL as in nm24_small_wide.
+template <typename T, int NF, int U, int S, bool IL>
+__global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_staged_wide(
+    const T* __restrict__ values, const uint8_t* __restrict__ metadata,
+    const T* __restrict__ x, const T* __restrict__ bias, T* __restrict__ y, int64_t batch,
+    int64_t in, int64_t out) {
+  static_assert((U == 2 || U == 4) && S >= 1, "8 or 16 chunks of a row a step");
+  constexpr int kC = 4 * U, kRowsPer = kWarp / kC;  // chunks of a row a step; rows a copy
+  __shared__ float sum[1][NF][4][kWarp];
+  __shared__ uint4 vs[kSmallWarps][S][16 * kC];
+  __shared__ uint64_t ms[kSmallWarps][S][16 * U];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * 16;
+  const int64_t b0 = static_cast<int64_t>(blockIdx.y) * 8 * NF;
+  for (int i = threadIdx.x; i < NF * 4 * kWarp; i += kSmallWarps * kWarp) {
+    (&sum[0][0][0][0])[i] = 0.f;
+  }
+  const bool top_ok = r0 + g < out, bottom_ok = r0 + g + 8 < out;
+  const int64_t spans = in / 64;
+  const int64_t sb = spans * warp / kSmallWarps, se = spans * (warp + 1) / kSmallWarps;
+  const int64_t s_first = IL ? U * warp : sb, s_end = IL ? spans : se;
+  constexpr int64_t kStep = IL ? U * kSmallWarps : U;
+
+  // Copies spans [s0, min(s0 + U, s_end)) of the strip's existing rows into stage b (no
+  // copy when s0 >= s_end; the caller commits the group either way).
+  auto copy = [&](int64_t s0, int b) {
+    const int c = lane % kC;
+#pragma unroll
+    for (int i = 0; i < 16 / kRowsPer; ++i) {
+      const int r = lane / kC + kRowsPer * i;
+      if (r0 + r < out && s0 + c / 4 < s_end) {
+        const uint4* row = reinterpret_cast<const uint4*>(values + (r0 + r) * (in / 2));
+        detail::cp_async16(&vs[warp][b][r * kC + (c ^ ((r & 1) << 2))], row + s0 * 4 + c, 16);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < (16 * U + kWarp - 1) / kWarp; ++i) {
+      const int k = lane + kWarp * i, r = k / U, u = k % U;
+      if (k < 16 * U && r0 + r < out && s0 + u < s_end) {
+        const uint64_t* row = reinterpret_cast<const uint64_t*>(metadata + (r0 + r) * (in / 8));
+        detail::cp_async8(&ms[warp][b][k], row + s0 + u, 8);
+      }
+    }
+  };
+
+  int xoff[2][4];
+#pragma unroll
+  for (int q = 0; q < 2; ++q)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) xoff[q][i] = frag_offset(q, i, t);
+  const T* xrow[NF];
+  bool xok[NF];
+#pragma unroll
+  for (int j = 0; j < NF; ++j) {
+    const int64_t b = b0 + 8 * j + g;
+    xok[j] = b < batch;
+    xrow[j] = x + (xok[j] ? b : 0) * in;
+  }
+
+  float acc[1][NF][4] = {};
+  // A ring of S stages: S - 1 steps in flight ahead of the one computed (one commit group
+  // per step, empty past the end, so that waiting for all but S - 1 groups means this step).
+  int64_t s_copy = s_first;
+#pragma unroll
+  for (int k = 0; k < S - 1; ++k, s_copy += kStep) {
+    copy(s_copy, k);
+    detail::cp_async_commit();
+  }
+  int b = 0;
+  for (int64_t s0 = s_first; s0 < s_end; s0 += kStep, s_copy += kStep, b = (b + 1) % S) {
+    copy(s_copy, (b + S - 1) % S);  // the stage computed in the last iteration
+    detail::cp_async_commit();
+    detail::cp_async_wait<S - 1>();
+    __syncwarp();  // the lanes' copies are visible to the whole warp
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (s0 + u >= s_end) break;
+      const int ct = (4 * u + t) ^ ((g & 1) << 2);  // rows g and g + 8 share the swizzle
+      const uint4 va = top_ok ? vs[warp][b][g * kC + ct] : make_uint4(0, 0, 0, 0);
+      const uint4 vb = bottom_ok ? vs[warp][b][(g + 8) * kC + ct] : make_uint4(0, 0, 0, 0);
+      const uint64_t ma = t < 2 && top_ok ? ms[warp][b][g * U + u] : 0x4444444444444444ull;
+      const uint64_t mb =
+          t < 2 && bottom_ok ? ms[warp][b][(g + 8) * U + u] : 0x4444444444444444ull;
+      const uint32_t a[2][4] = {{va.x, vb.x, va.y, vb.y}, {va.z, vb.z, va.w, vb.w}};
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const uint32_t e = t < 2 ? step_meta(ma, q, t) | (step_meta(mb, q, t) << 16) : 0u;
+#pragma unroll
+        for (int j = 0; j < NF; ++j) {
+          uint32_t bf[4];
+          const T* xs = xrow[j] + (s0 + u) * 64;
+#pragma unroll
+          for (int i = 0; i < 4; ++i) bf[i] = xok[j] ? detail::load_u32(xs + xoff[q][i]) : 0u;
+          detail::mma_sp_16832<T>(acc[0][j], a[q], bf, e);
+        }
+      }
+    }
+    __syncwarp();  // every lane is done with stage b before it is copied over
+  }
+  detail::cp_async_wait<0>();  // no copy outlives the kernel
+
+  reduce_and_store<T, 1, NF>(sum, acc, bias, y, r0, b0, out, batch, NF);
+}
+
 // nm24_frag: the nm24_small_wide scheme for batches above kSmallBatch. There, every lane
 // read its B registers as four 4-byte loads from four rows of x: eight cache lines per
 // load instruction, and the count grew with the batch (b=16 took 1.6x the time of b=1 on
@@ -494,10 +608,28 @@ constexpr int kFragVariants = sizeof(kFragShapes) / sizeof(kFragShapes[0]);
 // in % 64 == 0; the legacy launch is the contiguous one with U = 2 (NF = 1).
 constexpr int kWideU[] = {1, 2};
 constexpr int kWideVariants = sizeof(kWideU) / sizeof(kWideU[0]);
-constexpr int kWideU1 = 0;  // the index of U = 1
-static_assert(kWideU[kWideU1] == 1, "kWideU1 names U = 1");
+// nm24_staged_wide ("stage:uU[s2][i]") for batch <= kTiledFrom, in % 64 == 0.
+struct StageShape {
+  int u, s;
+  bool il;
+};
+// Measured and dropped (nm24_sweep_h200_9.json, _10.json): one stage (U = 2, 4, 4 with
+// warps interleaved: 0.93-1.0x of the legacy kernel at batch 1-8), and U = 1 with 3-4
+// stages (8 rows x 64 bytes a copy, as the fragment order: 0.7-0.95x; timed from a build
+// whose U = 1 reads used the wrong swizzle, so only their speed counts).
+constexpr StageShape kStageShapes[] = {{2, 2, false}, {2, 2, true}};
+constexpr int kStageVariants = sizeof(kStageShapes) / sizeof(kStageShapes[0]);
 constexpr int kLegacy = 1, kFirstFrag = 2, kFirstWide = kFirstFrag + kFragVariants,
-              kFirstGemm = kFirstWide + kWideVariants;
+              kFirstStage = kFirstWide + kWideVariants,
+              kFirstGemm = kFirstStage + kStageVariants;
+
+constexpr int stage_index(int u, int s, bool il) {
+  for (int k = 0; k < kStageVariants; ++k) {
+    const StageShape& f = kStageShapes[k];
+    if (f.u == u && f.s == s && f.il == il) return k;
+  }
+  return -1;
+}
 
 constexpr int frag_index(int mf, int nf, int s) {
   for (int k = 0; k < kFragVariants; ++k) {
@@ -710,16 +842,42 @@ void launch_wide(int k, const T* values, const uint8_t* metadata, const T* x, co
   }
 }
 
+// Launches nm24_staged_wide of kStageShapes[k], with 8, 16 or 32 batch columns per CTA.
+template <typename T, int K = 0>
+void launch_staged(int k, const T* values, const uint8_t* metadata, const T* x, const T* bias,
+                   T* y, int64_t batch, int64_t in, int64_t out, cudaStream_t stream) {
+  if constexpr (K < kStageVariants) {
+    constexpr StageShape f = kStageShapes[K];
+    if (k != K) {
+      launch_staged<T, K + 1>(k, values, metadata, x, bias, y, batch, in, out, stream);
+      return;
+    }
+    const dim3 grid(static_cast<unsigned>(detail::ceil_div(out, 16)),
+                    static_cast<unsigned>(detail::ceil_div(batch, 32)));
+    constexpr int kThreads = kSmallWarps * kWarp;
+    if (batch <= 8) {
+      nm24_staged_wide<T, 1, f.u, f.s, f.il><<<grid, kThreads, 0, stream>>>(
+          values, metadata, x, bias, y, batch, in, out);
+    } else if (batch <= 16) {
+      nm24_staged_wide<T, 2, f.u, f.s, f.il><<<grid, kThreads, 0, stream>>>(
+          values, metadata, x, bias, y, batch, in, out);
+    } else {
+      nm24_staged_wide<T, 4, f.u, f.s, f.il><<<grid, kThreads, 0, stream>>>(
+          values, metadata, x, bias, y, batch, in, out);
+    }
+  }
+}
+
 // The kernel family of a 2:4 tensor-core problem: kLegacy, kFirstFrag + an index of
 // kFragShapes or kFirstGemm + a gemm24 variant. variant is 0 (automatic) or a forced one
 // (nm24_variant); a variant that does not fit falls back to the legacy kernels.
 //
 // The automatic choice follows the H200 sweeps (benchmarks/cuda/nm24_sweep_h200_*.json,
-// five layer shapes): the legacy kernels up to batch 8 (nm24_small_wide streams weights
-// without any staging), but wide:u1i to batch 4 on layers with more 16-row strips than two
-// CTAs per SM hold (the legacy kernel's 114 registers allow two; wide:u1i's 64 allow four,
-// which shortens the last wave: 11008x4096 1.09-1.13x faster at batch 1-4, while layers of
-// one wave or less ran 0.8-0.95x with it, nm24_sweep_h200_8.json); frag:16x16 to 16;
+// five layer shapes): nm24_staged_wide up to batch 8 (1.02-1.16x faster than the legacy
+// nm24_small_wide and 1.0-1.2x than wide:u1i, nm24_sweep_h200_9.json and _10.json), its
+// warps interleaved (stage:u2s2i) on layers with out >= 2 in or in >= 8192 (3072x768,
+// 4096x11008: 1.02-1.05x faster than stage:u2s2; 11008x4096 the same; 4096x4096 and
+// 768x3072 1.02-1.05x slower); frag:16x16 to 16;
 // above, the GEMM kernels: 128 x 64 tiles to batch 64 and on layers with fewer than 2048
 // rows or inputs (from batch 9 on layers with fewer than 2048 rows), 256 x 128 tiles (split
 // over the input when they are few) on the larger layers above batch 64. A GEMM variant
@@ -729,12 +887,13 @@ int nm24_choice(const Dense& d, int variant) {
   const int64_t in = d.in_features, batch = d.batch;
   if (in % 64 != 0 || variant == kLegacy) return kLegacy;
   if (variant >= kFirstGemm) return gemm24::fits(variant - kFirstGemm, d) ? variant : kLegacy;
-  if (variant >= kFirstWide) return batch <= kTiledFrom ? variant : kLegacy;
+  if (variant >= kFirstWide) return batch <= kTiledFrom ? variant : kLegacy;  // and stage
   if (variant >= kFirstFrag) return frag_fits(variant - kFirstFrag, d) ? variant : kLegacy;
   if (batch <= kSmallBatch) {
-    if (batch > 4) return kLegacy;
-    const int64_t sms = detail::device_attr(cudaDevAttrMultiProcessorCount, 132);
-    return detail::ceil_div(d.out_features, 16) > 2 * sms ? kFirstWide + kWideU1 : kLegacy;
+    constexpr int kContiguous = stage_index(2, 2, false), kInterleaved = stage_index(2, 2, true);
+    static_assert(kContiguous >= 0 && kInterleaved >= 0, "missing from kStageShapes");
+    const bool il = d.out_features >= 2 * in || in >= 8192;
+    return kFirstStage + (il ? kInterleaved : kContiguous);
   }
   constexpr int kSmall = frag_index(1, 2, 0);
   static_assert(kSmall >= 0, "missing from kFragShapes");
@@ -757,6 +916,11 @@ void launch_tc(const Dense& d, const NM& w, cudaStream_t stream) {
   const int choice = nm24_choice(d, w.variant);
   if (choice >= kFirstGemm) {
     gemm24::launch(choice - kFirstGemm, d, w, stream);
+    return;
+  }
+  if (choice >= kFirstStage) {
+    launch_staged<T>(choice - kFirstStage, values, w.metadata, x, bias, y, batch, in, out,
+                     stream);
     return;
   }
   if (choice >= kFirstWide) {
@@ -826,6 +990,11 @@ std::string frag_name(const FragShape& f) {
 
 std::string wide_name(int u) { return "wide:u" + std::to_string(u) + "i"; }
 
+std::string stage_name(const StageShape& f) {
+  return "stage:u" + std::to_string(f.u) + (f.s > 1 ? "s" + std::to_string(f.s) : "") +
+         (f.il ? "i" : "");
+}
+
 }  // namespace
 
 const char* nm_path(DType dtype, int64_t n, int64_t m, int64_t in_features) {
@@ -842,6 +1011,9 @@ int nm24_variant(const char* spec) {
   for (int k = 0; k < kWideVariants; ++k) {
     if (v == wide_name(kWideU[k])) return kFirstWide + k;
   }
+  for (int k = 0; k < kStageVariants; ++k) {
+    if (v == stage_name(kStageShapes[k])) return kFirstStage + k;
+  }
   for (int k = 0; k < gemm24::count(); ++k) {
     if (v == gemm24::name(k)) return kFirstGemm + k;
   }
@@ -852,6 +1024,7 @@ std::string nm24_variant_names() {
   std::string names = "auto, legacy";
   for (const FragShape& f : kFragShapes) names += ", " + frag_name(f);
   for (int u : kWideU) names += ", " + wide_name(u);
+  for (const StageShape& f : kStageShapes) names += ", " + stage_name(f);
   for (int k = 0; k < gemm24::count(); ++k) names += ", " + gemm24::name(k);
   return names;
 }

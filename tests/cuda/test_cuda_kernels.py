@@ -270,8 +270,10 @@ def test_nm24_variants(variant, dtype, monkeypatch):
 def test_nm24_variant_names():
     assert NM24_VARIANTS[:2] == ["auto", "legacy"]
     assert len(NM24_VARIANTS) > 2
-    assert all(v.startswith(("frag:", "ring", "wide:", "gemm:")) for v in NM24_VARIANTS[2:])
+    assert all(v.startswith(("frag:", "ring", "wide:", "stage:", "gemm:"))
+               for v in NM24_VARIANTS[2:])
     assert "wide:u1i" in NM24_VARIANTS and "wide:u2i" in NM24_VARIANTS
+    assert {"stage:u2s2", "stage:u2s2i"} <= set(NM24_VARIANTS)
     assert "gemm:256x128" in NM24_VARIANTS and "gemm:128x64" in NM24_VARIANTS
 
 
