@@ -324,3 +324,29 @@ def test_recover_cli_best_runs_each_setting_with_its_recipe(monkeypatch):
     seen.clear()
     assert main(["recover", "--settings", "2:4", "--steps", "5", "--out", "unused"]) == 0
     assert seen["settings"] == ("2:4",) and seen["recipes"] is None and seen["steps"] == 5
+
+
+def test_by_type_settings_prune_the_nominal_share_of_minilm():
+    """The by-type recovery settings spread their sparsity over layer types: weighted by
+    all-MiniLM-L6-v2's layer sizes (four 384x384 attention projections, the 1536x384 FFN
+    input and 384x1536 output), they still prune the share their name says, and every
+    override glob matches one of the encoder's layers (first match wins, as in Pruner)."""
+    import fnmatch
+
+    from sparseprune.bench import recovery
+
+    layer = {"attention.self.query": 384 * 384, "attention.self.key": 384 * 384,
+             "attention.self.value": 384 * 384, "attention.output.dense": 384 * 384,
+             "intermediate.dense": 1536 * 384, "output.dense": 384 * 1536}
+    names = {f"encoder.layer.{i}.{k}": n for i in range(6) for k, n in layer.items()}
+    by_type = [s for s in recovery.SETTINGS.values() if s.overrides]
+    assert by_type
+    for s in by_type:
+        used = set()
+        pruned = 0.0
+        for name, n in names.items():
+            glob = next((g for g, _ in s.overrides if fnmatch.fnmatch(name, g)), None)
+            used.add(glob)
+            pruned += n * (dict(s.overrides)[glob] if glob else s.sparsity)
+        assert pruned / sum(names.values()) == pytest.approx(s.sparsity, abs=1e-12), s.name
+        assert {g for g, _ in s.overrides} <= used, s.name

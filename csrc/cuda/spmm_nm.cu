@@ -307,8 +307,10 @@ __global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_small_wide(
 // same bytes at 2.06 vs 2.38 TB/s (11008x4096) and 1.70 vs 2.42 TB/s (4096x11008) on an
 // H200 in those two patterns. Chunk c of row r sits at r * 4U + (c ^ 4 (r & 1)), so that
 // both the row-order writes and the fragment reads (rows g, g + 1 of a quarter warp) touch
-// eight distinct 16-byte bank groups. S = 2: the next step's copy is in flight during this
-// step's mma.sp. IL as in nm24_small_wide.
+// eight distinct 16-byte bank groups. S stages: the copies of the next S - 1 steps are in
+// flight during this step's mma.sp (both halves matter: with one stage, or with short
+// 64-byte runs in 3-4 stages, it ran slower than nm24_small_wide). IL as in
+// nm24_small_wide; the activations are read as there.
 template <typename T, int NF, int U, int S, bool IL>
 __global__ __launch_bounds__(kSmallWarps * kWarp) void nm24_staged_wide(
     const T* __restrict__ values, const uint8_t* __restrict__ metadata,

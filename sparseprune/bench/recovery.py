@@ -39,6 +39,8 @@ class Setting:
     sparsity: float | None
     gradual: bool = False   # prune along a cubic schedule during the first part of training
     criterion: str = "wanda"
+    # PruneConfig.overrides: another sparsity for some layer types (first matching glob).
+    overrides: tuple[tuple[str, float], ...] = ()
 
 
 SETTINGS = {
@@ -58,6 +60,20 @@ SETTINGS = {
     # The blocks removed along the gradual schedule, SparseGPT re-solving at every step.
     "16x16@50%/gradual-sparsegpt": Setting("16x16@50%/gradual-sparsegpt", "block:16x16", 0.5,
                                            gradual=True, criterion="sparsegpt"),
+    # 50% of the encoder's weights in blocks, spread by layer type after the one-shot
+    # sensitivity (benchmarks/autoplan/sparsegpt-session5/sensitivity.json: at 16x16 blocks
+    # 50%, the summed drops of the attention projections, FFN inputs and FFN outputs, a third
+    # of the weights each, were 0.31, 0.18 and 0.09): 35% / 50% / 65%.
+    "16x16@50%/sparsegpt-by-type": Setting(
+        "16x16@50%/sparsegpt-by-type", "block:16x16", 0.5, criterion="sparsegpt",
+        overrides=(("*.attention.*", 0.35), ("*.intermediate.dense", 0.5),
+                   ("*.output.dense", 0.65))),
+    # Further the same way (25% / 50% / 75%): the least summed one-shot drop on a 5% grid
+    # when each type's drop is interpolated through its 50% and 80% points and 0 at 0%.
+    "16x16@50%/sparsegpt-by-type-skewed": Setting(
+        "16x16@50%/sparsegpt-by-type-skewed", "block:16x16", 0.5, criterion="sparsegpt",
+        overrides=(("*.attention.*", 0.25), ("*.intermediate.dense", 0.5),
+                   ("*.output.dense", 0.75))),
 }
 DEFAULT_SETTINGS = ("2:4", "70%", "90%", "16x16@50%")
 
@@ -130,9 +146,10 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
         model.get_input_embeddings().weight.requires_grad_(False)
     schedule = (CubicSchedule(start=0, end=max(1, int(steps * 0.6)),
                               frequency=max(1, steps // 40)) if setting.gradual else None)
+    overrides = {glob: {"sparsity": s} for glob, s in setting.overrides} or None
     pruner = Pruner(model, PruneConfig(pattern=setting.pattern, sparsity=setting.sparsity,
                                        criterion=setting.criterion, include=ENCODER,
-                                       schedule=schedule))
+                                       schedule=schedule, overrides=overrides))
     model.eval()
     t0 = time.perf_counter()
     pruner.calibrate(calib_batches)
@@ -140,7 +157,8 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
         one_shot_model = copy.deepcopy(st)
         p2 = Pruner(one_shot_model[0].auto_model,
                     PruneConfig(pattern=setting.pattern, sparsity=setting.sparsity,
-                                criterion=setting.criterion, include=ENCODER))
+                                criterion=setting.criterion, include=ENCODER,
+                                overrides=overrides))
         p2.stats = pruner.stats
         p2.prune().finalize()
         one_shot = quality(dense_emb, _encode(one_shot_model, eval_texts))
@@ -170,6 +188,7 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
     st.eval()
     recovered = quality(dense_emb, _encode(st, eval_texts))
 
+    # The layers pruned below 45% (by-type settings) stay dense.
     report = sparsify(st, min_sparsity=0.45, include=f"*{ENCODER}")
     sparse_q = quality(dense_emb, _encode(st, eval_texts))
     tok = st.tokenizer
@@ -180,6 +199,7 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
                          "sparse": lambda: st(dict(feats))}, rounds=time_rounds, warmup=2)
     return {"setting": setting.name, "pattern": setting.pattern, "gradual": setting.gradual,
             "criterion": setting.criterion, "layer_weight": layer_weight,
+            "overrides": dict(setting.overrides),
             "bf16_autocast": rcfg.use_bf16(), "cpu": torch.backends.cpu.get_cpu_capability(),
             "sparsity_of_pruned_layers": achieved, "steps": steps, "lr": lr,
             "one_shot": one_shot, "recovered": recovered, "recovered_on_sparse_kernels": sparse_q,
