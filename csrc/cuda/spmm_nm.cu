@@ -817,8 +817,29 @@ bool frag_fits(int k, const Dense& d) {
          smem <= detail::device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 << 10);
 }
 
+// Launches kernel_for(NF) with one 16-row strip per CTA and 8 NF batch columns, NF = 1, 2 or
+// 4 as the batch needs (8, 16 or 32), over 32-column grid columns of the batch.
+template <typename T, typename KernelFor>
+void launch_strips(const KernelFor& kernel_for, const T* values, const uint8_t* metadata,
+                   const T* x, const T* bias, T* y, int64_t batch, int64_t in, int64_t out,
+                   cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(detail::ceil_div(out, 16)),
+                  static_cast<unsigned>(detail::ceil_div(batch, 32)));
+  auto go = [&](auto nf) {
+    kernel_for(nf)<<<grid, kSmallWarps * kWarp, 0, stream>>>(values, metadata, x, bias, y,
+                                                             batch, in, out);
+  };
+  if (batch <= 8) {
+    go(std::integral_constant<int, 1>{});
+  } else if (batch <= 16) {
+    go(std::integral_constant<int, 2>{});
+  } else {
+    go(std::integral_constant<int, 4>{});
+  }
+}
+
 // Launches the interleaved nm24_small_wide with U = kWideU[k] (instantiated for every entry
-// of the table), with 8, 16 or 32 batch columns per CTA as the batch needs.
+// of the table).
 template <typename T, int K = 0>
 void launch_wide(int k, const T* values, const uint8_t* metadata, const T* x, const T* bias,
                  T* y, int64_t batch, int64_t in, int64_t out, cudaStream_t stream) {
@@ -828,45 +849,26 @@ void launch_wide(int k, const T* values, const uint8_t* metadata, const T* x, co
       launch_wide<T, K + 1>(k, values, metadata, x, bias, y, batch, in, out, stream);
       return;
     }
-    const dim3 grid(static_cast<unsigned>(detail::ceil_div(out, 16)),
-                    static_cast<unsigned>(detail::ceil_div(batch, 32)));
-    constexpr int kThreads = kSmallWarps * kWarp;
-    if (batch <= 8) {
-      nm24_small_wide<T, 1, U, true><<<grid, kThreads, 0, stream>>>(
-          values, metadata, x, bias, y, batch, in, out);
-    } else if (batch <= 16) {
-      nm24_small_wide<T, 2, U, true><<<grid, kThreads, 0, stream>>>(
-          values, metadata, x, bias, y, batch, in, out);
-    } else {
-      nm24_small_wide<T, 4, U, true><<<grid, kThreads, 0, stream>>>(
-          values, metadata, x, bias, y, batch, in, out);
-    }
+    launch_strips<T>([](auto nf) { return nm24_small_wide<T, decltype(nf)::value, U, true>; },
+                     values, metadata, x, bias, y, batch, in, out, stream);
   }
 }
 
-// Launches nm24_staged_wide of kStageShapes[k], with 8, 16 or 32 batch columns per CTA.
+// Launches nm24_staged_wide of kStageShapes[k].
 template <typename T, int K = 0>
 void launch_staged(int k, const T* values, const uint8_t* metadata, const T* x, const T* bias,
                    T* y, int64_t batch, int64_t in, int64_t out, cudaStream_t stream) {
   if constexpr (K < kStageVariants) {
-    constexpr StageShape f = kStageShapes[K];
     if (k != K) {
       launch_staged<T, K + 1>(k, values, metadata, x, bias, y, batch, in, out, stream);
       return;
     }
-    const dim3 grid(static_cast<unsigned>(detail::ceil_div(out, 16)),
-                    static_cast<unsigned>(detail::ceil_div(batch, 32)));
-    constexpr int kThreads = kSmallWarps * kWarp;
-    if (batch <= 8) {
-      nm24_staged_wide<T, 1, f.u, f.s, f.il><<<grid, kThreads, 0, stream>>>(
-          values, metadata, x, bias, y, batch, in, out);
-    } else if (batch <= 16) {
-      nm24_staged_wide<T, 2, f.u, f.s, f.il><<<grid, kThreads, 0, stream>>>(
-          values, metadata, x, bias, y, batch, in, out);
-    } else {
-      nm24_staged_wide<T, 4, f.u, f.s, f.il><<<grid, kThreads, 0, stream>>>(
-          values, metadata, x, bias, y, batch, in, out);
-    }
+    launch_strips<T>(
+        [](auto nf) {
+          constexpr StageShape f = kStageShapes[K];
+          return nm24_staged_wide<T, decltype(nf)::value, f.u, f.s, f.il>;
+        },
+        values, metadata, x, bias, y, batch, in, out, stream);
   }
 }
 
@@ -955,19 +957,13 @@ void launch_tc(const Dense& d, const NM& w, cudaStream_t stream) {
   // One 16-row strip per CTA gives the most CTAs (taller strips measured slower on an
   // H100). With in % 64 == 0 the 16-byte-load variant streams 1.3-1.4x faster (H100,
   // 4096 and 11008 x 4096, batch 1-8); the U below were the fastest measured there.
-  const dim3 grid(static_cast<unsigned>(detail::ceil_div(out, 16)),
-                  static_cast<unsigned>(detail::ceil_div(batch, 32)));
   if (in % 64 == 0) {
-    if (batch <= 8) {
-      nm24_small_wide<T, 1, 2><<<grid, kSmallWarps * kWarp, 0, stream>>>(
-          values, w.metadata, x, bias, y, batch, in, out);
-    } else if (batch <= 16) {
-      nm24_small_wide<T, 2, 1><<<grid, kSmallWarps * kWarp, 0, stream>>>(
-          values, w.metadata, x, bias, y, batch, in, out);
-    } else {
-      nm24_small_wide<T, 4, 1><<<grid, kSmallWarps * kWarp, 0, stream>>>(
-          values, w.metadata, x, bias, y, batch, in, out);
-    }
+    launch_strips<T>(
+        [](auto nf) {
+          constexpr int NF = decltype(nf)::value;
+          return nm24_small_wide<T, NF, NF == 1 ? 2 : 1>;
+        },
+        values, w.metadata, x, bias, y, batch, in, out, stream);
     return;
   }
   if (batch <= 8) {
