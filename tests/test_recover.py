@@ -327,7 +327,7 @@ def test_recover_cli_best_runs_each_setting_with_its_recipe(monkeypatch):
 
 
 def test_by_type_settings_prune_the_nominal_share_of_minilm():
-    """The by-type recovery settings spread their sparsity over layer types: weighted by
+    """The by-type and by-layer recovery settings spread their sparsity over layers: weighted by
     all-MiniLM-L6-v2's layer sizes (four 384x384 attention projections, the 1536x384 FFN
     input and 384x1536 output), they still prune the share their name says, and every
     override glob matches one of the encoder's layers (first match wins, as in Pruner)."""
@@ -350,3 +350,64 @@ def test_by_type_settings_prune_the_nominal_share_of_minilm():
             pruned += n * (dict(s.overrides)[glob] if glob else s.sparsity)
         assert pruned / sum(names.values()) == pytest.approx(s.sparsity, abs=1e-12), s.name
         assert {g for g, _ in s.overrides} <= used, s.name
+
+
+def tiny_bert(seed=0):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64,
+                                     max_position_embeddings=32, initializer_range=0.3,
+                                     attn_implementation="sdpa")
+    return transformers.BertModel(config).eval()
+
+
+def token_batches(n=6, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        mask = torch.ones(4, 12, dtype=torch.long)
+        mask[1, 9:] = 0  # padded positions go through the attention mask
+        mask[3, 5:] = 0
+        out.append({"input_ids": torch.randint(0, 64, (4, 12), generator=g),
+                    "attention_mask": mask})
+    return out
+
+
+def test_eager_attention_while_training_gives_the_same_run_and_is_restored():
+    """attn_implementation="eager" trains with transformers' explicit softmax(QK^T)V (faster
+    backward on the CPU than torch's SDPA), then puts the model's own implementation back;
+    the same losses as SDPA up to rounding."""
+    teacher = tiny_bert()
+    runs, seen = [], []
+    for impl in (None, "eager"):
+        student, pruner = pruned_student(teacher, sparsity=0.7)
+        model = student
+        res = distill(student, teacher, token_batches(), pruner=pruner,
+                      config=cfg(steps=12, lr=1e-3, attn_implementation=impl),
+                      on_step=lambda step, loss: seen.append(model.config._attn_implementation))
+        assert model.config._attn_implementation == "sdpa"  # as it was before
+        runs.append(res.losses)
+        for name, keep in pruner.masks.items():
+            assert torch.count_nonzero(pruner.layers[name].weight[~keep]) == 0
+    assert seen == ["sdpa"] * 12 + ["eager"] * 12
+    assert runs[1] == pytest.approx(runs[0], rel=1e-4, abs=1e-6)
+    assert runs[1][-1] < 0.8 * runs[1][0], runs[1]
+
+
+def test_attn_implementation_is_checked():
+    with pytest.raises(ValueError, match="attn_implementation must be"):
+        RecoverConfig(attn_implementation="")
+    with pytest.raises(ValueError, match="attn_implementation must be"):
+        RecoverConfig(attn_implementation=3)
+    teacher = mlp()
+    student, pruner = pruned_student(teacher)
+    with pytest.raises(ValueError, match="holds no transformers model"):
+        distill(student, teacher, batches(), pruner=pruner,
+                config=cfg(steps=1, attn_implementation="eager"))
+    bert = tiny_bert()
+    student, pruner = pruned_student(bert, sparsity=0.5)
+    with pytest.raises(ValueError, match="attn_implementation='no-such-attention'"):
+        distill(student, bert, token_batches(), pruner=pruner,
+                config=cfg(steps=1, attn_implementation="no-such-attention"))
+    assert student.config._attn_implementation == "sdpa"
