@@ -245,10 +245,18 @@ def test_sentence_transformer_outputs_with_layers():
     assert distill_loss(s2, t, RecoverConfig(layer_weight=1.0)) == with_layers
 
 
-def test_experiment_rejects_a_bad_in_domain_repeat(tmp_path):
+def test_experiment_rejects_bad_options_before_loading_anything(tmp_path):
     from sparseprune.bench.recovery import run
     with pytest.raises(ValueError, match="in_domain_repeat must be >= 1"):
         run(("2:4",), in_domain_repeat=0, out=tmp_path)
+    # settings and recipes are checked before the model and corpus are loaded
+    with pytest.raises(ValueError, match="unknown setting 'nope'"):
+        run(("2:4", "nope"), out=tmp_path)
+    with pytest.raises(ValueError, match="recipe of '2:4'"):
+        run(("2:4",), recipes={"2:4": (10, 1e-4, {"lr_floor": 0.0})}, out=tmp_path)
+    with pytest.raises(ValueError, match="recipe of '2:4'"):
+        run(("2:4",), recipes={"2:4": (10,)}, out=tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
 def test_group_by_length_keeps_every_text_and_cuts_padding():
@@ -411,3 +419,66 @@ def test_attn_implementation_is_checked():
         distill(student, bert, token_batches(), pruner=pruner,
                 config=cfg(steps=1, attn_implementation="no-such-attention"))
     assert student.config._attn_implementation == "sdpa"
+
+
+def test_recipes_carry_their_own_attention_option(monkeypatch, tmp_path):
+    # run() gives each setting its recipe's steps, lr and eager_attention (else the shared one)
+    from sparseprune.bench import recovery
+
+    class Fake:
+        tokenizer = None
+
+    calls = []
+    monkeypatch.setattr(recovery, "load_split",
+                        lambda *a, **k: (Fake(), ["a text"], [], ["held out"]))
+    monkeypatch.setattr(recovery, "train_batches",
+                        lambda *a, **k: [{"input_ids": torch.ones(1, 2)}])
+    monkeypatch.setattr(recovery, "_encode", lambda *a, **k: torch.ones(1, 4))
+    monkeypatch.setattr(recovery, "table", lambda results: "")
+    monkeypatch.setattr(recovery, "_line", lambda r: "")
+
+    def fake_setting(setting, *a, steps, lr, eager_attention, **k):
+        calls.append((setting.name, steps, lr, eager_attention))
+        return {}
+
+    monkeypatch.setattr(recovery, "run_setting", fake_setting)
+    recovery.run(("2:4", "70%", "90%"), steps=5, lr=1e-4, out=tmp_path,
+                 recipes={"2:4": (7, 2e-4), "70%": (8, 3e-4, {"eager_attention": True})})
+    assert calls == [("2:4", 7, 2e-4, False), ("70%", 8, 3e-4, True), ("90%", 5, 1e-4, False)]
+
+
+def test_by_layer_setting_is_the_least_drop_split_of_the_sensitivity_run():
+    """16x16@50%/sparsegpt-by-layer is what least_drop_split makes of the committed
+    sensitivity run (each layer alone at 16x16 blocks 50% and 80%)."""
+    import fnmatch
+    import json
+    from pathlib import Path
+
+    from sparseprune.bench.recovery import SETTINGS, least_drop_split
+
+    path = Path(__file__).parents[1] / "benchmarks/autoplan/sparsegpt-session5/sensitivity.json"
+    split = least_drop_split(json.loads(path.read_text())["rows"], "block:16x16", 0.5)
+    assert len(split) == 36
+    setting = SETTINGS["16x16@50%/sparsegpt-by-layer"]
+    used = {n: next((s for g, s in setting.overrides if fnmatch.fnmatchcase(n, g)),
+                    setting.sparsity) for n in split}
+    assert used == split
+
+
+def test_least_drop_split_on_a_small_case():
+    def rows(layer, n, d50, d80):
+        return [{"layer": layer, "shape": [n, 1], "pattern": "p", "sparsity": s, "drop": d}
+                for s, d in ((0.5, d50), (0.8, d80))]
+
+    from sparseprune.bench.recovery import least_drop_split
+
+    # Drop per pruned weight of each step: a 0.05 / 0.067, b 0.001 / 0.0017, c 0.005 / 0.033.
+    # 40 of 80 weights to prune: b -> 50% -> 80% (16), c -> 50% (36), c -> 80% (48) beats
+    # a -> 50%; the overshoot of 8 is 20% of c (4 grid steps), so c ends at 60%; a stays dense
+    data = rows("a", 20, 0.5, 0.9) + rows("b", 20, 0.01, 0.02) + rows("c", 40, 0.1, 0.5)
+    split = least_drop_split(data, "p", 0.5)
+    assert split == {"a": 0.0, "b": 0.8, "c": pytest.approx(0.6)}
+    with pytest.raises(ValueError, match="no sensitivity rows"):
+        least_drop_split(data, "other", 0.5)
+    with pytest.raises(ValueError, match="cannot prune"):
+        least_drop_split(data, "p", 0.9)

@@ -74,11 +74,10 @@ SETTINGS = {
         "16x16@50%/sparsegpt-by-type-skewed", "block:16x16", 0.5, criterion="sparsegpt",
         overrides=(("*.attention.*", 0.25), ("*.intermediate.dense", 0.5),
                    ("*.output.dense", 0.75))),
-    # The same by layer (36 sparsities): the least summed one-shot drop of the sensitivity
-    # run when each layer may stay dense or take 50% or 80% (its measured points, the drop
-    # interpolated linearly from 0 at 0%), greedy by drop per pruned weight; then one
-    # attention projection at 20% instead of 50% to prune exactly half of the encoder.
-    # (The sensitivity was measured on planning paragraphs of the training split.)
+    # The same by layer (36 sparsities): least_drop_split of that sensitivity run (measured
+    # on planning paragraphs of the training split), each layer dense, at 50% or at 80%
+    # (its measured points), one attention projection at 20% to prune exactly half of the
+    # encoder; a test recomputes it from the committed file.
     "16x16@50%/sparsegpt-by-layer": Setting(
         "16x16@50%/sparsegpt-by-layer", "block:16x16", 0.5, criterion="sparsegpt",
         overrides=tuple((f"*encoder.layer.{i}.output.dense", 0.8) for i in range(4))
@@ -105,6 +104,56 @@ BEST = {"2:4/sparsegpt": (2100, 4e-4), "70%/sparsegpt": (2100, 7e-4),
         "90%/sparsegpt": (1400, 7e-4), "16x16@50%/sparsegpt-by-type-skewed": (2100, 7e-4)}
 BEST_OPTIONS = dict(layer_weight=1.0, in_domain_repeat=4, by_length=True, cache_teacher=True,
                     freeze_embeddings=True)
+
+
+def least_drop_split(rows, pattern: str, sparsity: float,
+                     levels=(0.0, 0.5, 0.8), grid: float = 0.05) -> dict[str, float]:
+    """Per-layer sparsities that prune ``sparsity`` of the weights of the layers in
+    ``rows`` (sensitivity rows: ``layer``, ``shape``, ``pattern``, ``sparsity``, ``drop``,
+    as written by ``sparseprune autoplan``) for the least summed one-shot drop: each layer
+    takes one of ``levels`` (its drop interpolated linearly between the measured points, 0
+    at 0%), stepped up greedily by drop per pruned weight; the overshoot of the last step is
+    given back by the layer whose last step cost most per weight, among those where it is a
+    whole number of ``grid`` steps. How ``16x16@50%/sparsegpt-by-layer`` was made."""
+    drops, sizes = {}, {}
+    for r in rows:
+        if r["pattern"] == pattern:
+            drops.setdefault(r["layer"], {0.0: 0.0})[r["sparsity"]] = r["drop"]
+            sizes[r["layer"]] = r["shape"][0] * r["shape"][1]
+    if not drops:
+        raise ValueError(f"no sensitivity rows of pattern {pattern!r}")
+
+    def drop(layer, s):
+        points = sorted(drops[layer].items())
+        for (s0, d0), (s1, d1) in zip(points, points[1:]):
+            if s0 <= s <= s1:
+                return d0 + (d1 - d0) * (s - s0) / (s1 - s0)
+        raise ValueError(f"{layer}: no measured drop around sparsity {s}")
+
+    def step_cost(layer, i):  # from levels[i - 1] to levels[i]
+        a, b = levels[i - 1], levels[i]
+        return (drop(layer, b) - drop(layer, a)) / (sizes[layer] * (b - a))
+
+    level = dict.fromkeys(drops, 0)
+    budget, pruned = sparsity * sum(sizes.values()), 0.0
+    while pruned < budget:
+        up = [n for n in drops if level[n] + 1 < len(levels)]
+        if not up:
+            raise ValueError(f"levels {levels} cannot prune {sparsity:.0%}")
+        best = min(up, key=lambda n: step_cost(n, level[n] + 1))
+        level[best] += 1
+        pruned += sizes[best] * (levels[level[best]] - levels[level[best] - 1])
+    split = {n: levels[i] for n, i in level.items()}
+    over = pruned - budget
+    if over > 1e-6:
+        def whole(n):
+            k = over / sizes[n] / grid
+            return level[n] > 0 and abs(k - round(k)) < 1e-6 and \
+                over / sizes[n] <= levels[level[n]] - levels[level[n] - 1]
+        trim = max([n for n in drops if whole(n)] or [n for n in drops if level[n] > 0],
+                   key=lambda n: step_cost(n, level[n]))
+        split[trim] = round(split[trim] - over / sizes[trim], 9)
+    return split
 
 
 def _encode(st, texts, batch=32):
@@ -251,12 +300,23 @@ def run(settings=DEFAULT_SETTINGS, *, steps: int = 700, lr: float = 2e-4,
         layer_weight: float = 0.0, in_domain_repeat: int = 1,
         by_length: bool = False, cache_teacher: bool = False,
         freeze_embeddings: bool = False, eager_attention: bool = False,
-        recipes: dict[str, tuple[int, float]] | None = None) -> list[dict]:
+        recipes: dict[str, tuple] | None = None) -> list[dict]:
     """Runs ``settings`` one after the other (every one with ``steps`` and ``lr``, or with
-    its own ``recipes[name] = (steps, lr)``; :data:`BEST` for the published runs) and writes
-    recover.json / recover.md to ``out``."""
+    its own ``recipes[name] = (steps, lr)`` or ``(steps, lr, {"eager_attention": ...})``;
+    :data:`BEST` for the published runs) and writes recover.json / recover.md to ``out``."""
     if in_domain_repeat < 1:
         raise ValueError(f"in_domain_repeat must be >= 1, got {in_domain_repeat}")
+    plans = {}
+    for name in settings:
+        if name not in SETTINGS:
+            raise ValueError(f"unknown setting {name!r}; choose from {sorted(SETTINGS)}")
+        recipe = tuple((recipes or {}).get(name, (steps, lr)))
+        own = recipe[2] if len(recipe) == 3 else None
+        if len(recipe) not in (2, 3) or (len(recipe) == 3 and not (
+                isinstance(own, dict) and set(own) <= {"eager_attention"})):
+            raise ValueError(f"recipe of {name!r}: (steps, lr) or (steps, lr, "
+                             f"{{'eager_attention': bool}}), got {recipe!r}")
+        plans[name] = (recipe[0], recipe[1], own or {})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -283,15 +343,13 @@ def run(settings=DEFAULT_SETTINGS, *, steps: int = 700, lr: float = 2e-4,
           f"paragraphs; {torch.get_num_threads()} threads", flush=True)
     results = []
     for name in settings:
-        if name not in SETTINGS:
-            raise ValueError(f"unknown setting {name!r}; choose from {sorted(SETTINGS)}")
-        n_steps, n_lr = (recipes or {}).get(name, (steps, lr))
+        n_steps, n_lr, own = plans[name]
         r = run_setting(SETTINGS[name], dense_st, calib_batches, batches, evaluation,
                         dense_emb, steps=n_steps, lr=n_lr, seed=seed,
                         checkpoint_dir=out if resume else None, time_rounds=time_rounds,
                         progress=progress, bf16=bf16, layer_weight=layer_weight,
                         cache_teacher=cache_teacher, freeze_embeddings=freeze_embeddings,
-                        eager_attention=eager_attention)
+                        eager_attention=own.get("eager_attention", eager_attention))
         r["in_domain_repeat"] = in_domain_repeat
         r["cache_teacher"] = cache_teacher
         r["by_length"] = by_length
