@@ -96,12 +96,14 @@ SETTINGS = {
 DEFAULT_SETTINGS = ("2:4", "70%", "90%", "16x16@50%")
 
 #: The best measured recipe per setting (benchmarks/RESULTS.md, "Recovery", sessions 9 and
-#: 19): setting -> (steps, lr), run with BEST_OPTIONS; each fits the 20-minute budget on the
-#: project's 2-core machine (the gradual 90% runs its steps x1.3 and 24 SparseGPT re-solves).
-#: The 16x16 blocks spread by layer type recover further (0.918 against 0.907 uniform) but
-#: leave the attention projections dense (1.51x against 1.77x dense end to end).
+#: 20): setting -> (steps, lr) or (steps, lr, {"eager_attention": True}), run with
+#: BEST_OPTIONS; each fits the 20-minute budget on the project's 2-core machine (the gradual
+#: 90% runs its steps x1.3 and 24 SparseGPT re-solves). The 16x16 blocks spread by layer
+#: recover further (0.9295 against 0.907 uniform) but leave nine attention projections
+#: dense (1.54x against 1.77x dense end to end).
 BEST = {"2:4/sparsegpt": (2100, 4e-4), "70%/sparsegpt": (2100, 7e-4),
-        "90%/sparsegpt": (1400, 7e-4), "16x16@50%/sparsegpt-by-type-skewed": (2100, 7e-4)}
+        "90%/sparsegpt": (1400, 7e-4),
+        "16x16@50%/sparsegpt-by-layer": (2600, 1e-3, {"eager_attention": True})}
 BEST_OPTIONS = dict(layer_weight=1.0, in_domain_repeat=4, by_length=True, cache_teacher=True,
                     freeze_embeddings=True)
 
