@@ -299,7 +299,6 @@ def distill(student: nn.Module, teacher: nn.Module, batches: Sequence, *,
 
 def _train(student, teacher, batches, pruner, optimizer, params, base_lrs, config, outputs,
            task_loss, on_step) -> RecoverResult:
-
     start, losses = 0, []
     ckpt = Path(config.checkpoint) if config.checkpoint else None
     if ckpt is not None and ckpt.exists():

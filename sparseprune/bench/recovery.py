@@ -42,6 +42,12 @@ class Setting:
     # PruneConfig.overrides: another sparsity for some layer types (first matching glob).
     overrides: tuple[tuple[str, float], ...] = ()
 
+    def config(self, schedule: CubicSchedule | None = None) -> PruneConfig:
+        """The PruneConfig of this setting over the encoder's Linears."""
+        return PruneConfig(pattern=self.pattern, sparsity=self.sparsity,
+                           criterion=self.criterion, include=ENCODER, schedule=schedule,
+                           overrides={g: {"sparsity": s} for g, s in self.overrides} or None)
+
 
 SETTINGS = {
     "2:4": Setting("2:4", "2:4", None),
@@ -125,9 +131,10 @@ def least_drop_split(rows, pattern: str, sparsity: float,
     if not drops:
         raise ValueError(f"no sensitivity rows of pattern {pattern!r}")
 
+    points = {n: sorted(d.items()) for n, d in drops.items()}
+
     def drop(layer, s):
-        points = sorted(drops[layer].items())
-        for (s0, d0), (s1, d1) in zip(points, points[1:]):
+        for (s0, d0), (s1, d1) in zip(points[layer], points[layer][1:]):
             if s0 <= s <= s1:
                 return d0 + (d1 - d0) * (s - s0) / (s1 - s0)
         raise ValueError(f"{layer}: no measured drop around sparsity {s}")
@@ -218,19 +225,13 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
         model.get_input_embeddings().weight.requires_grad_(False)
     schedule = (CubicSchedule(start=0, end=max(1, int(steps * 0.6)),
                               frequency=max(1, steps // 40)) if setting.gradual else None)
-    overrides = {glob: {"sparsity": s} for glob, s in setting.overrides} or None
-    pruner = Pruner(model, PruneConfig(pattern=setting.pattern, sparsity=setting.sparsity,
-                                       criterion=setting.criterion, include=ENCODER,
-                                       schedule=schedule, overrides=overrides))
+    pruner = Pruner(model, setting.config(schedule))
     model.eval()
     t0 = time.perf_counter()
     pruner.calibrate(calib_batches)
     if setting.gradual:
         one_shot_model = copy.deepcopy(st)
-        p2 = Pruner(one_shot_model[0].auto_model,
-                    PruneConfig(pattern=setting.pattern, sparsity=setting.sparsity,
-                                criterion=setting.criterion, include=ENCODER,
-                                overrides=overrides))
+        p2 = Pruner(one_shot_model[0].auto_model, setting.config())
         p2.stats = pruner.stats
         p2.prune().finalize()
         one_shot = quality(dense_emb, _encode(one_shot_model, eval_texts))
