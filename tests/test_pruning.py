@@ -348,6 +348,41 @@ def test_gradual_pruning_with_locked_optimizer():
     assert pruned_fraction(model.fc1) == pytest.approx(0.75, abs=1 / 4096)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_zeroing_follows_every_change_of_the_mask(dtype):
+    """mask_ multiplies by a cached bf16 copy of a bool mask: every way of writing the mask
+    (apply_mask, load_state_dict, an in-place copy) must reach the next zeroing."""
+    from sparseprune.pruning.locking import MASK_NAME, apply_mask, attach_mask, mask_
+    lin = nn.Linear(24, 16).to(dtype)
+    attach_mask(lin)
+    gen = torch.Generator().manual_seed(3)
+    for how in ("apply_mask", "load_state_dict", "copy_", "apply_mask"):
+        keep = torch.rand(16, 24, generator=gen) > 0.5
+        if how == "apply_mask":
+            apply_mask(lin, keep)
+        elif how == "load_state_dict":
+            lin.load_state_dict({**lin.state_dict(), MASK_NAME: keep})
+        else:
+            lin._buffers[MASK_NAME].copy_(keep)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(16, 24, generator=gen).to(dtype) + 3)
+        w = lin.weight.detach().clone()
+        mask_(lin.weight.data, lin._buffers[MASK_NAME])
+        assert torch.equal(lin.weight, torch.where(keep, w, torch.zeros((), dtype=dtype))), how
+        lin.weight.data.copy_(w)
+        lin(torch.randn(2, 24).to(dtype))  # the forward pre-hook
+        assert (lin.weight[~keep] == 0).all() and torch.equal(lin.weight[keep], w[keep]), how
+
+
+def test_zeroing_with_a_mask_made_in_inference_mode():
+    from sparseprune.pruning.locking import mask_
+    with torch.inference_mode():
+        keep = torch.rand(8, 8) > 0.5
+    w = torch.randn(8, 8) + 3
+    mask_(w, keep)
+    assert (w[~keep] == 0).all() and (w[keep] != 0).all()
+
+
 # ---------------------------------------------------------------------------- persistence
 def test_masks_live_in_state_dict_and_reload():
     model = net()

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = ["MASK_NAME", "attach_mask", "apply_mask", "has_mask", "remove_masks",
            "lock_optimizer", "mask_", "full_weight"]
@@ -46,11 +47,31 @@ def full_weight(w: torch.Tensor) -> torch.Tensor:
     return w.full_tensor() if is_dtensor(w) else w
 
 
+# mask -> (mask._version, the mask as bf16 0/1). ``t.mul_(bool_mask)`` converts the mask
+# to ``t``'s dtype in a temporary on every call; locked training zeroes four tensors per
+# weight per step (weight before the forward, weight and two Adam moments after the step),
+# which cost 8.5 ms per pass over MiniLM's 36 weights here against 3.4 ms with a bf16 copy
+# of the mask (half the bytes of an fp32 one, and just as fast). The version check drops a
+# copy as soon as the mask is written (apply_mask, load_state_dict).
+_MULTIPLIERS = WeakIdKeyDictionary()
+
+
+def _multiplier(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if dtype not in (torch.float32, torch.bfloat16) or mask.is_inference():
+        return mask  # rare dtypes, and masks without a version counter: no cache
+    cached = _MULTIPLIERS.get(mask)
+    if cached is not None and cached[0] == mask._version:
+        return cached[1]
+    factor = mask.to(torch.bfloat16)
+    _MULTIPLIERS[mask] = (mask._version, factor)
+    return factor
+
+
 def mask_(t: torch.Tensor, mask: torch.Tensor) -> None:
     """``t *= mask`` in place, where ``t`` has the mask's (global) shape and may be a DTensor
     (each rank masks the shard it holds; no communication)."""
     if not is_dtensor(t):
-        t.mul_(mask)
+        t.mul_(_multiplier(mask, t.dtype) if mask.dtype == torch.bool else mask)
         return
     shape, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
     local = t.to_local()
