@@ -383,6 +383,18 @@ def test_zeroing_with_a_mask_made_in_inference_mode():
     assert (w[~keep] == 0).all() and (w[keep] != 0).all()
 
 
+def test_masked_model_compiles_in_one_graph_and_still_zeroes():
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8))
+    pruner = sp.Pruner(model, sp.PruneConfig(sparsity=0.7)).prune()
+    x = torch.randn(4, 32)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), model(x))
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # pruned entries off zero: the compiled pre-hook zeroes them
+    compiled(x)
+    assert (model[0].weight[~pruner.masks["0"]] == 0).all()
+
+
 # ---------------------------------------------------------------------------- persistence
 def test_masks_live_in_state_dict_and_reload():
     model = net()

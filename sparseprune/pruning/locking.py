@@ -57,8 +57,11 @@ _MULTIPLIERS = WeakIdKeyDictionary()
 
 
 def _multiplier(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    if dtype not in (torch.float32, torch.bfloat16) or mask.is_inference():
-        return mask  # rare dtypes, and masks without a version counter: no cache
+    if (dtype not in (torch.float32, torch.bfloat16) or torch.compiler.is_compiling()
+            or mask.is_inference()):
+        # Rare dtypes, masks without a version counter, and compiled graphs (which fuse the
+        # conversion anyway, and would break on the cache lookup): no cache.
+        return mask
     cached = _MULTIPLIERS.get(mask)
     if cached is not None and cached[0] == mask._version:
         return cached[1]
