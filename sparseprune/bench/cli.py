@@ -127,7 +127,8 @@ def add_parsers(sub) -> None:
                     help="the four SparseGPT settings with the best measured recipe each "
                     "(sparseprune/bench/recovery.py, BEST; ~20 min each): replaces "
                     "--settings, --steps, --lr, --layer-weight, --in-domain-repeat, "
-                    "--group-by-length, --cache-teacher and --freeze-embeddings")
+                    "--group-by-length, --cache-teacher, --freeze-embeddings and "
+                    "--eager-attention")
     rc.add_argument("--resume", action="store_true",
                     help="checkpoint every 50 steps in --out and resume from there")
     rc.add_argument("--out", default="recover-out")
