@@ -104,12 +104,12 @@ DEFAULT_SETTINGS = ("2:4", "70%", "90%", "16x16@50%")
 #: The best measured recipe per setting (benchmarks/RESULTS.md, "Recovery", sessions 9, 20
 #: and 21): setting -> (steps, lr), or (steps, lr, {"eager_attention": bool}) to override
 #: BEST_OPTIONS for one setting; each fits the 20-minute budget on the project's 2-core
-#: machine (session 21: 16.8-18.4 min; the gradual 90% runs its steps x1.3 and 24
+#: machine (session 21: 17.3-19.2 min; the gradual 90% runs its steps x1.3 and 24
 #: SparseGPT re-solves). The 16x16 blocks spread by layer recover further (0.930 against
 #: 0.907 uniform) but leave nine attention projections dense (~1.5x against 1.77x dense end
 #: to end).
 BEST = {"2:4/sparsegpt": (2600, 4e-4), "70%/sparsegpt": (2600, 7e-4),
-        "90%/sparsegpt": (1750, 1e-3),
+        "90%/sparsegpt": (1900, 1.4e-3),
         "16x16@50%/sparsegpt-by-layer": (2700, 1e-3)}
 BEST_OPTIONS = dict(layer_weight=1.0, in_domain_repeat=4, by_length=True, cache_teacher=True,
                     freeze_embeddings=True, eager_attention=True)
