@@ -437,14 +437,46 @@ def test_recipes_carry_their_own_attention_option(monkeypatch, tmp_path):
     monkeypatch.setattr(recovery, "table", lambda results: "")
     monkeypatch.setattr(recovery, "_line", lambda r: "")
 
-    def fake_setting(setting, *a, steps, lr, eager_attention, **k):
-        calls.append((setting.name, steps, lr, eager_attention))
+    def fake_setting(setting, *a, steps, lr, eager_attention, prune_end, **k):
+        calls.append((setting.name, steps, lr, eager_attention, prune_end))
         return {}
 
     monkeypatch.setattr(recovery, "run_setting", fake_setting)
-    recovery.run(("2:4", "70%", "90%"), steps=5, lr=1e-4, out=tmp_path,
-                 recipes={"2:4": (7, 2e-4), "70%": (8, 3e-4, {"eager_attention": True})})
-    assert calls == [("2:4", 7, 2e-4, False), ("70%", 8, 3e-4, True), ("90%", 5, 1e-4, False)]
+    recovery.run(("2:4", "70%", "90%"), steps=5, lr=1e-4, out=tmp_path, prune_end=0.5,
+                 recipes={"2:4": (7, 2e-4), "70%": (8, 3e-4, {"eager_attention": True}),
+                          "90%": (9, 4e-4, {"prune_end": 0.4})})
+    assert calls == [("2:4", 7, 2e-4, False, 0.5), ("70%", 8, 3e-4, True, 0.5),
+                     ("90%", 9, 4e-4, False, 0.4)]
+    calls.clear()
+    with pytest.raises(ValueError, match="options from"):
+        recovery.run(("2:4",), out=tmp_path, recipes={"2:4": (7, 2e-4, {"warmup": 3})})
+    with pytest.raises(ValueError, match=r"prune_end must be in \(0, 1\], got 1.5 \(90%\)"):
+        recovery.run(("90%",), out=tmp_path, recipes={"90%": (7, 2e-4, {"prune_end": 1.5})})
+    with pytest.raises(ValueError, match="prune_end must be in"):
+        recovery.run(("2:4",), out=tmp_path, prune_end=0.0)
+    assert calls == []
+
+
+def test_prune_end_sets_where_the_gradual_schedule_ends(monkeypatch):
+    from sparseprune.bench import recovery
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_pruner(model, config):
+        seen["end"] = config.schedule.end if config.schedule is not None else None
+        raise Stop
+
+    monkeypatch.setattr(recovery, "Pruner", fake_pruner)
+    st = [type("M", (), {"auto_model": torch.nn.Linear(2, 2)})()]
+    for end, want in ((0.6, int(int(100 * 1.3) * 0.6)), (0.4, int(int(100 * 1.3) * 0.4))):
+        with pytest.raises(Stop):
+            recovery.run_setting(recovery.SETTINGS["90%"], st, [], [], [], None, steps=100,
+                                 lr=1e-4, seed=0, checkpoint_dir=None, time_rounds=1,
+                                 progress=False, prune_end=end)
+        assert seen["end"] == want
 
 
 def test_by_layer_setting_is_the_least_drop_split_of_the_sensitivity_run():

@@ -123,12 +123,15 @@ def add_parsers(sub) -> None:
                     help="train the student with transformers' explicit attention "
                     "(softmax(QK^T)V) instead of torch's SDPA, whose CPU flash-attention "
                     "backward is slow: 1.4x faster forward + backward here")
+    rc.add_argument("--prune-end", type=float, default=0.6,
+                    help="gradual settings: the fraction of the steps by which the schedule "
+                    "reaches the final sparsity (0.6)")
     rc.add_argument("--best", action="store_true",
                     help="the four SparseGPT settings with the best measured recipe each "
                     "(sparseprune/bench/recovery.py, BEST; ~20 min each): replaces "
                     "--settings, --steps, --lr, --layer-weight, --in-domain-repeat, "
-                    "--group-by-length, --cache-teacher, --freeze-embeddings and "
-                    "--eager-attention")
+                    "--group-by-length, --cache-teacher, --freeze-embeddings, "
+                    "--eager-attention and --prune-end")
     rc.add_argument("--resume", action="store_true",
                     help="checkpoint every 50 steps in --out and resume from there")
     rc.add_argument("--out", default="recover-out")
@@ -300,7 +303,7 @@ def run_recover(args, parser=None) -> int:
     options = dict(layer_weight=args.layer_weight, in_domain_repeat=args.in_domain_repeat,
                    by_length=args.group_by_length, cache_teacher=args.cache_teacher,
                    freeze_embeddings=args.freeze_embeddings,
-                   eager_attention=args.eager_attention)
+                   eager_attention=args.eager_attention, prune_end=args.prune_end)
     settings = tuple(s for s in args.settings.split(",") if s)
     recipes = None
     if args.best:

@@ -111,8 +111,10 @@ DEFAULT_SETTINGS = ("2:4", "70%", "90%", "16x16@50%")
 BEST = {"2:4/sparsegpt": (2600, 4e-4), "70%/sparsegpt": (2600, 7e-4),
         "90%/sparsegpt": (1900, 1.4e-3),
         "16x16@50%/sparsegpt-by-layer": (2700, 1e-3)}
+#: The options a recipe in :func:`run` may set for its own setting.
+RECIPE_OPTIONS = ("eager_attention", "prune_end")
 BEST_OPTIONS = dict(layer_weight=1.0, in_domain_repeat=4, by_length=True, cache_teacher=True,
-                    freeze_embeddings=True, eager_attention=True)
+                    freeze_embeddings=True, eager_attention=True, prune_end=0.6)
 
 
 def least_drop_split(rows, pattern: str, sparsity: float,
@@ -217,14 +219,15 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
                 *, steps: int, lr: float, seed: int, checkpoint_dir: Path | None,
                 time_rounds: int, progress: bool, bf16: bool | str = "auto",
                 layer_weight: float = 0.0, cache_teacher: bool = False,
-                freeze_embeddings: bool = False, eager_attention: bool = False) -> dict:
+                freeze_embeddings: bool = False, eager_attention: bool = False,
+                prune_end: float = 0.6) -> dict:
     if setting.gradual:  # the schedule takes the first 60%: give recovery the same as others
         steps = int(steps * 1.3)
     st = copy.deepcopy(dense_st)
     model = st[0].auto_model
     if freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
-    schedule = (CubicSchedule(start=0, end=max(1, int(steps * 0.6)),
+    schedule = (CubicSchedule(start=0, end=max(1, int(steps * prune_end)),
                               frequency=max(1, steps // 40)) if setting.gradual else None)
     pruner = Pruner(model, setting.config(schedule))
     model.eval()
@@ -280,6 +283,7 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
             "one_shot": one_shot, "recovered": recovered, "recovered_on_sparse_kernels": sparse_q,
             "train_seconds": train_s, "prune_and_evaluate_seconds": before_s,
             "freeze_embeddings": freeze_embeddings, "eager_attention": eager_attention,
+            "prune_end": prune_end if setting.gradual else None,
             "final_loss": res.losses[-1], "first_loss": res.losses[0],
             "swapped_layers": len(report.swapped),
             "formats": sorted({r.format for r in report.swapped}),
@@ -304,10 +308,12 @@ def run(settings=DEFAULT_SETTINGS, *, steps: int = 700, lr: float = 2e-4,
         layer_weight: float = 0.0, in_domain_repeat: int = 1,
         by_length: bool = False, cache_teacher: bool = False,
         freeze_embeddings: bool = False, eager_attention: bool = False,
-        recipes: dict[str, tuple] | None = None) -> list[dict]:
+        prune_end: float = 0.6, recipes: dict[str, tuple] | None = None) -> list[dict]:
     """Runs ``settings`` one after the other (every one with ``steps`` and ``lr``, or with
-    its own ``recipes[name] = (steps, lr)`` or ``(steps, lr, {"eager_attention": ...})``;
-    :data:`BEST` for the published runs) and writes recover.json / recover.md to ``out``."""
+    its own ``recipes[name] = (steps, lr)`` or ``(steps, lr, {option: value})`` with
+    options from :data:`RECIPE_OPTIONS`; :data:`BEST` for the published runs) and writes
+    recover.json / recover.md to ``out``. ``prune_end``: the fraction of a gradual
+    setting's steps by which its schedule reaches the final sparsity."""
     if in_domain_repeat < 1:
         raise ValueError(f"in_domain_repeat must be >= 1, got {in_domain_repeat}")
     plans = {}
@@ -317,10 +323,14 @@ def run(settings=DEFAULT_SETTINGS, *, steps: int = 700, lr: float = 2e-4,
         recipe = tuple((recipes or {}).get(name, (steps, lr)))
         own = recipe[2] if len(recipe) == 3 else None
         if len(recipe) not in (2, 3) or (len(recipe) == 3 and not (
-                isinstance(own, dict) and set(own) <= {"eager_attention"})):
-            raise ValueError(f"recipe of {name!r}: (steps, lr) or (steps, lr, "
-                             f"{{'eager_attention': bool}}), got {recipe!r}")
+                isinstance(own, dict) and set(own) <= set(RECIPE_OPTIONS))):
+            raise ValueError(f"recipe of {name!r}: (steps, lr) or (steps, lr, {{option: "
+                             f"value}}) with options from {RECIPE_OPTIONS}, got {recipe!r}")
         plans[name] = (recipe[0], recipe[1], own or {})
+    for name, (_, _, own) in plans.items():
+        end = own.get("prune_end", prune_end)
+        if not 0 < end <= 1:
+            raise ValueError(f"prune_end must be in (0, 1], got {end!r} ({name})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -353,7 +363,8 @@ def run(settings=DEFAULT_SETTINGS, *, steps: int = 700, lr: float = 2e-4,
                         checkpoint_dir=out if resume else None, time_rounds=time_rounds,
                         progress=progress, bf16=bf16, layer_weight=layer_weight,
                         cache_teacher=cache_teacher, freeze_embeddings=freeze_embeddings,
-                        eager_attention=own.get("eager_attention", eager_attention))
+                        eager_attention=own.get("eager_attention", eager_attention),
+                        prune_end=own.get("prune_end", prune_end))
         r["in_domain_repeat"] = in_domain_repeat
         r["cache_teacher"] = cache_teacher
         r["by_length"] = by_length
