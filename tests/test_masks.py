@@ -214,3 +214,25 @@ def test_masks_keep_shape_and_device_for_any_real_dtype(dtype):
 def test_bad_arguments(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.5, float("inf"), float("-inf"),
+                                 float("nan"), 1e-300, 3.0]), min_size=1, max_size=40),
+       st.integers(0, 45), st.booleans())
+def test_prune_lowest_is_a_stable_sort_prefix(values, count, as_float32):
+    # the selection path must prune exactly what a stable sort's first `count` are
+    scores = torch.tensor(values, dtype=torch.float32 if as_float32 else torch.float64)
+    want = torch.ones(len(values), dtype=torch.bool)
+    want[torch.sort(scores.double(), stable=True).indices[:count]] = False
+    assert torch.equal(masks.prune_lowest(scores, count), want)
+
+
+def test_prune_lowest_on_many_ties_and_random_scores():
+    gen = torch.Generator().manual_seed(3)
+    for n, count in ((196608, 150000), (1000, 1), (1000, 999), (7, 7)):
+        for scores in (torch.randn(n, generator=gen, dtype=torch.float64),
+                       torch.randint(0, 5, (n,), generator=gen).double()):
+            want = torch.ones(n, dtype=torch.bool)
+            want[torch.sort(scores, stable=True).indices[:count]] = False
+            assert torch.equal(masks.prune_lowest(scores, count), want)

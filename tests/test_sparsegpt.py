@@ -168,3 +168,63 @@ def test_sequential_rejects_what_it_cannot_do():
             [torch.randn(2, 32)])
     with pytest.raises(ValueError, match="no batches"):
         sp.Pruner(model, sp.PruneConfig(sparsity=0.5)).prune_sequential([])
+
+
+def test_a_kept_factor_gives_the_same_result_bit_for_bit():
+    from sparseprune.pruning import inverse_hessian_factor
+
+    x, w = problem()
+    x[:, 5] = 0  # a dead input: the factor must treat it as sparsegpt_prune does
+    gram = (x.T @ x).float()
+    factor = inverse_hessian_factor(gram)
+    assert factor.dtype == torch.float64 and torch.equal(factor, factor.triu())
+    for pattern, sparsity in (("unstructured", 0.7), ("2:4", 0.5), ("block:4x8", 0.5)):
+        want = sparsegpt_prune(w, gram, parse_pattern(pattern), sparsity, blocksize=32)
+        got = sparsegpt_prune(w, gram, parse_pattern(pattern), sparsity, blocksize=32,
+                              factor=factor)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    with pytest.raises(ValueError, match="factor must be the float64"):
+        sparsegpt_prune(w, gram, parse_pattern("2:4"), 0.5, factor=factor.float())
+    with pytest.raises(ValueError, match=r"factor must be .* 96x96"):
+        sparsegpt_prune(w, gram, parse_pattern("2:4"), 0.5, factor=factor[:8, :8])
+
+
+def test_gradual_sparsegpt_keeps_each_layers_factor_until_its_gram_changes(monkeypatch):
+    from sparseprune.pruning import pruner as pruner_mod
+
+    torch.manual_seed(0)
+    calib = [torch.randn(32, 24) for _ in range(4)]
+    made = []
+    real = pruner_mod.inverse_hessian_factor
+    monkeypatch.setattr(pruner_mod, "inverse_hessian_factor",
+                        lambda gram, **k: made.append(gram) or real(gram, **k))
+
+    def run(schedule):
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 8))
+        config = sp.PruneConfig(sparsity=0.75, criterion="sparsegpt", schedule=schedule)
+        pruner = sp.Pruner(model, config).calibrate(calib)
+        return model, pruner
+
+    model, pruner = run(sp.CubicSchedule(start=0, end=6, frequency=2))
+    weights = []
+    for _ in range(7):
+        pruner.step()
+        weights.append([m.weight.detach().clone() for m in (model[0], model[2])])
+    assert len(made) == 2  # one factor per layer for the four re-solves
+    # the same masks and weights as solving from scratch at every step
+    ref_model, ref = run(None)
+    schedule = sp.CubicSchedule(start=0, end=6, frequency=2)
+    for t in range(7):
+        if schedule.is_update(t):
+            ref._apply({n: schedule.sparsity(t, 0.75) for n in ref.layers})
+        assert all(torch.equal(a, m.weight) for a, m in zip(weights[t], (ref_model[0],
+                                                                          ref_model[2])))
+    pruner.calibrate(calib)  # the statistics grow: new Gram matrices, new factors
+    pruner._apply({n: 0.75 for n in pruner.layers})
+    assert len(made) == 4 and made[2] is pruner.stats["0"].gram
+    pruner.stats["0"].gram.mul_(2.0)  # written in place: its version moves
+    pruner._apply({n: 0.75 for n in pruner.layers})
+    assert len(made) == 5
+    pruner.finalize()
+    assert pruner._factors == {}

@@ -17,7 +17,7 @@ from .report import LayerReport, format_table
 from .schedule import CubicSchedule
 from .sensitivity import (DEFAULT_CANDIDATES, Candidate, Sensitivity, auto_plan, fit_plan,
                           plan_config, sensitivity)
-from .sparsegpt import sparsegpt_prune
+from .sparsegpt import inverse_hessian_factor, sparsegpt_prune
 
 __all__ = [
     "Candidate",
@@ -49,4 +49,5 @@ __all__ = [
     "search_permutation",
     "remove_masks",
     "sparsegpt_prune",
+    "inverse_hessian_factor",
 ]

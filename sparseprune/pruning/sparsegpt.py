@@ -20,7 +20,7 @@ import torch
 from .. import masks
 from .patterns import NM, Pattern, Unstructured
 
-__all__ = ["sparsegpt_prune"]
+__all__ = ["sparsegpt_prune", "inverse_hessian_factor"]
 
 
 def _inverse_hessian_factor(gram: torch.Tensor, dead: torch.Tensor, damp: float) -> torch.Tensor:
@@ -38,6 +38,15 @@ def _inverse_hessian_factor(gram: torch.Tensor, dead: torch.Tensor, damp: float)
                      "heavy damping; calibrate with more (or more varied) batches")
 
 
+def inverse_hessian_factor(gram: torch.Tensor, *, damp: float = 0.01) -> torch.Tensor:
+    """The float64 upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1`` that
+    :func:`sparsegpt_prune` walks, ``H`` being ``gram`` with a unit diagonal on the inputs
+    that were always zero. It depends on the Gram matrix only, so a caller that re-solves
+    one layer many times (gradual pruning) computes it once and passes it as ``factor``."""
+    h = gram.to(torch.float64)
+    return _inverse_hessian_factor(h, torch.diagonal(h) == 0, damp)
+
+
 def _block_counts(total_cols: int, rows: int, sparsity: float, blocksize: int) -> list[int]:
     """Entries to prune per column block so that the layer loses exactly
     ``round(sparsity * rows * cols)`` (cumulative rounding, no drift)."""
@@ -51,11 +60,13 @@ def _block_counts(total_cols: int, rows: int, sparsity: float, blocksize: int) -
 
 
 def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, pattern: Pattern, sparsity: float,
-                    *, blocksize: int = 128, damp: float = 0.01
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    *, blocksize: int = 128, damp: float = 0.01,
+                    factor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Prunes ``weight`` ``[out, in]`` (2-D view) to ``sparsity`` in ``pattern`` using the
     Gram matrix ``gram = X^T X`` ``[in, in]`` of its inputs. Returns ``(new_weight, keep)``
-    with the weight's dtype and device; pruned entries of ``new_weight`` are exactly 0."""
+    with the weight's dtype and device; pruned entries of ``new_weight`` are exactly 0.
+    ``factor``: :func:`inverse_hessian_factor` of this ``gram`` and ``damp``, if the caller
+    keeps it (computed here otherwise)."""
     if gram.shape != (weight.shape[1], weight.shape[1]):
         raise ValueError(f"gram must be [in, in] = {weight.shape[1]}x{weight.shape[1]}, "
                          f"got {tuple(gram.shape)}")
@@ -65,7 +76,15 @@ def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, pattern: Pattern, 
     h = gram.to(device=w.device, dtype=torch.float64)
     dead = torch.diagonal(h) == 0  # inputs that were always zero: their weights are free
     w[:, dead] = 0.0
-    hinv = _inverse_hessian_factor(h, dead, damp)
+    if factor is None:
+        hinv = _inverse_hessian_factor(h, dead, damp)
+    else:
+        if factor.shape != h.shape or factor.dtype != torch.float64 or \
+                factor.device != w.device:
+            raise ValueError(f"factor must be the float64 [in, in] = {cols}x{cols} "
+                             f"inverse_hessian_factor on the weight's device ({w.device}), got "
+                             f"{factor.dtype} {tuple(factor.shape)} on {factor.device}")
+        hinv = factor
     diag = torch.diagonal(hinv)
 
     adaptive = isinstance(pattern, (Unstructured, NM))
