@@ -329,6 +329,8 @@ def test_recover_cli_best_runs_each_setting_with_its_recipe(monkeypatch):
     for key, value in recovery.BEST_OPTIONS.items():
         assert seen[key] == value, key
     assert set(recovery.BEST) <= set(recovery.SETTINGS)
+    assert all(len(r) == 2 or set(r[2]) <= set(recovery.RECIPE_OPTIONS)
+               for r in recovery.BEST.values())
     seen.clear()
     assert main(["recover", "--settings", "2:4", "--steps", "5", "--out", "unused"]) == 0
     assert seen["settings"] == ("2:4",) and seen["recipes"] is None and seen["steps"] == 5
@@ -421,8 +423,8 @@ def test_attn_implementation_is_checked():
     assert student.config._attn_implementation == "sdpa"
 
 
-def test_recipes_carry_their_own_attention_option(monkeypatch, tmp_path):
-    # run() gives each setting its recipe's steps, lr and eager_attention (else the shared one)
+def test_recipes_carry_their_own_options(monkeypatch, tmp_path):
+    # run() gives each setting its recipe's steps, lr and options (else the shared ones)
     from sparseprune.bench import recovery
 
     class Fake:
@@ -437,16 +439,17 @@ def test_recipes_carry_their_own_attention_option(monkeypatch, tmp_path):
     monkeypatch.setattr(recovery, "table", lambda results: "")
     monkeypatch.setattr(recovery, "_line", lambda r: "")
 
-    def fake_setting(setting, *a, steps, lr, eager_attention, prune_end, **k):
-        calls.append((setting.name, steps, lr, eager_attention, prune_end))
+    def fake_setting(setting, *a, steps, lr, eager_attention, prune_end, layer_weight, **k):
+        calls.append((setting.name, steps, lr, eager_attention, prune_end, layer_weight))
         return {}
 
     monkeypatch.setattr(recovery, "run_setting", fake_setting)
     recovery.run(("2:4", "70%", "90%"), steps=5, lr=1e-4, out=tmp_path, prune_end=0.5,
+                 layer_weight=1.0,
                  recipes={"2:4": (7, 2e-4), "70%": (8, 3e-4, {"eager_attention": True}),
-                          "90%": (9, 4e-4, {"prune_end": 0.4})})
-    assert calls == [("2:4", 7, 2e-4, False, 0.5), ("70%", 8, 3e-4, True, 0.5),
-                     ("90%", 9, 4e-4, False, 0.4)]
+                          "90%": (9, 4e-4, {"prune_end": 0.4, "layer_weight": 2.0})})
+    assert calls == [("2:4", 7, 2e-4, False, 0.5, 1.0), ("70%", 8, 3e-4, True, 0.5, 1.0),
+                     ("90%", 9, 4e-4, False, 0.4, 2.0)]
     calls.clear()
     with pytest.raises(ValueError, match="options from"):
         recovery.run(("2:4",), out=tmp_path, recipes={"2:4": (7, 2e-4, {"warmup": 3})})

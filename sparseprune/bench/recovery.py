@@ -101,18 +101,19 @@ SETTINGS = {
 }
 DEFAULT_SETTINGS = ("2:4", "70%", "90%", "16x16@50%")
 
-#: The best measured recipe per setting (benchmarks/RESULTS.md, "Recovery", sessions 9, 20
-#: and 21): setting -> (steps, lr), or (steps, lr, {"eager_attention": bool}) to override
-#: BEST_OPTIONS for one setting; each fits the 20-minute budget on the project's 2-core
-#: machine (session 21: 17.3-19.2 min; the gradual 90% runs its steps x1.3 and 24
-#: SparseGPT re-solves). The 16x16 blocks spread by layer recover further (0.930 against
-#: 0.907 uniform) but leave nine attention projections dense (~1.5x against 1.77x dense end
-#: to end).
+#: The best measured recipe per setting (benchmarks/RESULTS.md, "Recovery", sessions 9 and
+#: 20-22): setting -> (steps, lr), or (steps, lr, {option: value}) to override BEST_OPTIONS
+#: (options from RECIPE_OPTIONS) for one setting; each fits the 20-minute budget on the
+#: project's 2-core machine (sessions 21-22: 16.8-18.4 min; the gradual 90% runs its steps
+#: x1.3, its schedule reaching 90% at 75% of them, with 31 SparseGPT re-solves, and
+#: weighs the per-layer hidden states twice). The 16x16 blocks spread by layer recover
+#: further (0.930 against 0.907 uniform) but leave nine attention projections dense (~1.5x
+#: against 1.77x dense end to end).
 BEST = {"2:4/sparsegpt": (2600, 4e-4), "70%/sparsegpt": (2600, 7e-4),
-        "90%/sparsegpt": (1900, 1.4e-3),
+        "90%/sparsegpt": (2000, 1.8e-3, {"prune_end": 0.75, "layer_weight": 2.0}),
         "16x16@50%/sparsegpt-by-layer": (2700, 1e-3)}
 #: The options a recipe in :func:`run` may set for its own setting.
-RECIPE_OPTIONS = ("eager_attention", "prune_end")
+RECIPE_OPTIONS = ("eager_attention", "prune_end", "layer_weight")
 BEST_OPTIONS = dict(layer_weight=1.0, in_domain_repeat=4, by_length=True, cache_teacher=True,
                     freeze_embeddings=True, eager_attention=True, prune_end=0.6)
 
@@ -249,7 +250,8 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
     for m in (st, dense_st):
         m[0].auto_model.config.output_hidden_states = layer_weight > 0
     rcfg = RecoverConfig(steps=steps, lr=lr, seed=seed, checkpoint=ckpt, checkpoint_every=50,
-                         progress=progress, bf16=bf16, layer_weight=layer_weight,
+                         progress=progress, bf16=bf16,
+                        layer_weight=own.get("layer_weight", layer_weight),
                          cache_teacher=cache_teacher,
                          attn_implementation="eager" if eager_attention else None)
     try:
@@ -361,7 +363,8 @@ def run(settings=DEFAULT_SETTINGS, *, steps: int = 700, lr: float = 2e-4,
         r = run_setting(SETTINGS[name], dense_st, calib_batches, batches, evaluation,
                         dense_emb, steps=n_steps, lr=n_lr, seed=seed,
                         checkpoint_dir=out if resume else None, time_rounds=time_rounds,
-                        progress=progress, bf16=bf16, layer_weight=layer_weight,
+                        progress=progress, bf16=bf16,
+                        layer_weight=own.get("layer_weight", layer_weight),
                         cache_teacher=cache_teacher, freeze_embeddings=freeze_embeddings,
                         eager_attention=own.get("eager_attention", eager_attention),
                         prune_end=own.get("prune_end", prune_end))
