@@ -104,14 +104,14 @@ DEFAULT_SETTINGS = ("2:4", "70%", "90%", "16x16@50%")
 #: The best measured recipe per setting (benchmarks/RESULTS.md, "Recovery", sessions 9 and
 #: 20-22): setting -> (steps, lr), or (steps, lr, {option: value}) to override BEST_OPTIONS
 #: (options from RECIPE_OPTIONS) for one setting; each fits the 20-minute budget on the
-#: project's 2-core machine (sessions 21-22: 16.8-18.4 min; the gradual 90% runs its steps
+#: project's 2-core machine (sessions 21-22: 16.8-17.5 min; the gradual 90% runs its steps
 #: x1.3, its schedule reaching 90% at 75% of them, with 31 SparseGPT re-solves, and
-#: weighs the per-layer hidden states twice). The 16x16 blocks spread by layer recover
-#: further (0.930 against 0.907 uniform) but leave nine attention projections dense (~1.5x
-#: against 1.77x dense end to end).
+#: weighs the per-layer hidden states twice, as do the blocks). The 16x16 blocks spread by
+#: layer recover further (0.934 against 0.907 uniform) but leave nine attention projections
+#: dense (~1.5x against 1.77x dense end to end).
 BEST = {"2:4/sparsegpt": (2600, 4e-4), "70%/sparsegpt": (2600, 7e-4),
         "90%/sparsegpt": (2000, 1.8e-3, {"prune_end": 0.75, "layer_weight": 2.0}),
-        "16x16@50%/sparsegpt-by-layer": (2700, 1e-3)}
+        "16x16@50%/sparsegpt-by-layer": (2700, 1e-3, {"layer_weight": 2.0})}
 #: The options a recipe in :func:`run` may set for its own setting.
 RECIPE_OPTIONS = ("eager_attention", "prune_end", "layer_weight")
 BEST_OPTIONS = dict(layer_weight=1.0, in_domain_repeat=4, by_length=True, cache_teacher=True,
