@@ -460,6 +460,49 @@ def test_recipes_carry_their_own_options(monkeypatch, tmp_path):
     assert calls == []
 
 
+def test_run_setting_hands_its_options_to_the_distillation(monkeypatch):
+    # run_setting itself up to distill(): its RecoverConfig gets the setting's options
+    import types
+
+    from sparseprune.bench import recovery
+
+    class Stop(Exception):
+        pass
+
+    class FakePruner:
+        stats = {}
+
+        def __init__(self, model, config):
+            pass
+
+        def calibrate(self, batches):
+            return self
+
+        def prune(self):
+            return self
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = types.SimpleNamespace()
+            self.lin = torch.nn.Linear(2, 2)
+
+    seen = {}
+    monkeypatch.setattr(recovery, "Pruner", FakePruner)
+    monkeypatch.setattr(recovery, "quality", lambda *a: {})
+    monkeypatch.setattr(recovery, "_encode", lambda *a: None)
+    monkeypatch.setattr(recovery, "distill", lambda *a, config, **k: seen.update(
+        vars(config)) or (_ for _ in ()).throw(Stop()))
+    st = [types.SimpleNamespace(auto_model=Encoder())]
+    with pytest.raises(Stop):
+        recovery.run_setting(recovery.SETTINGS["2:4"], st, [], [], [], None, steps=7, lr=3e-4,
+                             seed=0, checkpoint_dir=None, time_rounds=1, progress=False,
+                             layer_weight=2.0, eager_attention=True, bf16=False)
+    assert (seen["steps"], seen["lr"], seen["layer_weight"]) == (7, 3e-4, 2.0)
+    assert seen["attn_implementation"] == "eager" and seen["bf16"] is False
+    assert st[0].auto_model.config.output_hidden_states is False  # reset after distill
+
+
 def test_prune_end_sets_where_the_gradual_schedule_ends(monkeypatch):
     from sparseprune.bench import recovery
 

@@ -250,8 +250,7 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
     for m in (st, dense_st):
         m[0].auto_model.config.output_hidden_states = layer_weight > 0
     rcfg = RecoverConfig(steps=steps, lr=lr, seed=seed, checkpoint=ckpt, checkpoint_every=50,
-                         progress=progress, bf16=bf16,
-                        layer_weight=own.get("layer_weight", layer_weight),
+                         progress=progress, bf16=bf16, layer_weight=layer_weight,
                          cache_teacher=cache_teacher,
                          attn_implementation="eager" if eager_attention else None)
     try:
