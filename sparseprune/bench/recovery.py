@@ -222,8 +222,8 @@ def run_setting(setting: Setting, dense_st, calib_batches, batches, eval_texts, 
                 layer_weight: float = 0.0, cache_teacher: bool = False,
                 freeze_embeddings: bool = False, eager_attention: bool = False,
                 prune_end: float = 0.6) -> dict:
-    if setting.gradual:  # the schedule takes the first 60%: give recovery the same as others
-        steps = int(steps * 1.3)
+    if setting.gradual:  # the schedule takes the first prune_end of the steps: give recovery
+        steps = int(steps * 1.3)  # about as many as the others get
     st = copy.deepcopy(dense_st)
     model = st[0].auto_model
     if freeze_embeddings:
@@ -327,11 +327,12 @@ def run(settings=DEFAULT_SETTINGS, *, steps: int = 700, lr: float = 2e-4,
                 isinstance(own, dict) and set(own) <= set(RECIPE_OPTIONS))):
             raise ValueError(f"recipe of {name!r}: (steps, lr) or (steps, lr, {{option: "
                              f"value}}) with options from {RECIPE_OPTIONS}, got {recipe!r}")
-        plans[name] = (recipe[0], recipe[1], own or {})
-    for name, (_, _, own) in plans.items():
-        end = own.get("prune_end", prune_end)
-        if not 0 < end <= 1:
-            raise ValueError(f"prune_end must be in (0, 1], got {end!r} ({name})")
+        options = {"eager_attention": eager_attention, "prune_end": prune_end,
+                   "layer_weight": layer_weight, **(own or {})}
+        if not 0 < options["prune_end"] <= 1:
+            raise ValueError(f"prune_end must be in (0, 1], got {options['prune_end']!r} "
+                             f"({name})")
+        plans[name] = (recipe[0], recipe[1], options)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -358,15 +359,12 @@ def run(settings=DEFAULT_SETTINGS, *, steps: int = 700, lr: float = 2e-4,
           f"paragraphs; {torch.get_num_threads()} threads", flush=True)
     results = []
     for name in settings:
-        n_steps, n_lr, own = plans[name]
+        n_steps, n_lr, options = plans[name]
         r = run_setting(SETTINGS[name], dense_st, calib_batches, batches, evaluation,
                         dense_emb, steps=n_steps, lr=n_lr, seed=seed,
                         checkpoint_dir=out if resume else None, time_rounds=time_rounds,
-                        progress=progress, bf16=bf16,
-                        layer_weight=own.get("layer_weight", layer_weight),
-                        cache_teacher=cache_teacher, freeze_embeddings=freeze_embeddings,
-                        eager_attention=own.get("eager_attention", eager_attention),
-                        prune_end=own.get("prune_end", prune_end))
+                        progress=progress, bf16=bf16, cache_teacher=cache_teacher,
+                        freeze_embeddings=freeze_embeddings, **options)
         r["in_domain_repeat"] = in_domain_repeat
         r["cache_teacher"] = cache_teacher
         r["by_length"] = by_length

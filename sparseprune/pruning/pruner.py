@@ -442,8 +442,8 @@ class Pruner:
         self._clear_locked_state()
 
     def _sparsegpt_factor(self, name: str, gram: torch.Tensor, device) -> torch.Tensor | None:
-        """A schedule re-solves every layer with the same Gram matrix many times (24 times
-        for MiniLM's gradual 90%, ~35% of each re-solve in the factor), so its factor is
+        """A schedule re-solves every layer with the same Gram matrix many times (25-31
+        times for MiniLM's gradual 90%, ~35% of each re-solve in the factor), so its factor is
         kept; one-shot pruning keeps nothing (a float64 [in, in] per layer)."""
         if self.config.schedule is None:
             return None

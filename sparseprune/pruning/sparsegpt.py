@@ -23,9 +23,14 @@ from .patterns import NM, Pattern, Unstructured
 __all__ = ["sparsegpt_prune", "inverse_hessian_factor"]
 
 
-def _inverse_hessian_factor(gram: torch.Tensor, dead: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``, more damping if needed."""
-    h = gram.clone()
+def inverse_hessian_factor(gram: torch.Tensor, *, damp: float = 0.01) -> torch.Tensor:
+    """The float64 upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1`` (more
+    damping if needed) that :func:`sparsegpt_prune` walks, ``H`` being ``gram`` with a unit
+    diagonal on the inputs that were always zero. It depends on the Gram matrix only, so a
+    caller that re-solves one layer many times (gradual pruning) computes it once and passes
+    it as ``factor``."""
+    h = gram.to(torch.float64, copy=True)
+    dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     mean_diag = float(torch.diagonal(h).mean())
     eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
@@ -36,15 +41,6 @@ def _inverse_hessian_factor(gram: torch.Tensor, dead: torch.Tensor, damp: float)
             return torch.linalg.cholesky(inv, upper=True)
     raise ValueError("SparseGPT: the input Gram matrix is not positive definite even with "
                      "heavy damping; calibrate with more (or more varied) batches")
-
-
-def inverse_hessian_factor(gram: torch.Tensor, *, damp: float = 0.01) -> torch.Tensor:
-    """The float64 upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1`` that
-    :func:`sparsegpt_prune` walks, ``H`` being ``gram`` with a unit diagonal on the inputs
-    that were always zero. It depends on the Gram matrix only, so a caller that re-solves
-    one layer many times (gradual pruning) computes it once and passes it as ``factor``."""
-    h = gram.to(torch.float64)
-    return _inverse_hessian_factor(h, torch.diagonal(h) == 0, damp)
 
 
 def _block_counts(total_cols: int, rows: int, sparsity: float, blocksize: int) -> list[int]:
@@ -77,7 +73,7 @@ def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, pattern: Pattern, 
     dead = torch.diagonal(h) == 0  # inputs that were always zero: their weights are free
     w[:, dead] = 0.0
     if factor is None:
-        hinv = _inverse_hessian_factor(h, dead, damp)
+        hinv = inverse_hessian_factor(h, damp=damp)
     else:
         if factor.shape != h.shape or factor.dtype != torch.float64 or \
                 factor.device != w.device:
